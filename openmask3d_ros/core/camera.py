@@ -1,0 +1,80 @@
+"""Pinhole camera: intrinsics (with rescaling between resolutions) and projection."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """3x3 pinhole matrix ``K`` for images of ``width`` x ``height`` pixels."""
+
+    K: np.ndarray
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        K = np.asarray(self.K, dtype=np.float64)
+        if K.shape == (4, 4):
+            K = K[:3, :3]
+        if K.shape != (3, 3):
+            raise ValueError(f"intrinsics must be 3x3 or 4x4, got shape {K.shape}")
+        if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise ValueError(f"intrinsics have non-positive or non-finite focal lengths: {K.tolist()}")
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+        object.__setattr__(self, "K", K)
+
+    def scaled(self, width: int, height: int) -> "Intrinsics":
+        """The same camera at another resolution (e.g. depth vs colour)."""
+        sx, sy = width / self.width, height / self.height
+        K = self.K.copy()
+        K[0, :] *= sx
+        K[1, :] *= sy
+        return Intrinsics(K, width, height)
+
+    def as_4x4(self) -> np.ndarray:
+        """ScanNet-style 4x4 matrix."""
+        M = np.eye(4)
+        M[:3, :3] = self.K
+        return M
+
+
+def invert_pose(pose: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid 4x4 transform."""
+    R, t = pose[:3, :3], pose[:3, 3]
+    inv = np.eye(4)
+    inv[:3, :3] = R.T
+    inv[:3, 3] = -R.T @ t
+    return inv
+
+
+def project(points: np.ndarray, cam_to_world: np.ndarray, K: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Project world points: returns pixel coordinates ``uv`` (N, 2) and camera depth ``w`` (N,).
+
+    ``uv`` is ``nan`` where ``w == 0``.
+    """
+    world_to_cam = invert_pose(np.asarray(cam_to_world, dtype=np.float64))
+    cam = points @ world_to_cam[:3, :3].T.astype(points.dtype) + world_to_cam[:3, 3].astype(points.dtype)
+    pix = cam @ np.asarray(K, dtype=points.dtype).T
+    w = pix[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = pix[:, :2] / w[:, None]
+    uv[w == 0] = np.nan
+    return uv, w
+
+
+def backproject(depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray,
+                stride: int = 1) -> np.ndarray:
+    """World points of the valid (> 0, finite) depth pixels, sampled every ``stride`` pixels."""
+    d = depth[::stride, ::stride]
+    v, u = np.nonzero(np.isfinite(d) & (d > 0))
+    z = d[v, u]
+    u = u * stride
+    v = v * stride
+    x = (u - K[0, 2]) * z / K[0, 0]
+    y = (v - K[1, 2]) * z / K[1, 1]
+    cam = np.stack([x, y, z], axis=1)
+    return cam @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]

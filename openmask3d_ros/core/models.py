@@ -1,0 +1,109 @@
+"""Build the model set named by a configuration (stand-ins, or the real models when configured)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .config import PipelineConfig
+from .interfaces import ImageEncoder, ProposalBackend, Segmenter, TextEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Models:
+    proposals: ProposalBackend
+    segmenter: Segmenter
+    image_encoder: ImageEncoder
+    text_encoder: TextEncoder
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)   # fallbacks and stand-ins, for logs/metadata
+
+    def describe(self) -> dict:
+        return {"proposals": self.proposals.name, "segmenter": self.segmenter.name,
+                "image_encoder": self.image_encoder.name, "text_encoder": self.text_encoder.name,
+                "device": self.device, "notes": list(self.notes)}
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'. An unavailable GPU request is an error."""
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if requested == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if requested.startswith("cuda") and not has_cuda:
+        raise RuntimeError(f"device '{requested}' requested but CUDA is not available")
+    if requested != "cpu" and not requested.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{requested}'")
+    return requested
+
+
+def build_proposals(cfg: PipelineConfig, device: str, notes: list[str]) -> ProposalBackend:
+    p = cfg.proposals
+    if p.backend == "precomputed":
+        from .proposals.precomputed import PrecomputedMasks
+        return PrecomputedMasks(p.masks_file)
+    if p.backend == "mask3d":
+        try:
+            from .proposals.mask3d import Mask3DBackend
+            return Mask3DBackend(checkpoint=p.mask3d_checkpoint, device=device,
+                                 num_queries=p.mask3d_num_queries, voxel_size=p.mask3d_voxel_size,
+                                 mask_threshold=p.mask3d_mask_threshold)
+        except (ImportError, FileNotFoundError, ValueError) as exc:
+            note = f"Mask3D unavailable ({exc}); falling back to the geometric proposal backend"
+            log.warning(note)
+            notes.append(note)
+    elif p.backend != "geometric":
+        raise ValueError(f"proposals.backend must be geometric, mask3d or precomputed, "
+                         f"got '{p.backend}'")
+    from .proposals.geometric import GeometricProposals
+    return GeometricProposals(p)
+
+
+def build_segmenter(cfg: PipelineConfig, device: str, notes: list[str]) -> Segmenter:
+    s = cfg.segmenter
+    if s.backend == "sam":
+        from .segmenters.sam import SamSegmenter
+        return SamSegmenter(model_type=s.sam_model, checkpoint=s.sam_checkpoint, device=device)
+    if s.backend != "hull":
+        raise ValueError(f"segmenter.backend must be hull or sam, got '{s.backend}'")
+    from .segmenters.hull import HullSegmenter
+    notes.append("segmenter is the projected-point hull STAND-IN, not SAM")
+    return HullSegmenter()
+
+
+def build_encoders(cfg: PipelineConfig, device: str, notes: list[str]
+                   ) -> tuple[ImageEncoder, TextEncoder]:
+    e = cfg.encoder
+    if e.backend == "clip":
+        from .encoders.clip import ClipEncoder
+        enc = ClipEncoder(model_name=e.clip_model, checkpoint=e.clip_checkpoint, device=device,
+                          batch_size=e.batch_size, cache_size=e.text_cache_size)
+        return enc, enc
+    if e.backend != "colour":
+        raise ValueError(f"encoder.backend must be colour or clip, got '{e.backend}'")
+    from .encoders.colour import ColourEncoder
+    notes.append("image/text encoders are the colour STAND-IN, not CLIP")
+    enc = ColourEncoder()
+    return enc, enc
+
+
+def build_models(cfg: PipelineConfig) -> Models:
+    """All four models for ``cfg``; logs the device and every stand-in/fallback."""
+    device = resolve_device(cfg.device)
+    log.info("OpenMask3D device: %s", device)
+    notes: list[str] = []
+    proposals = build_proposals(cfg, device, notes)
+    segmenter = build_segmenter(cfg, device, notes)
+    image_encoder, text_encoder = build_encoders(cfg, device, notes)
+    for note in notes:
+        log.info(note)
+    return Models(proposals, segmenter, image_encoder, text_encoder, device, notes)
+
+
+def build_text_encoder(cfg: PipelineConfig) -> TextEncoder:
+    """Only the text side (for answering queries on a saved map)."""
+    return build_encoders(cfg, resolve_device(cfg.device), [])[1]

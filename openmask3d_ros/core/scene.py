@@ -1,0 +1,260 @@
+"""The scene folder: our one on-disk format (ScanNet-like).
+
+```
+SCENE/
+  color/<i>.jpg|png            RGB images
+  depth/<i>.png                uint16 depth, ``depth_scale`` units per metre (default 1000 = mm)
+  pose/<i>.txt                 4x4 camera-to-world
+  intrinsic/intrinsic_color.txt, intrinsic/intrinsic_depth.txt   4x4 (K in the top-left 3x3)
+  cloud.ply                    reconstructed cloud, xyz + rgb (ScanNet ``*_vh_clean_2.ply`` also accepted)
+  scene.json                   optional: {"depth_scale": 1000.0}
+  ground_truth/                optional: instance_ids.npy (per cloud point, 0 = none), labels.json
+```
+Colour and depth may differ in resolution; intrinsics are rescaled, never assumed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from plyfile import PlyData, PlyElement
+
+from .camera import Intrinsics
+
+log = logging.getLogger(__name__)
+
+COLOR_EXTS = (".jpg", ".jpeg", ".png")
+DEFAULT_DEPTH_SCALE = 1000.0
+
+
+class SceneError(ValueError):
+    """A scene folder is missing something or holds malformed data."""
+
+
+@dataclass
+class GroundTruth:
+    """Per-point instance ids (0 = no instance) and per-instance labels/attributes."""
+
+    instance_ids: np.ndarray
+    labels: dict[int, dict]
+
+    def label(self, instance_id: int) -> str:
+        return self.labels[instance_id]["label"]
+
+
+def _frame_key(path: Path):
+    stem = path.stem
+    return (0, int(stem), stem) if stem.isdigit() else (1, 0, stem)
+
+
+def read_matrix(path: Path, shape: tuple[int, int] = (4, 4)) -> np.ndarray:
+    """Read a whitespace-separated matrix file, checking its shape and finiteness."""
+    try:
+        M = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise SceneError(f"cannot read matrix {path}: {exc}") from exc
+    if M.shape != shape:
+        raise SceneError(f"{path}: expected a {shape[0]}x{shape[1]} matrix, got {M.shape}")
+    return M
+
+
+def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Points (N, 3) float32 and colours (N, 3) uint8 (grey if the file has none)."""
+    try:
+        vertex = PlyData.read(str(path))["vertex"]
+    except (OSError, KeyError, ValueError) as exc:
+        raise SceneError(f"cannot read point cloud {path}: {exc}") from exc
+    names = vertex.data.dtype.names
+    points = np.stack([vertex[c] for c in "xyz"], axis=1).astype(np.float32)
+    if all(c in names for c in ("red", "green", "blue")):
+        colors = np.stack([vertex[c] for c in ("red", "green", "blue")], axis=1).astype(np.uint8)
+    else:
+        colors = np.full_like(points, 128, dtype=np.uint8)
+    if not np.all(np.isfinite(points)):
+        raise SceneError(f"{path}: point cloud holds non-finite coordinates")
+    return points, colors
+
+
+def write_ply(path: Path, points: np.ndarray, colors: np.ndarray | None = None) -> None:
+    """Binary little-endian PLY with xyz float32 and optional uint8 rgb."""
+    fields = [("x", "f4"), ("y", "f4"), ("z", "f4")]
+    if colors is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    data = np.empty(len(points), dtype=fields)
+    for i, c in enumerate("xyz"):
+        data[c] = points[:, i]
+    if colors is not None:
+        for i, c in enumerate(("red", "green", "blue")):
+            data[c] = colors[:, i]
+    PlyData([PlyElement.describe(data, "vertex")]).write(str(path))
+
+
+class SceneFolder:
+    """Read access to a scene folder; frames are loaded lazily, one at a time."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise SceneError(f"scene folder not found: {self.root}")
+        meta_path = self.root / "scene.json"
+        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self.depth_scale = float(self.meta.get("depth_scale", DEFAULT_DEPTH_SCALE))
+        if self.depth_scale <= 0:
+            raise SceneError(f"{meta_path}: depth_scale must be positive")
+        self._color_paths = self._index("color", COLOR_EXTS)
+        self._depth_paths = self._index("depth", (".png",))
+        self._pose_paths = self._index("pose", (".txt",))
+        common = set(self._color_paths) & set(self._depth_paths) & set(self._pose_paths)
+        for name, paths in (("color", self._color_paths), ("depth", self._depth_paths),
+                            ("pose", self._pose_paths)):
+            missing = sorted(set(paths) - common)
+            if missing:
+                log.warning("%s: %d %s file(s) without a matching color/depth/pose triple "
+                            "(e.g. %s) are ignored", self.root, len(missing), name, missing[0])
+        self.frame_ids = sorted(common, key=lambda s: _frame_key(Path(s)))
+        self._intrinsics: dict[str, Intrinsics] = {}
+
+    def _index(self, sub: str, exts: tuple[str, ...]) -> dict[str, Path]:
+        folder = self.root / sub
+        if not folder.is_dir():
+            return {}
+        return {p.stem: p for p in folder.iterdir() if p.suffix.lower() in exts}
+
+    # -- intrinsics ---------------------------------------------------------------------------
+    def _intrinsics_for(self, kind: str, image_path: Path) -> Intrinsics:
+        if kind not in self._intrinsics:
+            path = self.root / "intrinsic" / f"intrinsic_{kind}.txt"
+            other = self.root / "intrinsic" / ("intrinsic_color.txt" if kind == "depth"
+                                               else "intrinsic_depth.txt")
+            src = path if path.is_file() else other
+            if not src.is_file():
+                raise SceneError(f"{self.root}/intrinsic: neither intrinsic_color.txt nor "
+                                 "intrinsic_depth.txt exists")
+            h, w = _image_size(image_path)
+            K = read_matrix(src)
+            if src is other:
+                # Only the other camera's matrix exists: rescale it to this image's size,
+                # using that camera's image size.
+                other_kind = "color" if kind == "depth" else "depth"
+                ref = self._color_paths if other_kind == "color" else self._depth_paths
+                oh, ow = _image_size(next(iter(ref.values()))) if ref else (h, w)
+                self._intrinsics[kind] = Intrinsics(K, ow, oh).scaled(w, h)
+            else:
+                self._intrinsics[kind] = Intrinsics(K, w, h)
+        return self._intrinsics[kind]
+
+    def color_intrinsics(self) -> Intrinsics:
+        return self._intrinsics_for("color", self._color_paths[self._first()])
+
+    def depth_intrinsics(self) -> Intrinsics:
+        return self._intrinsics_for("depth", self._depth_paths[self._first()])
+
+    def _first(self) -> str:
+        if not self.frame_ids:
+            raise SceneError(f"{self.root}: no frames (need color/, depth/ and pose/ files "
+                             "with matching names)")
+        return self.frame_ids[0]
+
+    # -- frames -------------------------------------------------------------------------------
+    def color(self, fid: str) -> np.ndarray:
+        """RGB uint8 (H, W, 3)."""
+        img = cv2.imread(str(self._color_paths[fid]), cv2.IMREAD_COLOR)
+        if img is None:
+            raise SceneError(f"cannot read color image {self._color_paths[fid]}")
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+    def depth(self, fid: str) -> np.ndarray:
+        """Depth in metres, float32 (H, W); 0 where invalid."""
+        path = self._depth_paths[fid]
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise SceneError(f"cannot read depth image {path}")
+        if raw.ndim != 2 or raw.dtype != np.uint16:
+            raise SceneError(f"{path}: depth must be a single-channel uint16 PNG, got "
+                             f"{raw.dtype} with shape {raw.shape}")
+        return raw.astype(np.float32) / np.float32(self.depth_scale)
+
+    def pose(self, fid: str) -> np.ndarray:
+        """Camera-to-world 4x4 (may be non-finite: ScanNet marks lost tracking with -inf)."""
+        return read_matrix(self._pose_paths[fid])
+
+    def color_path(self, fid: str) -> Path:
+        return self._color_paths[fid]
+
+    # -- cloud and ground truth -----------------------------------------------------------------
+    @property
+    def cloud_path(self) -> Path:
+        path = self.root / "cloud.ply"
+        if path.is_file():
+            return path
+        plys = sorted(self.root.glob("*_vh_clean_2.ply")) or sorted(self.root.glob("*.ply"))
+        if not plys:
+            raise SceneError(f"{self.root}: no cloud.ply")
+        return plys[0]
+
+    def cloud(self) -> tuple[np.ndarray, np.ndarray]:
+        return read_ply(self.cloud_path)
+
+    def ground_truth(self) -> GroundTruth | None:
+        folder = self.root / "ground_truth"
+        if not (folder / "instance_ids.npy").is_file():
+            return None
+        ids = np.load(folder / "instance_ids.npy")
+        labels = json.loads((folder / "labels.json").read_text())
+        return GroundTruth(ids, {int(k): v for k, v in labels.items()})
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise SceneError(f"cannot read image {path}")
+    return img.shape[0], img.shape[1]
+
+
+class SceneWriter:
+    """Create a scene folder frame by frame (used by the synthetic generator and the ROS node)."""
+
+    def __init__(self, root: str | Path, depth_scale: float = DEFAULT_DEPTH_SCALE,
+                 color_ext: str = ".png"):
+        self.root = Path(root)
+        for sub in ("color", "depth", "pose", "intrinsic"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.depth_scale = float(depth_scale)
+        self.color_ext = color_ext
+        meta_path = self.root / "scene.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta["depth_scale"] = self.depth_scale
+        meta_path.write_text(json.dumps(meta, indent=2))
+
+    def write_intrinsics(self, color: Intrinsics, depth: Intrinsics | None = None) -> None:
+        np.savetxt(self.root / "intrinsic" / "intrinsic_color.txt", color.as_4x4(), fmt="%.6f")
+        np.savetxt(self.root / "intrinsic" / "intrinsic_depth.txt",
+                   (depth or color).as_4x4(), fmt="%.6f")
+
+    def write_frame(self, index: int, color_rgb: np.ndarray, depth_m: np.ndarray,
+                    cam_to_world: np.ndarray) -> None:
+        """Write one frame atomically enough that a crash never leaves a half triple behind:
+        pose is written last, and a frame counts only when all three files exist."""
+        name = str(index)
+        cv2.imwrite(str(self.root / "color" / f"{name}{self.color_ext}"),
+                    cv2.cvtColor(np.ascontiguousarray(color_rgb), cv2.COLOR_RGB2BGR))
+        d = np.nan_to_num(np.asarray(depth_m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        raw = np.clip(np.round(d * self.depth_scale), 0, 65535).astype(np.uint16)
+        cv2.imwrite(str(self.root / "depth" / f"{name}.png"), raw)
+        tmp = self.root / "pose" / f".{name}.tmp"
+        np.savetxt(tmp, np.asarray(cam_to_world, dtype=np.float64), fmt="%.8f")
+        tmp.rename(self.root / "pose" / f"{name}.txt")
+
+    def write_cloud(self, points: np.ndarray, colors: np.ndarray) -> None:
+        write_ply(self.root / "cloud.ply", points, colors)
+
+    def write_ground_truth(self, instance_ids: np.ndarray, labels: dict[int, dict]) -> None:
+        folder = self.root / "ground_truth"
+        folder.mkdir(exist_ok=True)
+        np.save(folder / "instance_ids.npy", np.asarray(instance_ids, dtype=np.int32))
+        (folder / "labels.json").write_text(json.dumps({str(k): v for k, v in labels.items()},
+                                                       indent=2))
