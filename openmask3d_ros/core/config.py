@@ -131,7 +131,7 @@ def _set_field(cfg: PipelineConfig, key: str, value: Any, strict: bool) -> None:
         return
     current = getattr(target, parts[-1])
     if dataclasses.is_dataclass(current):
-        raise TypeError(f"configuration key '{key}' is a section, not a value")
+        raise ValueError(f"configuration key '{key}' is a section, not a value")
     setattr(target, parts[-1], _coerce(key, current, value))
 
 
@@ -140,14 +140,14 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
     if kind is bool:
         if isinstance(value, bool):
             return value
-        raise TypeError(f"configuration key '{key}' expects true/false, got {value!r}")
+        raise ValueError(f"configuration key '{key}' expects true/false, got {value!r}")
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind is str and isinstance(value, str):
         return value
-    raise TypeError(f"configuration key '{key}' expects {kind.__name__}, got {value!r}")
+    raise ValueError(f"configuration key '{key}' expects {kind.__name__}, got {value!r}")
 
 
 def pipeline_section(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,143 @@
+"""Per-instance open-vocabulary features: visibility -> top-k views -> 2D refinement -> crops ->
+batched image encoding -> mean feature per instance (paper Sec. 3.2).
+
+Each used frame is loaded once and its segmenter embedding is computed once, shared by every mask
+that chose that frame (the official code re-embeds per mask and view). Crops of all masks and
+views are encoded in batches and summed per mask as they go, so memory stays bounded.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .camera import project
+from .config import PipelineConfig
+from .crops import crop_boxes, cut
+from .interfaces import ImageEncoder, Segmenter, l2_normalize
+from .refine import refine
+from .scene import SceneFolder
+from .visibility import count_visible, mask_matrix, select_views, visible_points
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class FeatureReport:
+    """What the feature stage did, for the map metadata."""
+
+    frames_used: list[str] = field(default_factory=list)
+    frames_skipped: dict[str, str] = field(default_factory=dict)
+    views: list[list[str]] = field(default_factory=list)          # per instance
+    fallbacks: list[int] = field(default_factory=list)            # per instance: point-box views
+    segmenter_images: int = 0
+    crops_encoded: int = 0
+
+
+class _CropBatcher:
+    """Accumulates crops, encodes them in batches, sums embeddings per owner."""
+
+    def __init__(self, encoder: ImageEncoder, num_owners: int, batch_size: int):
+        self.encoder = encoder
+        self.batch_size = max(1, batch_size)
+        self.sums = np.zeros((num_owners, encoder.dim), dtype=np.float64)
+        self.counts = np.zeros(num_owners, dtype=np.int64)
+        self._crops: list[np.ndarray] = []
+        self._owners: list[int] = []
+        self.encoded = 0
+
+    def add(self, crop: np.ndarray, owner: int) -> None:
+        self._crops.append(np.ascontiguousarray(crop))
+        self._owners.append(owner)
+        if len(self._crops) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._crops:
+            return
+        emb = self.encoder.encode_images(self._crops)
+        np.add.at(self.sums, np.asarray(self._owners), emb)
+        np.add.at(self.counts, np.asarray(self._owners), 1)
+        self.encoded += len(self._crops)
+        self._crops, self._owners = [], []
+
+
+def frame_pose(scene: SceneFolder, fid: str) -> np.ndarray | None:
+    """The frame's camera-to-world pose, or None when unusable (non-finite, e.g. lost tracking)."""
+    pose = scene.pose(fid)
+    return pose if np.all(np.isfinite(pose)) else None
+
+
+def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
+                      frame_ids: list[str], k_threshold: float, report: FeatureReport,
+                      progress: Progress | None = None) -> np.ndarray:
+    """vis(i, j) for all frames j and masks i: int (F, M). Unusable frames count zero."""
+    K_depth = scene.depth_intrinsics()
+    S = mask_matrix(masks)
+    counts = np.zeros((len(frame_ids), masks.shape[1]), dtype=np.int64)
+    for j, fid in enumerate(frame_ids):
+        pose = frame_pose(scene, fid)
+        if pose is None:
+            report.frames_skipped[fid] = "non-finite pose"
+            log.warning("frame %s skipped: non-finite pose", fid)
+            continue
+        depth = scene.depth(fid)
+        counts[j] = count_visible(visible_points(points, pose, depth, K_depth, k_threshold), S)
+        if progress:
+            progress("visibility", j + 1, len(frame_ids))
+    return counts
+
+
+def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
+                     frame_ids: list[str], segmenter: Segmenter, encoder: ImageEncoder,
+                     cfg: PipelineConfig, progress: Progress | None = None
+                     ) -> tuple[np.ndarray, FeatureReport]:
+    """(M, D) L2-normalised features (zero rows for instances no frame sees) and a report."""
+    report = FeatureReport()
+    M = masks.shape[1]
+    counts = visibility_counts(points, masks, scene, frame_ids, cfg.visibility.k_threshold,
+                               report, progress)
+    views = select_views(counts, cfg.visibility.k_view, cfg.visibility.min_visible_points)
+    report.views = [[frame_ids[j] for j in row if j >= 0] for row in views]
+    report.fallbacks = [0] * M
+    by_frame: dict[int, list[int]] = defaultdict(list)
+    for m, row in enumerate(views):
+        for j in row[row >= 0]:
+            by_frame[int(j)].append(m)
+
+    K_color = scene.color_intrinsics()
+    K_depth = scene.depth_intrinsics()
+    batcher = _CropBatcher(encoder, M, cfg.encoder.batch_size)
+    s, c = cfg.segmenter, cfg.crops
+    for done, j in enumerate(sorted(by_frame)):
+        fid = frame_ids[j]
+        pose = scene.pose(fid)
+        image = scene.color(fid)
+        if image.shape[:2] != (K_color.height, K_color.width):
+            raise ValueError(f"colour frame {fid} is {image.shape[1]}x{image.shape[0]}, the "
+                             f"intrinsics are for {K_color.width}x{K_color.height}")
+        seen = visible_points(points, pose, scene.depth(fid), K_depth, cfg.visibility.k_threshold)
+        segmenter.set_image(image)
+        report.segmenter_images += 1
+        report.frames_used.append(fid)
+        for m in by_frame[j]:
+            idx = np.flatnonzero(masks[:, m] & seen)
+            uv, _ = project(points[idx], pose, K_color.K)
+            uv = np.clip(uv, 0, [K_color.width - 1, K_color.height - 1])
+            rng = np.random.default_rng([cfg.seed, m, j])
+            result = refine(segmenter, uv, K_color.width, K_color.height, s.k_rounds, s.k_sample,
+                            rng, s.min_score)
+            report.fallbacks[m] += int(result.fallback)
+            for box in crop_boxes(result.box, K_color.width, K_color.height, c.levels, c.k_exp):
+                batcher.add(cut(image, box), m)
+        if progress:
+            progress("features", done + 1, len(by_frame))
+    batcher.flush()
+    report.crops_encoded = batcher.encoded
+    features = l2_normalize(batcher.sums / np.maximum(batcher.counts, 1)[:, None])
+    features[batcher.counts == 0] = 0.0
+    return features.astype(np.float32), report

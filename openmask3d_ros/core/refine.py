@@ -1,0 +1,56 @@
+"""2D mask refinement of projected 3D points with a promptable segmenter (paper Alg. 1)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .interfaces import Segmenter
+
+
+@dataclass
+class Refined2D:
+    box: tuple[int, int, int, int]      # x1, y1, x2, y2 inclusive pixel coordinates
+    score: float
+    fallback: bool                      # True: no round scored above min_score -> point box
+
+
+def sample_prompts(uv: np.ndarray, k_rounds: int, k_sample: int, rng: np.random.Generator
+                   ) -> np.ndarray:
+    """(k_rounds, k, 2) random subsets of the projected points (k = min(k_sample, n))."""
+    n = len(uv)
+    k = min(k_sample, n)
+    idx = np.stack([rng.choice(n, size=k, replace=False) for _ in range(k_rounds)])
+    return uv[idx]
+
+
+def points_box(uv: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """Inclusive pixel box around points, clipped to the image."""
+    x1, y1 = np.floor(uv.min(axis=0)).astype(int)
+    x2, y2 = np.ceil(uv.max(axis=0)).astype(int)
+    return (max(0, x1), max(0, y1), min(width - 1, x2), min(height - 1, y2))
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Inclusive pixel box of a boolean mask, None when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    return (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+
+
+def refine(segmenter: Segmenter, uv: np.ndarray, width: int, height: int, k_rounds: int,
+           k_sample: int, rng: np.random.Generator, min_score: float = 0.0) -> Refined2D:
+    """Best-of-``k_rounds`` segmentation from ``k_sample`` sampled prompts (image already set).
+
+    When no round scores above ``min_score`` or the best mask is empty (the official code crashes
+    there), the box of the projected points is used instead and ``fallback`` is set.
+    """
+    prompts = sample_prompts(uv, k_rounds, k_sample, rng)
+    mask, scores = segmenter.predict(prompts)
+    best = float(np.max(scores)) if len(scores) else float("-inf")
+    box = mask_box(mask) if best > min_score else None
+    if box is None:
+        return Refined2D(points_box(uv, width, height), best, True)
+    return Refined2D(box, best, False)
