@@ -16,6 +16,7 @@ from openmask3d_ros.core.evaluation import (OVERLAPS, assign_classes, evaluate, 
                                             match_scene, read_class_list, read_label_map,
                                             read_splits)
 from openmask3d_ros.core.evaluation.ap import _average_precision
+from openmask3d_ros.core.evaluation.ground_truth import gt_classes
 from openmask3d_ros.core.evaluation.runner import EvalScene, find_scenes
 from openmask3d_ros.core.instance_map import InstanceMap
 from openmask3d_ros.core.scene import GroundTruth, SceneWriter, write_ply
@@ -315,6 +316,10 @@ def test_scannet_ground_truth(tmp_path):
     mapping = read_label_map(tsv)
     gt = load_scannet_ground_truth(tmp_path, mapping)
     assert gt.labels[1]["label"] == "chair" and gt.labels[2]["label"] == "trash can"
+    assert read_label_map(tsv, target="id") == {"office chair": "1"}
+    # Raw categories mapped to an empty name are unannotated.
+    gt = load_scannet_ground_truth(tmp_path, {"office chair": ""})
+    assert gt_classes(gt) == {1: None, 2: "trash can"}
 
 
 def test_class_list_and_splits_files(tmp_path):

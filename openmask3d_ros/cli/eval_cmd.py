@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--label-map", type=Path, default=None,
                    help="scannetv2-labels.combined.tsv: map ScanNet raw categories to the "
                         "'category' column (ScanNet200 names)")
+    p.add_argument("--label-map-column", default="category",
+                   help="column of --label-map giving the class name (default 'category')")
     p.add_argument("--score", choices=("similarity", "one"), default="similarity",
                    help="open-vocab confidence: cosine similarity of the assigned class, or 1.0 "
                         "for every mask (the paper's setting)")
@@ -68,7 +70,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                           text_encoder_for_map)
 
     modes = MODES if args.mode == "both" else (args.mode,)
-    label_map = read_label_map(args.label_map) if args.label_map else None
+    label_map = (read_label_map(args.label_map, target=args.label_map_column)
+                 if args.label_map else None)
     scenes = [load_eval_scene(p, args.label_key, label_map, args.map_dir)
               for p in find_scenes(args.path, args.map_dir)]
     classes = read_class_list(args.classes) if args.classes else None

@@ -109,9 +109,13 @@ def load_ground_truth(scene_dir: str | Path,
 
 
 def gt_classes(gt: GroundTruth, key: str = "label") -> dict[int, str | None]:
-    """Class name per GT instance id, read from attribute ``key`` ("label", "color", ...)."""
-    return {int(i): (str(v[key]) if v.get(key) is not None else None)
-            for i, v in gt.labels.items()}
+    """Class name per GT instance id, read from attribute ``key`` ("label", "color", ...);
+    missing or empty names give None (unannotated)."""
+    out: dict[int, str | None] = {}
+    for i, v in gt.labels.items():
+        name = v.get(key)
+        out[int(i)] = str(name) if name is not None and str(name) != "" else None
+    return out
 
 
 def read_class_list(path: str | Path) -> list[str]:
