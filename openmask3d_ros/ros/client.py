@@ -1,0 +1,152 @@
+"""A planner-side helper for the OpenMask3D node, in the spirit of nav2_simple_commander.
+
+```python
+import rclpy
+from openmask3d_ros.ros.client import OpenMask3DClient
+
+rclpy.init()
+node = rclpy.create_node("planner")
+om3d = OpenMask3DClient(node)             # the node's services under /openmask3d
+om3d.map_complete()                       # -> (accepted, message)
+om3d.wait_until_ready(timeout=300)
+for obj in om3d.query("a mug", top_k=3):
+    print(obj.id, obj.score, obj.centroid, obj.points.shape)
+```
+The client spins ``node`` itself while it waits (pass ``spin=False`` when the node is already
+spun by an executor in another thread).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_srvs.srv import Trigger
+
+from openmask3d_ros.msg import PipelineStatus
+from openmask3d_ros.srv import QueryObjects
+
+from .conversions import cloud_to_arrays
+from .params import NODE_NAME
+
+
+class OpenMask3DError(RuntimeError):
+    """The node refused a request (success = false) or did not answer in time."""
+
+
+@dataclass
+class Instance:
+    """One query hit with numpy geometry, in ``frame_id`` (the node's map frame)."""
+
+    id: int
+    score: float
+    label: str
+    centroid: np.ndarray        # (3,)
+    bbox_min: np.ndarray        # (3,)
+    bbox_max: np.ndarray        # (3,)
+    num_points: int
+    points: np.ndarray          # (n, 3) float32
+    frame_id: str
+
+    @staticmethod
+    def from_msg(msg) -> "Instance":
+        pts, _ = cloud_to_arrays(msg.points)
+        vec = lambda p: np.array([p.x, p.y, p.z], dtype=np.float64)  # noqa: E731
+        return Instance(int(msg.id), float(msg.score), msg.label, vec(msg.centroid),
+                        vec(msg.bbox_min), vec(msg.bbox_max), int(msg.num_points), pts,
+                        msg.header.frame_id)
+
+
+class OpenMask3DClient:
+    """Calls ``<ns>/query`` and ``<ns>/map_complete`` and follows ``<ns>/status``."""
+
+    def __init__(self, node, namespace: str = f"/{NODE_NAME}", spin: bool = True):
+        self.node = node
+        self.ns = namespace.rstrip("/")
+        self.spin = spin
+        self._query = node.create_client(QueryObjects, f"{self.ns}/query")
+        self._trigger = node.create_client(Trigger, f"{self.ns}/map_complete")
+        self.last_status: PipelineStatus | None = None
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                         history=HistoryPolicy.KEEP_LAST)
+        self._status_sub = node.create_subscription(PipelineStatus, f"{self.ns}/status",
+                                                    self._on_status, qos)
+
+    def _on_status(self, msg: PipelineStatus) -> None:
+        self.last_status = msg
+
+    # -- waiting ---------------------------------------------------------------------------------
+    def _wait(self, predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.spin:
+                rclpy.spin_once(self.node, timeout_sec=min(0.1, left))
+            else:
+                time.sleep(min(0.02, left))
+        return True
+
+    def _call(self, client, request, timeout: float):
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise OpenMask3DError(f"service {client.srv_name} is not available "
+                                  f"(is the OpenMask3D node running and active?)")
+        future = client.call_async(request)
+        if not self._wait(future.done, timeout):
+            client.remove_pending_request(future)
+            raise OpenMask3DError(f"{client.srv_name}: no answer within {timeout} s")
+        return future.result()
+
+    def wait_for_node(self, timeout: float = 10.0) -> bool:
+        """True once both services are available."""
+        deadline = time.monotonic() + timeout
+        return (self._query.wait_for_service(timeout_sec=timeout) and
+                self._trigger.wait_for_service(
+                    timeout_sec=max(0.0, deadline - time.monotonic())))
+
+    def wait_for_status(self, predicate, timeout: float = 10.0) -> PipelineStatus | None:
+        """Spin until ``predicate(status)`` holds; returns that status or None on timeout."""
+        ok = self._wait(lambda: self.last_status is not None and predicate(self.last_status),
+                        timeout)
+        return self.last_status if ok else None
+
+    def wait_until_ready(self, timeout: float = 600.0) -> bool:
+        """Wait for state 'ready' (a map exists). Raises OpenMask3DError on state 'error'."""
+        st = self.wait_for_status(lambda s: s.state in (PipelineStatus.STATE_READY,
+                                                        PipelineStatus.STATE_ERROR), timeout)
+        if st is not None and st.state == PipelineStatus.STATE_ERROR:
+            raise OpenMask3DError(f"pipeline error: {st.message}")
+        return st is not None
+
+    # -- requests --------------------------------------------------------------------------------
+    def map_complete(self, timeout: float = 30.0) -> tuple[bool, str]:
+        """Declare the map complete: (accepted, message). Not accepted e.g. while processing."""
+        resp = self._call(self._trigger, Trigger.Request(), timeout)
+        if resp.success:
+            # The next 'ready' must come from this run, not an older map.
+            self.last_status = None
+        return bool(resp.success), resp.message
+
+    def query_raw(self, text: str, top_k: int = 0, min_score: float = -1.0,
+                  timeout: float = 30.0) -> QueryObjects.Response:
+        """The service response as is (success may be false)."""
+        req = QueryObjects.Request(query=text, top_k=int(top_k), min_score=float(min_score))
+        return self._call(self._query, req, timeout)
+
+    def query(self, text: str, top_k: int = 0, min_score: float = -1.0,
+              timeout: float = 30.0) -> list[Instance]:
+        """Instances matching ``text``, best first (top_k = 0: the node's default_top_k).
+        Raises OpenMask3DError when the node refuses (no map yet, empty text, ...)."""
+        resp = self.query_raw(text, top_k, min_score, timeout)
+        if not resp.success:
+            raise OpenMask3DError(resp.message)
+        return [Instance.from_msg(m) for m in resp.instances]
+
+    def destroy(self) -> None:
+        self.node.destroy_client(self._query)
+        self.node.destroy_client(self._trigger)
+        self.node.destroy_subscription(self._status_sub)

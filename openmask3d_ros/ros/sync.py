@@ -1,0 +1,109 @@
+"""Approximate-time synchronisation of colour, depth and camera_info.
+
+message_filters is not on PyPI; ``ApproximateTimeSync`` is a small stand-in with the same idea:
+one queue per input; when a message arrives, the closest-in-time message of every other queue is
+taken, and if all stamps lie within ``slop`` seconds of each other the set is emitted and it and
+everything older is dropped. ``make_synchronizer`` uses message_filters when installed.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable, Sequence
+
+from .conversions import stamp_to_ns
+
+
+class ApproximateTimeSync:
+    """Match messages from ``n`` inputs whose header stamps differ by at most ``slop`` seconds."""
+
+    def __init__(self, n: int, callback: Callable[..., None], queue_size: int = 10,
+                 slop: float = 0.05):
+        if n < 2:
+            raise ValueError("need at least two inputs to synchronise")
+        self.n = n
+        self.callback = callback
+        self.queue_size = max(1, int(queue_size))
+        self.slop_ns = int(slop * 1e9)
+        self._queues: list[list[tuple[int, object]]] = [[] for _ in range(n)]
+        self._lock = threading.Lock()
+        self.dropped = 0   # messages that left a queue without being part of a set
+
+    def add(self, index: int, msg) -> bool:
+        """Add a message of input ``index``; returns True when it completed a set."""
+        stamp = stamp_to_ns(msg.header.stamp)
+        with self._lock:
+            q = self._queues[index]
+            q.append((stamp, msg))
+            q.sort(key=lambda item: item[0])
+            while len(q) > self.queue_size:
+                q.pop(0)
+                self.dropped += 1
+            mine = next((k for k, (_, m) in enumerate(q) if m is msg), None)
+            if mine is None:          # older than everything in a full queue
+                return False
+            chosen: list[int] = []
+            for i, other in enumerate(self._queues):
+                if i == index:
+                    chosen.append(mine)
+                    continue
+                if not other:
+                    return False
+                k = min(range(len(other)), key=lambda j: abs(other[j][0] - stamp))
+                chosen.append(k)
+            stamps = [self._queues[i][k][0] for i, k in enumerate(chosen)]
+            if max(stamps) - min(stamps) > self.slop_ns:
+                return False
+            msgs = [self._queues[i][k][1] for i, k in enumerate(chosen)]
+            for i, k in enumerate(chosen):
+                self.dropped += k   # older messages of this input that never matched
+                del self._queues[i][:k + 1]
+        self.callback(*msgs)
+        return True
+
+    def inputs(self) -> list[Callable[[object], bool]]:
+        """One callback per input, to hand to subscriptions."""
+        return [lambda m, i=i: self.add(i, m) for i in range(self.n)]
+
+
+class _MessageFiltersSync:
+    """message_filters.ApproximateTimeSynchronizer over its own Subscribers."""
+
+    def __init__(self, node, specs: Sequence[tuple[type, str]], qos, callback, queue_size, slop):
+        import message_filters
+        self.subs = [message_filters.Subscriber(node, msg_type, topic, qos_profile=qos)
+                     for msg_type, topic in specs]
+        self.sync = message_filters.ApproximateTimeSynchronizer(self.subs, queue_size, slop)
+        self.sync.registerCallback(callback)
+        self._node = node
+        self.name = "message_filters"
+
+    def destroy(self) -> None:
+        for s in self.subs:
+            self._node.destroy_subscription(s.sub)
+        self.subs = []
+
+
+class _OwnSync:
+    def __init__(self, node, specs, qos, callback, queue_size, slop):
+        self.sync = ApproximateTimeSync(len(specs), callback, queue_size, slop)
+        self._node = node
+        self.subs = [node.create_subscription(msg_type, topic, cb, qos)
+                     for (msg_type, topic), cb in zip(specs, self.sync.inputs())]
+        self.name = "openmask3d ApproximateTimeSync"
+
+    def destroy(self) -> None:
+        for s in self.subs:
+            self._node.destroy_subscription(s)
+        self.subs = []
+
+
+def make_synchronizer(node, specs: Sequence[tuple[type, str]], qos, callback,
+                      queue_size: int = 10, slop: float = 0.05, prefer_message_filters=True):
+    """Subscribe to ``specs`` [(type, topic), ...] and call ``callback(*msgs)`` per matched set.
+    The returned object has ``name`` and ``destroy()``."""
+    if prefer_message_filters:
+        try:
+            return _MessageFiltersSync(node, specs, qos, callback, queue_size, slop)
+        except ImportError:
+            pass
+    return _OwnSync(node, specs, qos, callback, queue_size, slop)
