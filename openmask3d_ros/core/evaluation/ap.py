@@ -100,11 +100,9 @@ def match_scene(gt_ids: np.ndarray, gt_labels: Mapping[int, str | None],
     void = ~valid_lut[gt_ids]                         # points on no evaluated GT instance
 
     gt: dict[str, list[_Gt]] = {c: [] for c in classes}
-    by_id: dict[int, _Gt] = {}
     for i in valid_ids:
         rec = _Gt(i, gt_labels[i], int(counts[i]))
         gt[rec.label].append(rec)
-        by_id[i] = rec
     pred: dict[str, list[_Pred]] = {c: [] for c in classes}
     n_points = len(gt_ids)
     for idx, label, conf in zip(pred_indices, pred_labels, pred_scores):
@@ -125,8 +123,7 @@ def match_scene(gt_ids: np.ndarray, gt_labels: Mapping[int, str | None],
                 p.matched_gt.append((g.instance_id, n, g.vert_count))
                 g.matched_pred.append((p.uid, n, num, p.confidence))
         pred[label].append(p)
-    # Small instances are kept in the records (the AP step ignores them), like the script.
-    del by_id
+    # Small GT instances stay in the records: the AP step needs them to ignore predictions on them.
     return SceneMatches(name, gt, pred)
 
 
@@ -172,7 +169,10 @@ def evaluate_matches(matches: Iterable[SceneMatches], classes: Sequence[str],
             has_gt = has_pred = False
             for m in matches:
                 preds = m.pred.get(label, [])
-                gts = [g for g in m.gt.get(label, []) if g.vert_count >= min_region_size]
+                all_gts = m.gt.get(label, [])
+                if not preds and not all_gts:
+                    continue
+                gts = [g for g in all_gts if g.vert_count >= min_region_size]
                 has_gt |= bool(gts)
                 has_pred |= bool(preds)
                 cur_true = np.ones(len(gts))
