@@ -1,0 +1,306 @@
+"""CLIP image and text encoder (open_clip) behind the ImageEncoder/TextEncoder interfaces.
+
+Weights are never downloaded: ``checkpoint`` is a file the user fetched on another machine (or a
+folder holding one, e.g. an open_clip / Hugging Face hub cache). The paper uses OpenAI's
+ViT-L/14 at 336 px (768-d features).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..interfaces import l2_normalize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-L-14-336"
+
+# File names open_clip / the HF hub use for full CLIP checkpoints, most specific first.
+_PREFERRED_FILES = (
+    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pth",
+    "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def where_to_get(model_name: str) -> str:
+    """Human-readable source of weights for ``model_name``, from open_clip's model zoo table."""
+    import open_clip
+
+    base = model_name.replace("-quickgelu", "")
+    tags = open_clip.list_pretrained_tags_by_model(base) or \
+        open_clip.list_pretrained_tags_by_model(model_name)
+    for tag in (["openai"] if "openai" in tags else []) + list(tags):
+        cfg = open_clip.get_pretrained_cfg(base, tag) or open_clip.get_pretrained_cfg(model_name, tag)
+        if not cfg:
+            continue
+        sources = []
+        if cfg.get("url"):
+            sources.append(cfg["url"])
+        if cfg.get("hf_hub"):
+            sources.append(f"the Hugging Face repo {cfg['hf_hub'].rstrip('/')} "
+                           f"(open_clip_pytorch_model.bin)")
+        if sources:
+            return f"open_clip's model zoo, tag '{tag}': " + " or ".join(sources)
+    return (f"open_clip's model zoo (open_clip.list_pretrained() lists the weights for '{base}')")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """OpenAI's release files are TorchScript archives (zip with a code/ folder)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.split("/", 2)[1:2] == ["code"] or n.endswith("/constants.pkl")
+                   for n in zf.namelist())
+
+
+def resolve_clip_checkpoint(checkpoint: str | os.PathLike, model_name: str) -> Path:
+    """The weight file named by ``checkpoint`` (a file, or a folder searched recursively).
+
+    Raises FileNotFoundError naming the path, the expected model and where to obtain it.
+    """
+    hint = (f"expected open_clip weights for CLIP {model_name}; obtain them from "
+            f"{where_to_get(model_name)} and set encoder.clip_checkpoint to the file")
+    if checkpoint is None or str(checkpoint).strip() == "":
+        raise FileNotFoundError(f"no CLIP checkpoint configured (encoder.clip_checkpoint is "
+                                f"empty): {hint}")
+    path = Path(os.path.expanduser(str(checkpoint)))
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = [p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES]
+        if found:
+            def rank(p: Path):
+                pref = _PREFERRED_FILES.index(p.name) if p.name in _PREFERRED_FILES else 99
+                return (pref, -p.stat().st_mtime)   # newest snapshot among equals
+            return sorted(found, key=rank)[0]
+        raise FileNotFoundError(f"CLIP checkpoint folder {path} holds no weight file "
+                                f"({', '.join(_WEIGHT_SUFFIXES)}): {hint}")
+    raise FileNotFoundError(f"CLIP checkpoint not found: {path}: {hint}")
+
+
+def _wants_quick_gelu(path: Path, model_name: str) -> bool:
+    """OpenAI-trained weights need QuickGELU; open_clip's plain configs use GELU."""
+    if model_name.endswith("-quickgelu"):
+        return False                                 # the config already says so
+    cfg_file = path.parent / "open_clip_config.json"
+    if cfg_file.is_file():
+        try:
+            cfg = json.loads(cfg_file.read_text())
+            return bool(cfg.get("model_cfg", {}).get("quick_gelu", False))
+        except (OSError, ValueError):
+            pass
+    return _is_torchscript(path)
+
+
+class ClipEncoder:
+    """open_clip model used both for crops (image tower) and queries (text tower).
+
+    ``encode_images`` applies the model's own preprocessing, batches ``batch_size`` crops per
+    forward pass and returns L2-normalised float32 rows; ``encode_text`` keeps an LRU cache of
+    ``cache_size`` strings so repeated queries cost nothing. fp16 autocast on CUDA, fp32 on CPU.
+    """
+
+    def __init__(self, model_name: str = DEFAULT_MODEL, checkpoint: str = "",
+                 device: str = "cpu", batch_size: int = 64, cache_size: int = 1024,
+                 prompt_template: str = "a {} in a scene"):
+        import open_clip
+        import torch
+
+        if model_name not in open_clip.list_models():
+            raise ValueError(f"unknown CLIP model '{model_name}'; open_clip knows e.g. "
+                             f"ViT-L-14-336, ViT-B-32, ViT-B-16 (see open_clip.list_models())")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        path = resolve_clip_checkpoint(checkpoint, model_name)
+        quick_gelu = _wants_quick_gelu(path, model_name)
+
+        t0 = time.perf_counter()
+        # built empty, then filled from the checkpoint below: hide open_clip's "initialized
+        # randomly" warning, which would be false once the weights are loaded
+        quiet = _DropMessage("initialized randomly")
+        logging.getLogger().addFilter(quiet)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=None, force_quick_gelu=quick_gelu, device="cpu")
+        finally:
+            logging.getLogger().removeFilter(quiet)
+        state_dict = self._read_state_dict(path, model_name)
+        self._load_weights(model, state_dict, path, model_name)
+        del state_dict
+        self.model = model.to(device).eval()
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        self.device = device
+        self.model_name = model_name
+        self.checkpoint = str(path)
+        self.batch_size = int(batch_size)
+        self.cache_size = max(0, int(cache_size))
+        self.prompt_template = prompt_template
+        self.name = f"clip:{model_name}"
+        self.dim = int(open_clip.get_model_config(model_name)["embed_dim"])
+        self._use_amp = str(device).startswith("cuda")
+        self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        # counters for tests and benchmarks
+        self.image_batches = 0
+        self.text_model_calls = 0
+        self.text_cache_hits = 0
+        log.info("CLIP %s loaded from %s on %s (%s%s) in %.1f s", model_name, path, device,
+                 "fp16 autocast" if self._use_amp else "fp32",
+                 ", QuickGELU" if quick_gelu else "", time.perf_counter() - t0)
+
+    # -- loading -----------------------------------------------------------------------------
+    @staticmethod
+    def _read_state_dict(path: Path, model_name: str) -> dict:
+        import torch
+        from open_clip.factory import load_state_dict
+
+        try:
+            if _is_torchscript(path):
+                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+                for key in ("input_resolution", "context_length", "vocab_size"):
+                    state_dict.pop(key, None)
+            else:
+                state_dict = load_state_dict(str(path), device="cpu", weights_only=True)
+        except Exception as exc:  # pickle, zip and safetensors errors alike
+            raise ValueError(f"cannot read CLIP checkpoint {path} (expected open_clip weights "
+                             f"for {model_name}): {exc}") from exc
+        if not isinstance(state_dict, dict) or not state_dict:
+            raise ValueError(f"CLIP checkpoint {path} holds no state dict (expected weights "
+                             f"for {model_name})")
+        return dict(state_dict)
+
+    @staticmethod
+    def _load_weights(model, state_dict: dict, path: Path, model_name: str) -> None:
+        from open_clip.convert import convert_state_dict
+        from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+        try:
+            state_dict = convert_state_dict(model, state_dict)
+            if "logit_scale" in state_dict and \
+                    model.logit_scale.ndim != state_dict["logit_scale"].ndim:
+                state_dict["logit_scale"] = state_dict["logit_scale"].reshape(
+                    model.logit_scale.shape)
+            if getattr(model, "logit_bias", None) is None:
+                state_dict.pop("logit_bias", None)
+            # TorchScript archives also carry non-persistent buffers (e.g. attn_mask)
+            persistent = set(model.state_dict())
+            for key in [k for k, _ in model.named_buffers() if k not in persistent]:
+                state_dict.pop(key, None)
+            resize_pos_embed(state_dict, model)
+            resize_text_pos_embed(state_dict, model)
+            model.load_state_dict(state_dict, strict=True)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            detail = str(exc).strip().splitlines()
+            short = "; ".join(line.strip() for line in detail[:6])
+            raise ValueError(f"CLIP checkpoint {path} does not match the expected model "
+                             f"{model_name} (wrong architecture?): {short}") from exc
+
+    # -- images ------------------------------------------------------------------------------
+    def encode_images(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 crops (h, w, 3) of any size -> (B, dim) float32, L2-normalised rows."""
+        import torch
+        from PIL import Image
+
+        crops = list(crops)
+        if not crops:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start:start + self.batch_size]
+            pixels = torch.stack([self.preprocess(Image.fromarray(_check_crop(c, start + i)))
+                                  for i, c in enumerate(chunk)])
+            with torch.inference_mode(), self._autocast():
+                feats = self.model.encode_image(pixels.to(self.device))
+            self.image_batches += 1
+            out.append(feats.float().cpu().numpy())
+        return l2_normalize(np.concatenate(out, axis=0))
+
+    # -- text --------------------------------------------------------------------------------
+    def prompt(self, class_name: str, template: str | None = None) -> str:
+        """Class name -> prompt (``"a {} in a scene"`` as in the paper)."""
+        return (template or self.prompt_template).format(class_name)
+
+    def encode_classes(self, class_names: Sequence[str], template: str | None = None
+                       ) -> np.ndarray:
+        """Class names embedded through the prompt template."""
+        return self.encode_text([self.prompt(c, template) for c in class_names])
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Strings -> (T, dim) float32, L2-normalised; cached per string (LRU)."""
+        import torch
+
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        self.text_cache_hits += sum(1 for t in texts if t in self._text_cache)
+        fresh: dict[str, np.ndarray] = {}
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start:start + self.batch_size]
+            tokens = self.tokenizer(chunk).to(self.device)
+            with torch.inference_mode(), self._autocast():
+                feats = self.model.encode_text(tokens)
+            self.text_model_calls += 1
+            for text, row in zip(chunk, l2_normalize(feats.float().cpu().numpy())):
+                fresh[text] = row
+        rows = []
+        for t in texts:
+            row = fresh.get(t)
+            if row is None:
+                row = self._text_cache[t]
+                self._text_cache.move_to_end(t)
+            rows.append(row)
+        for t, row in fresh.items():
+            self._remember(t, row)
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def clear_cache(self) -> None:
+        """Forget all cached text embeddings."""
+        self._text_cache.clear()
+
+    def _remember(self, text: str, row: np.ndarray) -> None:
+        if self.cache_size == 0:
+            return
+        self._text_cache[text] = row
+        self._text_cache.move_to_end(text)
+        while len(self._text_cache) > self.cache_size:
+            self._text_cache.popitem(last=False)
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+        if self._use_amp:
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _check_crop(crop: np.ndarray, index: int) -> np.ndarray:
+    crop = np.asarray(crop)
+    if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] == 0 or crop.shape[1] == 0:
+        raise ValueError(f"crop {index} must be a non-empty RGB (h, w, 3) array, "
+                         f"got shape {crop.shape}")
+    if crop.dtype != np.uint8:
+        raise ValueError(f"crop {index} must be uint8, got {crop.dtype}")
+    return np.ascontiguousarray(crop)
