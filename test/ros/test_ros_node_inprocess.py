@@ -1,0 +1,198 @@
+"""The node's logic driven in-process (no DDS traffic): keyframe selection, pose handling, bad
+inputs, the trigger while processing, and queries. Messages are built from a synthetic scene."""
+import threading
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from std_srvs.srv import Trigger
+
+from openmask3d_ros.core.scene import SceneFolder
+from openmask3d_ros.msg import PipelineStatus
+from openmask3d_ros.ros.conversions import (BODY_T_OPTICAL, arrays_to_cloud, depth_to_image,
+                                            intrinsics_to_camera_info, matrix_to_transform,
+                                            ns_to_stamp, rgb_to_image)
+from openmask3d_ros.ros.node import OpenMask3DNode
+from openmask3d_ros.srv import QueryObjects
+
+S = 1_000_000_000
+OPTICAL = "camera_color_optical_frame"
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from openmask3d_ros.core.synthetic import make_scene
+    return SceneFolder(make_scene(tmp_path_factory.mktemp("scene"), seed=1, num_frames=30,
+                                  width=160, height=120))
+
+
+@pytest.fixture
+def context():
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.shutdown(context=ctx)
+
+
+def _node(context, tmp_path, **params):
+    values = {"scene_dir": str(tmp_path / "rec"), "tf_wait": 0.0, "autostart": False, **params}
+    node = OpenMask3DNode(context=context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in values.items()])
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    return node
+
+
+def _set_tf(node, parent, child, t_ns, M):
+    lookup = node._pose_lookup
+    if hasattr(lookup.buffer, "lookup"):               # our TransformBuffer
+        lookup.buffer.set_transform(parent, child, t_ns, M)
+    else:                                              # tf2_ros on a real ROS install
+        from geometry_msgs.msg import TransformStamped
+        ts = TransformStamped()
+        ts.header.frame_id, ts.child_frame_id = parent, child
+        ts.header.stamp = ns_to_stamp(t_ns)
+        matrix_to_transform(M, ts.transform)
+        lookup.buffer.set_transform(ts, "test")
+
+
+def _frame_msgs(scene, fid, t_ns, depth_encoding="16UC1"):
+    color = rgb_to_image(scene.color(fid), "bgr8")
+    depth = depth_to_image(scene.depth(fid), depth_encoding)
+    info = intrinsics_to_camera_info(scene.color_intrinsics())
+    for m in (color, depth, info):
+        m.header.stamp, m.header.frame_id = ns_to_stamp(t_ns), OPTICAL
+    return color, depth, info
+
+
+def _query(node, text, top_k=0, min_score=-1.0):
+    return node._on_query(QueryObjects.Request(query=text, top_k=top_k, min_score=min_score),
+                          QueryObjects.Response())
+
+
+def test_record_trigger_process_query(context, tmp_path, scene, monkeypatch):
+    node = _node(context, tmp_path)
+    try:
+        resp = _query(node, "red")
+        assert not resp.success and "no map yet" in resp.message
+        trig = node._on_trigger_service(Trigger.Request(), Trigger.Response())
+        assert not trig.success and "no keyframes" in trig.message
+
+        for i, fid in enumerate(scene.frame_ids):
+            t = 100 * S + i * S // 10
+            if i <= 15:           # tracking lost after frame 15: keyframe 20 has no pose
+                _set_tf(node, "map", OPTICAL, t, scene.pose(fid))
+            node._on_frame(*_frame_msgs(scene, fid, t))
+        st = node.status()
+        assert st["frames_received"] == 30
+        assert st["keyframes"] == 2 and st["frames_without_pose"] == 1
+        rec = SceneFolder(tmp_path / "rec")
+        assert rec.frame_ids == ["0", "1"]
+        np.testing.assert_allclose(rec.pose("1"), scene.pose(scene.frame_ids[10]), atol=1e-6)
+        np.testing.assert_array_equal(rec.color("0"), scene.color(scene.frame_ids[0]))
+        np.testing.assert_allclose(rec.depth("1"), scene.depth(scene.frame_ids[10]), atol=1e-3)
+
+        # unsupported depth encoding: counted and skipped, nothing raised
+        bad = _frame_msgs(scene, scene.frame_ids[0], 200 * S)
+        bad[1].encoding = "8UC3"
+        node._on_frame(*bad)
+        assert node.status()["frames_rejected"] == 1
+
+        trig = node._on_trigger_service(Trigger.Request(), Trigger.Response())
+        assert not trig.success and "no reconstructed cloud" in trig.message
+
+        pts, cols = scene.cloud()
+        node._on_cloud(arrays_to_cloud(pts, cols, frame_id="map"))
+
+        import openmask3d_ros.core.pipeline as pipeline
+        real, release, started = pipeline.run_pipeline, threading.Event(), threading.Event()
+
+        def slow_pipeline(*args, **kwargs):
+            started.set()
+            assert release.wait(30)
+            return real(*args, **kwargs)
+        monkeypatch.setattr(pipeline, "run_pipeline", slow_pipeline)
+
+        first = node._on_trigger_service(Trigger.Request(), Trigger.Response())
+        assert first.success, first.message
+        assert started.wait(10)
+        second = node._on_trigger_service(Trigger.Request(), Trigger.Response())
+        assert not second.success and "already processing" in second.message
+        assert node.status()["state"] == PipelineStatus.STATE_PROCESSING
+        during = _query(node, "red")
+        assert not during.success and "being built" in during.message
+        release.set()
+        node._worker.join(60)
+        st = node.status()
+        assert st["state"] == PipelineStatus.STATE_READY, st["message"]
+        assert (tmp_path / "rec" / "openmask3d" / "instances.npz").is_file()
+
+        gt = scene.ground_truth()
+        colour = gt.labels[1]["color"]          # object 1; the stand-in encoder knows colours
+        resp = _query(node, colour, top_k=2)
+        assert resp.success, resp.message
+        assert 1 <= len(resp.instances) <= 2
+        assert resp.instances[0].score >= resp.instances[-1].score
+        hit = resp.instances[0]
+        assert hit.header.frame_id == "map" and hit.label == colour
+        assert hit.points.width == hit.num_points > 0
+        want = pts[gt.instance_ids == 1].mean(axis=0)
+        got = np.array([hit.centroid.x, hit.centroid.y, hit.centroid.z])
+        assert np.linalg.norm(got - want) < 0.03
+
+        for req, text in ((dict(text=""), "empty"), (dict(text="  "), "empty"),
+                          (dict(text="red", top_k=-1), "top_k"),
+                          (dict(text="red", min_score=float("nan")), "min_score")):
+            r = _query(node, **req)
+            assert not r.success and text in r.message and not r.instances
+    finally:
+        node.destroy_node()
+
+
+def test_pose_topic_source_and_32fc1_depth(context, tmp_path, scene):
+    from geometry_msgs.msg import PoseStamped
+    from openmask3d_ros.ros.conversions import matrix_to_pose
+    node = _node(context, tmp_path, pose_source="pose", pose_is_optical=False,
+                 **{"pipeline.frame_step": 5})
+    try:
+        fid = scene.frame_ids[3]
+        body_pose = scene.pose(fid) @ np.linalg.inv(BODY_T_OPTICAL)
+        for k, t in enumerate((9 * S, 11 * S)):     # the frame lies halfway between two poses
+            msg = PoseStamped()
+            msg.header.frame_id, msg.header.stamp = "map", ns_to_stamp(t)
+            matrix_to_pose(body_pose, msg.pose)
+            node._on_pose(msg)
+        node._on_frame(*_frame_msgs(scene, fid, 10 * S, depth_encoding="32FC1"))
+        assert node.status()["keyframes"] == 1
+        rec = SceneFolder(tmp_path / "rec")
+        np.testing.assert_allclose(rec.pose("0"), scene.pose(fid), atol=1e-6)
+        np.testing.assert_allclose(rec.depth("0"), scene.depth(fid), atol=1e-3)
+        # 4 more frames, then the next keyframe (frame_step 5) has no pose within tolerance
+        for i in range(1, 6):
+            node._on_frame(*_frame_msgs(scene, fid, (20 + i) * S))
+        st = node.status()
+        assert st["keyframes"] == 1 and st["frames_without_pose"] == 1
+    finally:
+        node.destroy_node()
+
+
+def test_bad_parameters_fail_configure(context, tmp_path):
+    node = OpenMask3DNode(context=context, parameter_overrides=[
+        Parameter("scene_dir", value=str(tmp_path / "x")),
+        Parameter("pose_source", value="gps")])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.status()["state"] == PipelineStatus.STATE_ERROR
+        assert "pose_source" in node.status()["message"]
+    finally:
+        node.destroy_node()
+    node = OpenMask3DNode(context=context, parameter_overrides=[
+        Parameter("scene_dir", value=str(tmp_path / "y")),
+        Parameter("pipeline.visibility.k_threshold", value="far")])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "k_threshold" in node.status()["message"]
+    finally:
+        node.destroy_node()
