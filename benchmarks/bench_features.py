@@ -135,6 +135,7 @@ def main() -> int:
     ap.add_argument("--clip", default="ViT-B-32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--frame-step", type=int, default=10)
     ap.add_argument("--max-masks", type=int, default=0, help="use at most this many masks")
     ap.add_argument("--only", choices=("ours", "official"), help=argparse.SUPPRESS)
     ap.add_argument("--features-out", help=argparse.SUPPRESS)
@@ -146,7 +147,7 @@ def main() -> int:
     scene_dir = Path(args.scene)
     scene = SceneFolder(scene_dir)
     cfg = PipelineConfig()
-    frame_ids = scene.frame_ids[::cfg.frame_step]
+    frame_ids = scene.frame_ids[::args.frame_step]
     points, colors = scene.cloud()
     masks = split_masks(points, GeometricProposals(cfg.proposals).propose(points, colors),
                         cfg.proposals.dbscan_eps, cfg.proposals.dbscan_min_points,
