@@ -142,12 +142,14 @@ def _qos_for(topic: str, depth: int):
 def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
              topics: Iterable[str] | None = None, exclude: Iterable[str] = (),
              remap: dict[str, str] | None = None, wait_for_subscribers: float = 5.0,
-             qos_depth: int = 100, start_delay: float = 0.0) -> dict[str, int]:
+             qos_depth: int = 100, start_delay: float = 0.5) -> dict[str, int]:
     """Publish a bag's messages with rclpy, keeping their relative timing scaled by ``rate``
     (0 = as fast as possible). Returns messages published per topic.
 
     ``node``: an rclpy node to publish from (one is created, with rclpy.init if needed, when
-    None). ``wait_for_subscribers``: seconds to wait until every topic has a subscriber.
+    None). ``wait_for_subscribers``: seconds to wait until every topic has a subscriber;
+    ``start_delay``: seconds more before the first message, so that discovery completes on the
+    subscriber side too (the publisher may see a subscription before it sees the publisher).
     """
     import rclpy
     from rosbags.rosbag2 import Reader

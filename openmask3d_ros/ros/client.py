@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
@@ -80,16 +80,27 @@ class OpenMask3DClient:
 
     # -- waiting ---------------------------------------------------------------------------------
     def _wait(self, predicate, timeout: float) -> bool:
+        """Spin the node (or just wait, with spin=False) until ``predicate()`` or timeout."""
         deadline = time.monotonic() + timeout
-        while not predicate():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if self.spin:
-                rclpy.spin_once(self.node, timeout_sec=min(0.1, left))
-            else:
-                time.sleep(min(0.02, left))
-        return True
+        executor = None
+        if self.spin:
+            # An executor on the node's own context (rclpy.spin_once would use the default one).
+            executor = SingleThreadedExecutor(context=self.node.context)
+            executor.add_node(self.node)
+        try:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if executor is not None:
+                    executor.spin_once(timeout_sec=min(0.1, left))
+                else:
+                    time.sleep(min(0.02, left))
+            return True
+        finally:
+            if executor is not None:
+                executor.remove_node(self.node)
+                executor.shutdown()
 
     def _call(self, client, request, timeout: float):
         if not client.wait_for_service(timeout_sec=timeout):

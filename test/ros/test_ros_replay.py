@@ -1,0 +1,225 @@
+"""End to end over real DDS: a synthetic scene recorded as a ROS 2 bag is replayed into the node
+(started as its own process exactly like `openmask3d node`), the map is completed through the
+service, and the client's queries must find the ground-truth objects.
+
+Localhost discovery and a per-process ROS_DOMAIN_ID come from conftest.py.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from scipy.spatial import cKDTree
+
+from openmask3d_ros.core.scene import SceneFolder
+from openmask3d_ros.msg import PipelineStatus
+from openmask3d_ros.ros.bag import TRIGGER_TOPIC, bag_summary, play_bag, record_scene
+from openmask3d_ros.ros.client import OpenMask3DClient, OpenMask3DError
+from openmask3d_ros.ros.conversions import depth_to_image, intrinsics_to_camera_info, ns_to_stamp
+from openmask3d_ros.ros.params import DEFAULT_REMAPPINGS
+
+ROOT = Path(__file__).resolve().parents[2]
+NUM_FRAMES = 60
+FRAME_STEP = 10
+
+
+def start_node(tmp_path: Path, name: str, *params: str) -> tuple[subprocess.Popen, Path]:
+    """`python -m openmask3d_ros.cli node --params config/openmask3d.yaml ...` from the repo root."""
+    log = tmp_path / f"{name}.log"
+    cmd = [sys.executable, "-m", "openmask3d_ros.cli", "node", "--params",
+           "config/openmask3d.yaml", "--param", "qos_reliability:=reliable"]
+    for p in params:
+        cmd += ["--param", p]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    from openmask3d_ros.core.synthetic import make_scene
+    root = tmp_path_factory.mktemp("replay")
+    scene = make_scene(root / "scene", seed=0, num_frames=NUM_FRAMES, width=160, height=120)
+    bag = record_scene(scene, root / "scene.bag")
+    return SceneFolder(scene), bag, root
+
+
+@pytest.fixture(scope="module")
+def ros():
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("openmask3d_test_client", context=ctx)
+    yield node
+    node.destroy_node()
+    rclpy.shutdown(context=ctx)
+
+
+@pytest.fixture(scope="module")
+def running_node(recorded, ros):
+    _, _, root = recorded
+    proc, log = start_node(root, "node", f"scene_dir:={root / 'recording'}",
+                           f"pipeline.frame_step:={FRAME_STEP}")
+    client = OpenMask3DClient(ros)
+    try:
+        if not client.wait_for_node(60):
+            pytest.fail("node did not come up:\n" + log.read_text()[-3000:])
+        yield proc, client, root
+    finally:
+        stop_node(proc)
+        print(log.read_text()[-4000:])
+
+
+def test_bag_contents(recorded):
+    scene, bag, _ = recorded
+    summary = bag_summary(bag)
+    assert summary[DEFAULT_REMAPPINGS["color/image_raw"]] == ("sensor_msgs/msg/Image", NUM_FRAMES)
+    assert summary[DEFAULT_REMAPPINGS["depth/image_raw"]][1] == NUM_FRAMES
+    assert summary[DEFAULT_REMAPPINGS["color/camera_info"]][1] == NUM_FRAMES
+    assert summary["/tf"] == ("tf2_msgs/msg/TFMessage", NUM_FRAMES)
+    assert summary["/tf_static"][1] == 1
+    assert summary[DEFAULT_REMAPPINGS["cloud"]][1] == 2
+    assert summary[TRIGGER_TOPIC] == ("std_msgs/msg/Empty", 1)
+    # the bytes are standard CDR: rosbags' own typestore reads them back
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+    store = get_typestore(Stores.ROS2_KILTED)
+    with Reader(bag) as reader:
+        conn = next(c for c in reader.connections if c.topic == DEFAULT_REMAPPINGS["depth/image_raw"])
+        _, _, raw = next(reader.messages(connections=[conn]))
+        msg = store.deserialize_cdr(raw, conn.msgtype)
+    assert (msg.encoding, msg.width, msg.height) == ("16UC1", 160, 120)
+    depth = msg.data.view("<u2").reshape(120, 160) / 1000.0
+    np.testing.assert_allclose(depth, scene.depth(scene.frame_ids[0]), atol=1e-6)
+
+
+def test_query_before_any_map(running_node):
+    _, client, _ = running_node
+    with pytest.raises(OpenMask3DError, match="no map yet"):
+        client.query("red")
+    ok, message = client.map_complete()
+    assert not ok and "no keyframes" in message
+
+
+def test_replay_map_complete_and_query(recorded, running_node, ros):
+    scene, bag, _ = recorded
+    proc, client, root = running_node
+    t0 = time.monotonic()
+    counts = play_bag(bag, ros, rate=4.0, exclude=[TRIGGER_TOPIC], wait_for_subscribers=10)
+    assert counts[DEFAULT_REMAPPINGS["color/image_raw"]] == NUM_FRAMES
+    st = client.wait_for_status(lambda s: s.frames_received >= NUM_FRAMES and s.have_cloud, 20)
+    assert st is not None, client.last_status
+    assert st.keyframes == NUM_FRAMES // FRAME_STEP
+    assert st.frames_without_pose == 0 and st.frames_rejected == 0
+    ok, message = client.map_complete()
+    assert ok, message
+    assert client.wait_until_ready(120), client.last_status
+    print(f"replay + processing: {time.monotonic() - t0:.1f} s")
+    assert client.last_status.num_instances > 0
+
+    points, _ = scene.cloud()
+    gt = scene.ground_truth()
+    tree = cKDTree(points)
+    objects = {k: v for k, v in gt.labels.items() if k <= 6 and v.get("color")
+               and v["label"] not in ("table", "floor")}
+    assert objects
+    for obj_id, info in objects.items():
+        hits = client.query(info["color"], top_k=3)
+        assert hits, info
+        best = hits[0]
+        assert best.frame_id == "map" and best.points.shape == (best.num_points, 3)
+        dist, idx = tree.query(best.points)
+        assert dist.max() < 1e-4                       # the points are the cloud's own points
+        pred = np.zeros(len(points), bool)
+        pred[idx] = True
+        true = gt.instance_ids == obj_id
+        iou = (pred & true).sum() / (pred | true).sum()
+        err = np.linalg.norm(best.centroid - points[true].mean(axis=0))
+        assert iou >= 0.5, (info, iou)
+        assert err < 0.03, (info, err)
+
+    # RViz outputs of the last query: boxes + labels (transient local, so late joiners get them)
+    from visualization_msgs.msg import MarkerArray
+    got = []
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    sub = ros.create_subscription(MarkerArray, "/openmask3d/markers", got.append, qos)
+    assert client._wait(lambda: bool(got), 10)
+    ros.destroy_subscription(sub)
+    assert {m.ns for m in got[-1].markers[1:]} == {"openmask3d/boxes", "openmask3d/labels"}
+    assert len(got[-1].markers) == 1 + 2 * 3
+    assert (root / "recording" / "openmask3d" / "instances.npz").is_file()
+
+
+def test_bad_inputs_keep_the_node_alive(running_node, ros):
+    proc, client, _ = running_node
+    for args, text in (((" ",), "empty"), (("red", -2), "top_k"),
+                       (("red", 0, float("nan")), "min_score")):
+        resp = client.query_raw(*args)
+        assert not resp.success and text in resp.message and not resp.instances
+    # frames with a wrong depth encoding are counted as rejected, not processed
+    from sensor_msgs.msg import CameraInfo, Image
+    from openmask3d_ros.core.camera import Intrinsics
+    before = client.wait_for_status(lambda s: True, 5).frames_rejected
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = [ros.create_publisher(Image, DEFAULT_REMAPPINGS["color/image_raw"], qos),
+            ros.create_publisher(Image, DEFAULT_REMAPPINGS["depth/image_raw"], qos),
+            ros.create_publisher(CameraInfo, DEFAULT_REMAPPINGS["color/camera_info"], qos)]
+    assert client._wait(lambda: all(p.get_subscription_count() for p in pubs), 10)
+    for k in range(3):
+        stamp = ns_to_stamp(2_000_000_000 * 1_000_000_000 + k)
+        color = Image(height=4, width=4, encoding="rgb8", step=12, data=bytes(48))
+        depth = depth_to_image(np.ones((4, 4)), "16UC1")
+        depth.encoding = "8UC1"
+        info = intrinsics_to_camera_info(Intrinsics(np.diag([5.0, 5.0, 1.0]), 4, 4))
+        for m, p in zip((color, depth, info), pubs):
+            m.header.stamp, m.header.frame_id = stamp, "camera_color_optical_frame"
+            p.publish(m)
+    st = client.wait_for_status(lambda s: s.frames_rejected >= before + 3, 10)
+    assert st is not None, client.last_status
+    assert "8UC1" in st.message
+    for p in pubs:
+        ros.destroy_publisher(p)
+    assert proc.poll() is None
+    assert client.query("red", top_k=1)                # still answering
+
+
+def test_second_trigger_and_restart_with_saved_map(recorded, running_node, ros):
+    """Bag trigger topic -> processing; a concurrent service trigger is refused or re-runs; then a
+    fresh node with load_map answers at once (queries survive a restart)."""
+    _, bag, root = recorded
+    proc, client, _ = running_node
+    play_bag(bag, ros, rate=0, topics=[DEFAULT_REMAPPINGS["cloud"], TRIGGER_TOPIC],
+             wait_for_subscribers=10)
+    st = client.wait_for_status(lambda s: s.state == PipelineStatus.STATE_PROCESSING, 10)
+    ok, message = client.map_complete()
+    if st is not None and not ok:
+        assert "already processing" in message
+    assert client.wait_until_ready(120)
+    stop_node(proc)
+
+    proc2, log2 = start_node(root, "restarted", f"scene_dir:={root / 'recording2'}",
+                             f"load_map:={root / 'recording'}")
+    try:
+        client2 = OpenMask3DClient(ros)
+        assert client2.wait_for_node(60), log2.read_text()[-3000:]
+        assert client2.wait_until_ready(30), client2.last_status
+        assert client2.query("red", top_k=1)
+    finally:
+        stop_node(proc2)
