@@ -1,0 +1,124 @@
+"""Mask3D class-agnostic proposals behind the ProposalBackend interface."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .compat import import_minkowski
+
+log = logging.getLogger(__name__)
+
+
+class Mask3DBackend:
+    """Class-agnostic 3D instance masks from the released Mask3D ScanNet200 model.
+
+    Inference follows OpenMask3D's mask stage: ScanNet colour normalisation, 2 cm voxels,
+    the last decoder layer's mask logits, ``logit > mask_threshold`` per voxel (0.0, i.e.
+    sigmoid > 0.5, as the official ``get_mask_and_scores``), mapped back to every input point.
+    One mask per query; classes and scores are discarded (no score filtering), empty masks and
+    exact duplicates are dropped. DBSCAN splitting is left to the pipeline.
+
+    ``checkpoint=None`` builds the network with random weights (tests, benchmarks only).
+    """
+
+    name = "mask3d"
+
+    def __init__(self, checkpoint: str | Path | None, device: str = "cpu", num_queries: int = 150,
+                 voxel_size: float = 0.02, mask_threshold: float = 0.0):
+        from .checkpoint import load_into, read_checkpoint
+        ME = import_minkowski()   # ImportError with an install hint when unavailable
+        state = read_checkpoint(checkpoint) if checkpoint is not None else None
+        from .model import Mask3D, Mask3DConfig
+
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"device '{device}' requested but CUDA is not available")
+            if not bool(getattr(ME, "is_cuda_available", lambda: False)()):
+                raise ImportError("this MinkowskiEngine build is CPU-only; rebuild it with CUDA "
+                                  "(scripts/install.sh on a machine with nvcc and a GPU) or use "
+                                  "device 'cpu'")
+        if num_queries < 1:
+            raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+        if voxel_size <= 0:
+            raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
+        self.num_queries = int(num_queries)
+        self.voxel_size = float(voxel_size)
+        self.mask_threshold = float(mask_threshold)
+        self.model = Mask3D(Mask3DConfig(num_queries=self.num_queries))
+        if state is not None:
+            load_into(self.model, state, source=f"checkpoint '{checkpoint}'")
+            self.weights = str(checkpoint)
+        else:
+            self.weights = "random (no checkpoint)"
+        self.model.to(self.device).eval()
+        self.last_timing: dict[str, float] = {}
+        log.info("Mask3D proposals: device %s, weights %s, %d queries, voxel %.3f m",
+                 self.device, self.weights, self.num_queries, self.voxel_size)
+
+    @torch.no_grad()
+    def predict_logits(self, points: np.ndarray, colors: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw network output: class logits (Q, C), voxel mask logits (V, Q), inverse map (P,)."""
+        from .preprocess import voxelize
+        ME = import_minkowski()
+        t0 = time.perf_counter()
+        scene = voxelize(points, colors, self.voxel_size)
+        x = ME.SparseTensor(features=scene.features.to(self.device),
+                            coordinates=scene.coordinates.to(self.device), device=self.device)
+        raw = scene.raw_coordinates.to(self.device)
+        inverse = scene.inverse_map
+        if x.C.shape[0] != raw.shape[0] or not torch.equal(x.C.cpu(), scene.coordinates):
+            # MinkowskiEngine reordered the (already unique) voxels: follow its row order.
+            order = _row_order(x.C.cpu(), scene.coordinates)
+            raw = raw[order.to(self.device)]
+            row_of_voxel = torch.empty_like(order)
+            row_of_voxel[order] = torch.arange(len(order))
+            inverse = row_of_voxel.numpy()[inverse]
+        t1 = time.perf_counter()
+        logits, masks = self.model(x, raw)
+        t2 = time.perf_counter()
+        self.last_timing = {"voxelize_s": t1 - t0, "network_s": t2 - t1,
+                            "voxels": float(raw.shape[0])}
+        return logits.float().cpu().numpy(), masks.float().cpu().numpy(), inverse
+
+    def propose(self, points: np.ndarray, colors: np.ndarray) -> np.ndarray:
+        """Boolean (P, M) masks, one per query with at least one point (M <= num_queries)."""
+        points = np.asarray(points, dtype=np.float64)
+        if len(points) == 0:
+            return np.zeros((0, 0), dtype=bool)
+        _, voxel_logits, inverse = self.predict_logits(points, colors)
+        voxel_masks = voxel_logits > self.mask_threshold          # (V, Q)
+        keep = voxel_masks.any(axis=0)
+        voxel_masks = voxel_masks[:, keep]
+        if voxel_masks.shape[1]:
+            # FPS repeats points when there are fewer voxels than queries: drop exact copies.
+            _, first = np.unique(np.packbits(voxel_masks, axis=0).T, axis=0, return_index=True)
+            voxel_masks = voxel_masks[:, np.sort(first)]
+        masks = voxel_masks[inverse]
+        log.info("Mask3D: %d points, %d voxels -> %d non-empty masks of %d queries (%.2f s)",
+                 len(points), voxel_logits.shape[0], masks.shape[1], self.num_queries,
+                 sum(v for k, v in self.last_timing.items() if k.endswith("_s")))
+        return masks
+
+
+def _row_order(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """Index into ``expected`` rows for every row of ``actual`` (same set of unique rows)."""
+    lo = torch.minimum(actual.min(0)[0], expected.min(0)[0]).long()
+    span = (torch.maximum(actual.max(0)[0], expected.max(0)[0]).long() - lo + 1)
+
+    def key(c: torch.Tensor) -> torch.Tensor:
+        c = c.long() - lo
+        k = torch.zeros(len(c), dtype=torch.long)
+        for d in range(c.shape[1]):
+            k = k * span[d] + c[:, d]
+        return k
+
+    ka, ke = key(actual), key(expected)
+    sort_e = torch.argsort(ke)
+    pos = torch.searchsorted(ke[sort_e], ka)
+    return sort_e[pos]
