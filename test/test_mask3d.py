@@ -197,7 +197,6 @@ def test_wrong_shape_is_reported(backend, tmp_path):
         Mask3DBackend(checkpoint=str(tmp_path / "scannet20.ckpt"), num_queries=8)
 
 
-@needs_me
 def test_missing_file_names_the_file_and_where_to_get_it(tmp_path):
     from openmask3d_ros.core.proposals.mask3d import Mask3DBackend
     path = tmp_path / "nope" / "scannet200_model.ckpt"

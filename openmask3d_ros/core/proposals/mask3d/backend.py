@@ -29,7 +29,9 @@ class Mask3DBackend:
 
     def __init__(self, checkpoint: str | Path | None, device: str = "cpu", num_queries: int = 150,
                  voxel_size: float = 0.02, mask_threshold: float = 0.0):
-        from .checkpoint import load_into, read_checkpoint
+        from .checkpoint import load_into, read_checkpoint, require_file
+        if checkpoint is not None:
+            require_file(checkpoint)  # a missing file is reported even without MinkowskiEngine
         ME = import_minkowski()   # ImportError with an install hint when unavailable
         state = read_checkpoint(checkpoint) if checkpoint is not None else None
         from .model import Mask3D, Mask3DConfig

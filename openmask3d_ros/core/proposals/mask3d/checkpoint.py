@@ -173,6 +173,13 @@ _tolerant_pickle = types.SimpleNamespace(Unpickler=_TolerantUnpickler, load=pick
                                          dump=pickle.dump, __name__="tolerant_pickle")
 
 
+def require_file(path: str | Path) -> Path:
+    """``path`` as a Path; FileNotFoundError naming it and where to get it when it is missing."""
+    if not str(path) or not Path(path).expanduser().is_file():
+        raise FileNotFoundError(f"Mask3D checkpoint not found: '{path}'. {CHECKPOINT_HELP}")
+    return Path(path).expanduser()
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The network's state_dict (``model.`` prefix removed) from a Mask3D checkpoint file.
 
@@ -180,9 +187,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     bare state_dict with or without the prefix. Raises FileNotFoundError (with where to get
     the file) when it is missing and ValueError when it holds no state_dict.
     """
-    path = Path(path).expanduser() if str(path) else Path("")
-    if not str(path) or not path.is_file():
-        raise FileNotFoundError(f"Mask3D checkpoint not found: '{path}'. {CHECKPOINT_HELP}")
+    path = require_file(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:

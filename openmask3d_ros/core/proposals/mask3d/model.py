@@ -11,7 +11,8 @@ are the official ones: they are the checkpoint's state_dict keys.
 Row order: everything here works on ``SparseTensor.F`` (coordinate-map order, which equals the
 voxelised input order). The official code mixes ``decomposed_features`` (per-batch order) with
 re-wrapping into map order in ``mask_module``; that is only consistent when the per-batch
-permutation is the identity, as on the GPU it was evaluated on. On MinkowskiEngine's CPU map the
+permutation is the identity (which the published results imply for the GPU runs; not verified
+here). On MinkowskiEngine's CPU map the
 batch-0 permutation is NOT the identity (measured), so copying the official indexing literally
 would scramble masks on CPU; the map order used here is the intended semantics, and the
 farthest-point sampling starts at row 0 like the official op on identity order.
