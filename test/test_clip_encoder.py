@@ -149,3 +149,18 @@ def test_garbage_file_is_a_clear_error(tmp_path):
 def test_unknown_model_name(checkpoint):
     with pytest.raises(ValueError, match="unknown CLIP model"):
         ClipEncoder(model_name="ViT-Q-99", checkpoint=str(checkpoint))
+
+
+@pytest.mark.parametrize("profile,model", [("paper", "ViT-L-14-336"), ("fast", "ViT-B-32")])
+def test_profiles_load_and_point_at_user_files(profile, model, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from openmask3d_ros.core.config import load_config
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "config" / "profiles" / f"{profile}.yaml")
+    assert cfg.encoder.backend == "clip" and cfg.encoder.clip_model == model
+    assert cfg.segmenter.backend == "sam" and cfg.proposals.backend == "mask3d"
+    monkeypatch.setenv("HOME", str(tmp_path))                    # no weights under this home
+    with pytest.raises(FileNotFoundError) as err:
+        ClipEncoder(model_name=cfg.encoder.clip_model, checkpoint=cfg.encoder.clip_checkpoint)
+    assert str(tmp_path / "openmask3d_models") in str(err.value)
