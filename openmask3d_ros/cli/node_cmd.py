@@ -9,7 +9,18 @@ from pathlib import Path
 from . import CliError
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PARAMS = ROOT / "config" / "openmask3d.yaml"
+
+
+def default_params() -> Path:
+    """config/openmask3d.yaml of a source checkout, else the installed share/openmask3d_ros one."""
+    path = ROOT / "config" / "openmask3d.yaml"
+    if path.is_file():
+        return path
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory("openmask3d_ros")) / "config" / "openmask3d.yaml"
+    except Exception:   # not installed with ament: report the source path as missing
+        return path
 
 
 def register(subparsers) -> None:
@@ -19,7 +30,7 @@ def register(subparsers) -> None:
         description="Run the OpenMask3D lifecycle node with a ROS parameter file. Topics are "
                     "remapped to the same defaults as launch/pipeline.launch.py; override with "
                     "--remap or pass raw ROS arguments after --ros-args.")
-    p.add_argument("--params", default=str(DEFAULT_PARAMS),
+    p.add_argument("--params", default=None,
                    help="ROS 2 parameter YAML (default: config/openmask3d.yaml)")
     p.add_argument("--param", action="append", default=[], metavar="KEY:=VALUE",
                    help="override one parameter, e.g. --param pipeline.frame_step:=5 (repeatable)")
@@ -120,7 +131,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def run_node(args) -> int:
     import logging
-    params = Path(args.params).expanduser().resolve()
+    params = Path(args.params).expanduser().resolve() if args.params else default_params()
     for warning in check_params_file(params):
         logging.getLogger("openmask3d.node").warning(warning)
     argv = ros_arguments(params, _pairs(args.param, "param"), _pairs(args.remap, "remap"),
