@@ -68,7 +68,8 @@ def worker(backend: str, n_points: int, runs: int, num_queries: int) -> dict:
         n_masks = int(masks.shape[1])
         extra = dict(getattr(model, "last_timing", {}) or {})
     return {"backend": backend, "points": n_points, "runs": runs, "build_s": build_s,
-            "median_s": statistics.median(times), "times_s": times, "masks": n_masks,
+            "median_s": statistics.median(times), "min_s": min(times), "times_s": times,
+            "load_avg_1min": os.getloadavg()[0], "masks": n_masks,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_after_build_mb": rss_built, "threads": torch.get_num_threads(), **extra}
 
@@ -102,11 +103,12 @@ def main() -> int:
         if "voxels" in res:
             extra = (f", {int(res['voxels'])} voxels, voxelize {res['voxelize_s']:.2f} s, "
                      f"network {res['network_s']:.2f} s")
-        print(f"{backend:10s} {res['points']} points: median {res['median_s']:.2f} s over "
+        print(f"{backend:10s} {res['points']} points: median {res['median_s']:.2f} s, min "
+              f"{res['min_s']:.2f} s over "
               f"{res['runs']} runs ({', '.join(f'{t:.2f}' for t in res['times_s'])}), "
               f"{res['masks']} masks, peak RSS {res['peak_rss_mb']:.0f} MB "
               f"(after build {res['rss_after_build_mb']:.0f} MB), build {res['build_s']:.1f} s"
-              f"{extra}")
+              f"{extra}; load average after: {res['load_avg_1min']:.1f}")
     if len(results) == 2:
         a, b = results
         print(f"ratio {a['backend']}/{b['backend']}: time x{a['median_s'] / b['median_s']:.1f}, "
