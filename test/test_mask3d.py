@@ -269,3 +269,30 @@ def test_a_two_part_mask_is_split_by_dbscan():
     sizes = sorted(parts.sum(axis=0).tolist())
     assert sizes == [100, 150, 200]
     assert not (parts.sum(axis=1) > 1).any()
+
+
+def test_pipeline_falls_back_when_the_checkpoint_is_missing(tmp_path):
+    """models.build_proposals: a missing Mask3D file gives the geometric backend and a note."""
+    from openmask3d_ros.core.config import PipelineConfig
+    from openmask3d_ros.core.models import build_proposals
+    cfg = PipelineConfig()
+    cfg.proposals.backend = "mask3d"
+    cfg.proposals.mask3d_checkpoint = str(tmp_path / "scannet200_model.ckpt")
+    notes: list[str] = []
+    backend = build_proposals(cfg, "cpu", notes)
+    assert backend.name != "mask3d"
+    assert any("scannet200_model.ckpt" in n and "geometric" in n for n in notes)
+
+
+@needs_me
+def test_pipeline_builds_mask3d_from_a_checkpoint(backend, tmp_path):
+    from openmask3d_ros.core.config import PipelineConfig
+    from openmask3d_ros.core.models import build_proposals
+    from openmask3d_ros.core.proposals.mask3d.checkpoint import save_lightning_checkpoint
+    save_lightning_checkpoint(backend.model, tmp_path / "m.ckpt")
+    cfg = PipelineConfig()
+    cfg.proposals.backend = "mask3d"
+    cfg.proposals.mask3d_checkpoint = str(tmp_path / "m.ckpt")
+    cfg.proposals.mask3d_num_queries = 8
+    built = build_proposals(cfg, "cpu", [])
+    assert built.name == "mask3d" and built.num_queries == 8

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import warnings
 
 _INSTALL_HINT = ("MinkowskiEngine is not importable; the Mask3D proposal backend needs it. "
                  "Install it with scripts/install.sh (builds minkowskiengine==0.5.4 from source "
@@ -20,7 +21,10 @@ def import_minkowski():
         if not hasattr(collections, name):
             setattr(collections, name, getattr(collections.abc, name))
     try:
-        import MinkowskiEngine as ME  # noqa: N812
+        with warnings.catch_warnings():
+            # the CPU-only build warns on every import; the backend logs its device instead
+            warnings.filterwarnings("ignore", message=".*compiled with CPU_ONLY.*")
+            import MinkowskiEngine as ME  # noqa: N812
     except Exception as exc:  # a broken build raises OSError/AttributeError too
         raise ImportError(f"{_INSTALL_HINT} ({type(exc).__name__}: {exc})") from exc
     return ME
