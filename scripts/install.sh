@@ -31,13 +31,20 @@ bash "$ROOT/scripts/build_interfaces.sh" "$VENV"
 if ! "$PY" -c "import collections, collections.abc; collections.Sequence = collections.abc.Sequence; import MinkowskiEngine" 2>/dev/null; then
   log "MinkowskiEngine 0.5.4 (build from source, several minutes)"
   "${PIP[@]}" numpy wheel ninja setuptools
-  ME_OPTS=(--global-option=--blas=openblas)
-  if ! command -v nvcc >/dev/null 2>&1 || ! "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    ME_OPTS+=(--global-option=--cpu_only)
+  me_failed() {
+    log "WARNING: MinkowskiEngine build failed; the Mask3D backend will be unavailable (geometric fallback)"
+    [ "${OPENMASK3D_REQUIRE_MINKOWSKI:-0}" != 1 ] || exit 1
+  }
+  build_me() {  # extra global options...
+    SETUPTOOLS_USE_DISTUTILS=stdlib MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip install -q --no-build-isolation \
+      --disable-pip-version-check minkowskiengine==0.5.4 --global-option=--blas=openblas "$@"
+  }
+  if command -v nvcc >/dev/null 2>&1 && "$PY" -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    build_me || { log "CUDA build of MinkowskiEngine failed; retrying CPU-only"; build_me --global-option=--cpu_only; } \
+      || me_failed
+  else
+    build_me --global-option=--cpu_only || me_failed
   fi
-  SETUPTOOLS_USE_DISTUTILS=stdlib MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip install -q --no-build-isolation \
-    --disable-pip-version-check minkowskiengine==0.5.4 "${ME_OPTS[@]}" \
-    || log "WARNING: MinkowskiEngine build failed; the Mask3D backend will be unavailable (geometric fallback)"
 fi
 
 log "openmask3d_ros (editable)"
