@@ -25,6 +25,12 @@ class Models:
                 "device": self.device, "notes": list(self.notes)}
 
 
+def _note(notes: list[str], text: str, level: int = logging.INFO) -> None:
+    """Record a stand-in/fallback note (for metadata and status) and log it once."""
+    log.log(level, text)
+    notes.append(text)
+
+
 def resolve_device(requested: str = "auto") -> str:
     """'auto' -> 'cuda' when a GPU is usable, else 'cpu'. An unavailable GPU request is an error."""
     try:
@@ -54,8 +60,7 @@ def build_proposals(cfg: PipelineConfig, device: str, notes: list[str]) -> Propo
                                  mask_threshold=p.mask3d_mask_threshold)
         except (ImportError, FileNotFoundError, ValueError) as exc:
             note = f"Mask3D unavailable ({exc}); falling back to the geometric proposal backend"
-            log.warning(note)
-            notes.append(note)
+            _note(notes, note, logging.WARNING)
     elif p.backend != "geometric":
         raise ValueError(f"proposals.backend must be geometric, mask3d or precomputed, "
                          f"got '{p.backend}'")
@@ -71,7 +76,7 @@ def build_segmenter(cfg: PipelineConfig, device: str, notes: list[str]) -> Segme
     if s.backend != "hull":
         raise ValueError(f"segmenter.backend must be hull or sam, got '{s.backend}'")
     from .segmenters.hull import HullSegmenter
-    notes.append("segmenter is the projected-point hull STAND-IN, not SAM")
+    _note(notes, "segmenter is the projected-point hull STAND-IN, not SAM")
     return HullSegmenter()
 
 
@@ -86,7 +91,7 @@ def build_encoders(cfg: PipelineConfig, device: str, notes: list[str]
     if e.backend != "colour":
         raise ValueError(f"encoder.backend must be colour or clip, got '{e.backend}'")
     from .encoders.colour import ColourEncoder
-    notes.append("image/text encoders are the colour STAND-IN, not CLIP")
+    _note(notes, "image/text encoders are the colour STAND-IN, not CLIP")
     enc = ColourEncoder()
     return enc, enc
 
@@ -99,8 +104,6 @@ def build_models(cfg: PipelineConfig) -> Models:
     proposals = build_proposals(cfg, device, notes)
     segmenter = build_segmenter(cfg, device, notes)
     image_encoder, text_encoder = build_encoders(cfg, device, notes)
-    for note in notes:
-        log.info(note)
     return Models(proposals, segmenter, image_encoder, text_encoder, device, notes)
 
 
