@@ -134,10 +134,28 @@ def run_node(args) -> int:
     params = Path(args.params).expanduser().resolve() if args.params else default_params()
     for warning in check_params_file(params):
         logging.getLogger("openmask3d.node").warning(warning)
+    if args.name:
+        params = _renamed_params(params, args.name)
     argv = ros_arguments(params, _pairs(args.param, "param"), _pairs(args.remap, "remap"),
                          args.name, args.ros_args)
     from ..ros.node import main as node_main
     return node_main(argv)
+
+
+def _renamed_params(path: Path, name: str) -> Path:
+    """A copy of the parameter file whose `openmask3d:` section is keyed by ``name`` (ROS applies
+    a section only to the node of that name)."""
+    import tempfile
+    import yaml
+    from ..ros.params import NODE_NAME
+    data = yaml.safe_load(path.read_text()) or {}
+    if NODE_NAME not in data:
+        return path
+    data[name] = data.pop(NODE_NAME)
+    fd, tmp = tempfile.mkstemp(prefix=f"{name}_", suffix=".yaml")
+    with open(fd, "w") as f:
+        yaml.safe_dump(data, f)
+    return Path(tmp)
 
 
 def run_bag_record(args) -> int:

@@ -142,14 +142,19 @@ def _qos_for(topic: str, depth: int):
 def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
              topics: Iterable[str] | None = None, exclude: Iterable[str] = (),
              remap: dict[str, str] | None = None, wait_for_subscribers: float = 5.0,
-             qos_depth: int = 100, start_delay: float = 0.5) -> dict[str, int]:
+             qos_depth: int = 100, start_delay: float = 1.5,
+             latched_repeat: float = 1.0) -> dict[str, int]:
     """Publish a bag's messages with rclpy, keeping their relative timing scaled by ``rate``
     (0 = as fast as possible). Returns messages published per topic.
 
     ``node``: an rclpy node to publish from (one is created, with rclpy.init if needed, when
     None). ``wait_for_subscribers``: seconds to wait until every topic has a subscriber;
     ``start_delay``: seconds more before the first message, so that discovery completes on the
-    subscriber side too (the publisher may see a subscription before it sees the publisher).
+    subscriber side too: the publisher sees a subscription before the subscription has matched
+    the publisher, and a sample sent in between can be lost even when it is transient-local
+    (seen here with Fast DDS: one /tf_static sample in about five runs without the delay).
+    ``latched_repeat``: the /tf_static messages so far are published again every this many
+    seconds during playback (static transforms are idempotent; 0 = never), as a second guard.
     """
     import rclpy
     from rosbags.rosbag2 import Reader
@@ -180,6 +185,8 @@ def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
                 time.sleep(start_delay)
             t_wall0 = time.monotonic()
             t_bag0 = None
+            latched: list[tuple[str, bytes]] = []   # every /tf_static message so far
+            next_repeat = t_wall0 + latched_repeat
             for conn, stamp, raw in reader.messages(connections=conns):
                 if t_bag0 is None:
                     t_bag0 = stamp
@@ -188,8 +195,15 @@ def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
                     delay = due - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                publishers[conn.topic].publish(bytes(raw))
+                data = bytes(raw)
+                publishers[conn.topic].publish(data)
                 counts[conn.topic] = counts.get(conn.topic, 0) + 1
+                if conn.topic == "/tf_static":
+                    latched.append((conn.topic, data))
+                if latched_repeat > 0 and latched and time.monotonic() >= next_repeat:
+                    for topic, payload in latched:
+                        publishers[topic].publish(payload)
+                    next_repeat = time.monotonic() + latched_repeat
         time.sleep(0.2)   # let the last samples leave before the publishers go away
     finally:
         if own_node:

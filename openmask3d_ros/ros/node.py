@@ -194,7 +194,7 @@ class OpenMask3DNode(LifecycleNode):
         self._points_pub = self.create_publisher(PointCloud2, P.QUERY_POINTS_TOPIC, _latched())
         self._timers.append(self.create_timer(float(self._p("status_period")),
                                               self._publish_status))
-        self._timers.append(self.create_timer(0.05, self._retry_pending))
+        self._timers.append(self.create_timer(0.05, self._guard(self._retry_pending)))
 
         load = str(self._p("load_map")).strip()
         if load:

@@ -234,8 +234,15 @@ class TfTopicLookup:
         self._node = node
         self._subs = [
             node.create_subscription(TFMessage, "/tf", lambda m: self.buffer.add_message(m), dyn),
-            node.create_subscription(TFMessage, "/tf_static",
-                                     lambda m: self.buffer.add_message(m, static=True), static)]
+            node.create_subscription(TFMessage, "/tf_static", self._on_static, static)]
+
+    def _on_static(self, msg) -> None:
+        known = set(self.buffer.frames())
+        self.buffer.add_message(msg, static=True)
+        new = [f"{t.header.frame_id} -> {t.child_frame_id}" for t in msg.transforms
+               if t.child_frame_id.lstrip("/") not in known]
+        if new:
+            self._node.get_logger().info(f"static transforms: {', '.join(new)}")
 
     def lookup(self, target: str, source: str, stamp_ns: int | None = None,
                tolerance_s: float = 0.1) -> np.ndarray:

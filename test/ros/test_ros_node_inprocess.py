@@ -1,5 +1,6 @@
 """The node's logic driven in-process (no DDS traffic): keyframe selection, pose handling, bad
 inputs, the trigger while processing, and queries. Messages are built from a synthetic scene."""
+import os
 import threading
 
 import numpy as np
@@ -30,8 +31,9 @@ def scene(tmp_path_factory):
 
 @pytest.fixture
 def context():
+    # Another DDS domain than the replay tests: nodes of this process must not linger in theirs.
     ctx = rclpy.Context()
-    rclpy.init(context=ctx)
+    rclpy.init(context=ctx, domain_id=int(os.environ["ROS_DOMAIN_ID"]) + 100)
     yield ctx
     rclpy.shutdown(context=ctx)
 
