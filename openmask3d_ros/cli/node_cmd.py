@@ -63,6 +63,9 @@ def register(subparsers) -> None:
                    help="do not publish this topic (repeatable), e.g. /openmask3d/map_complete")
     b.add_argument("--wait", type=float, default=5.0,
                    help="seconds to wait for subscribers before publishing")
+    b.add_argument("--delay", type=float, default=1.5,
+                   help="seconds to wait after subscribers appear, so discovery completes on "
+                        "their side too")
     b.set_defaults(func=run_bag_play)
 
 
@@ -171,7 +174,7 @@ def run_bag_record(args) -> int:
 def run_bag_play(args) -> int:
     from ..ros.bag import play_bag
     counts = play_bag(args.bag, rate=args.rate, exclude=args.exclude,
-                      wait_for_subscribers=args.wait)
+                      wait_for_subscribers=args.wait, start_delay=args.delay)
     for topic, count in sorted(counts.items()):
         print(f"{topic:45s} {count}")
     return 0
