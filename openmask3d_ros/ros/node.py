@@ -99,7 +99,7 @@ class OpenMask3DNode(LifecycleNode):
         self._status = dict(state=PipelineStatus.STATE_RECORDING, stage="", stage_done=0,
                             stage_total=0, progress=0.0, frames_received=0, keyframes=0,
                             frames_without_pose=0, frames_rejected=0, have_cloud=False,
-                            num_instances=0, message="")
+                            num_instances=0, models="", notes=[], message="")
 
     # -- helpers ---------------------------------------------------------------------------------
     def _p(self, name: str):
@@ -186,8 +186,10 @@ class OpenMask3DNode(LifecycleNode):
         t0 = time.perf_counter()
         self._models = build_models(self._cfg)
         log.info(f"models ready in {time.perf_counter() - t0:.1f} s: {self._models.describe()}")
-        for note in self._models.notes:
-            log.warning(note)
+        d = self._models.describe()
+        self._set_status(models=" ".join(f"{k}={d[k]}" for k in ("proposals", "segmenter",
+                                                                   "image_encoder", "device")),
+                         notes=list(self._models.notes))
 
         self._status_pub = self.create_publisher(PipelineStatus, P.STATUS_TOPIC, _latched())
         self._markers_pub = self.create_publisher(MarkerArray, P.MARKERS_TOPIC, _latched())

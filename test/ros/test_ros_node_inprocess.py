@@ -79,6 +79,9 @@ def test_record_trigger_process_query(context, tmp_path, scene, monkeypatch):
     try:
         resp = _query(node, "red")
         assert not resp.success and "no map yet" in resp.message
+        st = node.status()       # the stand-ins in use are named in the status
+        assert "proposals=geometric-standin" in st["models"] and "device=cpu" in st["models"]
+        assert any("colour STAND-IN" in n for n in st["notes"])
         trig = node._on_trigger_service(Trigger.Request(), Trigger.Response())
         assert not trig.success and "no keyframes" in trig.message
 
