@@ -201,3 +201,44 @@ def test_bad_parameters_fail_configure(context, tmp_path):
         assert "k_threshold" in node.status()["message"]
     finally:
         node.destroy_node()
+
+
+def test_node_builds_its_map_with_clip_and_sam(context, tmp_path, scene):
+    """The node through open_clip + segment-anything (random-weight checkpoint files, as a user
+    configures downloaded weights): one keyframe, so SAM embeds exactly one image."""
+    import json
+
+    import torch
+    open_clip = pytest.importorskip("open_clip")
+    segment_anything = pytest.importorskip("segment_anything")
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), tmp_path / "c.pt")
+    torch.save(segment_anything.sam_model_registry["vit_b"](checkpoint=None).state_dict(),
+               tmp_path / "s.pth")
+    node = _node(context, tmp_path, **{
+        "pipeline.encoder.backend": "clip", "pipeline.encoder.clip_model": "ViT-B-32",
+        "pipeline.encoder.clip_checkpoint": str(tmp_path / "c.pt"),
+        "pipeline.segmenter.backend": "sam", "pipeline.segmenter.sam_model": "vit_b",
+        "pipeline.segmenter.sam_checkpoint": str(tmp_path / "s.pth")})
+    try:
+        st = node.status()
+        assert "segmenter=sam:vit_b" in st["models"] and "image_encoder=clip:ViT-B-32" in st["models"]
+        for i, fid in enumerate(scene.frame_ids[:10]):
+            t = 100 * S + i * S // 10
+            _set_tf(node, "map", OPTICAL, t, scene.pose(fid))
+            node._on_frame(*_frame_msgs(scene, fid, t))
+        assert node.status()["keyframes"] == 1
+        pts, cols = scene.cloud()
+        node._on_cloud(arrays_to_cloud(pts, cols, frame_id="map"))
+        assert node._on_trigger_service(Trigger.Request(), Trigger.Response()).success
+        node._worker.join(600)
+        st = node.status()
+        assert st["state"] == PipelineStatus.STATE_READY, st["message"]
+        meta = json.loads((tmp_path / "rec" / "openmask3d" / "meta.json").read_text())
+        assert meta["models"]["segmenter"] == "sam:vit_b" and meta["segmenter_images"] == 1
+        resp = _query(node, "a red mug", top_k=3)
+        assert resp.success, resp.message
+        scores = [i.score for i in resp.instances]
+        assert scores and scores == sorted(scores, reverse=True)
+    finally:
+        node.destroy_node()
