@@ -1,6 +1,8 @@
 """The small interfaces every model sits behind, so stand-ins, small and paper models swap freely."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -59,3 +61,13 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=axis, keepdims=True)
     return x / np.maximum(norm, 1e-12)
+
+
+def configured_path(value: str | os.PathLike | None, what: str, key: str, hint: str) -> Path:
+    """A user-provided model file path from config ``key`` with ``~`` expanded.
+
+    An empty value is a FileNotFoundError naming the key and ``hint`` (what to get and where).
+    """
+    if value is None or str(value).strip() == "":
+        raise FileNotFoundError(f"no {what} checkpoint configured ({key} is empty): {hint}")
+    return Path(os.path.expanduser(str(value)))

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..interfaces import l2_normalize
+from ..interfaces import configured_path, l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,7 @@ def resolve_clip_checkpoint(checkpoint: str | os.PathLike, model_name: str) -> P
     """
     hint = (f"expected open_clip weights for CLIP {model_name}; obtain them from "
             f"{where_to_get(model_name)} and set encoder.clip_checkpoint to the file")
-    if checkpoint is None or str(checkpoint).strip() == "":
-        raise FileNotFoundError(f"no CLIP checkpoint configured (encoder.clip_checkpoint is "
-                                f"empty): {hint}")
-    path = Path(os.path.expanduser(str(checkpoint)))
+    path = configured_path(checkpoint, "CLIP", "encoder.clip_checkpoint", hint)
     if path.is_file():
         return path
     if path.is_dir():

@@ -17,7 +17,7 @@ import numpy as np
 from ..config import PipelineConfig
 from ..instance_map import MAP_DIRNAME, InstanceMap
 from ..interfaces import TextEncoder
-from .ap import MIN_REGION_SIZE, OVERLAPS, APResult, SceneMatches, evaluate, match_scene
+from .ap import MIN_REGION_SIZE, OVERLAPS, APResult, evaluate, match_scene
 from .assign import DEFAULT_TEMPLATE, assign_classes
 from .ground_truth import check_splits, gt_classes, load_ground_truth
 

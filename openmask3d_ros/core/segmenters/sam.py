@@ -13,11 +13,12 @@ mask upscaling, per round) is what costs. The big saving is the one embedding pe
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ..interfaces import configured_path
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,7 @@ class SamSegmenter:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         hint = (f"expected a SAM {model_type} checkpoint; obtain {where_to_get(model_type)} "
                 f"and set segmenter.sam_checkpoint to the file")
-        if checkpoint is None or str(checkpoint).strip() == "":
-            raise FileNotFoundError(f"no SAM checkpoint configured (segmenter.sam_checkpoint is "
-                                    f"empty): {hint}")
-        path = Path(os.path.expanduser(str(checkpoint)))
+        path = configured_path(checkpoint, "SAM", "segmenter.sam_checkpoint", hint)
         if path.is_dir():
             wanted = (SAM_CHECKPOINTS.get(model_type) or MOBILE_SAM[model_type])[0]
             if (path / wanted).is_file():
