@@ -19,7 +19,7 @@ from openmask3d_ros.core.evaluation.ap import _average_precision
 from openmask3d_ros.core.evaluation.ground_truth import gt_classes
 from openmask3d_ros.core.evaluation.runner import EvalScene, find_scenes
 from openmask3d_ros.core.instance_map import InstanceMap
-from openmask3d_ros.core.scene import GroundTruth, SceneWriter, write_ply
+from openmask3d_ros.core.scene import SceneWriter, write_ply
 
 P = 2000
 

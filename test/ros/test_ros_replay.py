@@ -18,7 +18,6 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from scipy.spatial import cKDTree
 
 from openmask3d_ros.core.scene import SceneFolder
-from openmask3d_ros.msg import PipelineStatus
 from openmask3d_ros.ros.bag import TRIGGER_TOPIC, bag_summary, play_bag, record_scene
 from openmask3d_ros.ros.client import OpenMask3DClient, OpenMask3DError
 from openmask3d_ros.ros.conversions import depth_to_image, intrinsics_to_camera_info, ns_to_stamp
