@@ -98,3 +98,17 @@ def test_bad_inputs_give_clear_errors(built, tmp_path, capsys):
         engine.query("  ")
     with pytest.raises(ValueError, match="top_k"):
         engine.query("red", top_k=-1)
+
+
+def test_corrupt_frames_are_skipped_with_a_warning(tmp_path, caplog):
+    root = make_scene(tmp_path / "s", seed=3, num_frames=40, width=160, height=120)
+    (root / "depth" / "10.png").write_bytes(b"not a png")        # keyframe 10: unreadable depth
+    import cv2
+    cv2.imwrite(str(root / "color" / "20.png"), np.zeros((60, 80, 3), np.uint8))  # wrong size
+    pose = root / "pose" / "30.txt"
+    pose.write_text(pose.read_text().replace(pose.read_text().split()[3], "-inf", 1))
+    imap = run_pipeline(root)
+    skipped = imap.meta["frames"]["skipped"]
+    assert set(skipped) == {"10", "20", "30"}, skipped
+    assert "20" not in imap.meta["frames"]["used"] and imap.valid.any()
+    assert "frame 10 skipped" in caplog.text

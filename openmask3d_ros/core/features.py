@@ -19,7 +19,7 @@ from .config import PipelineConfig
 from .crops import crop_boxes, cut
 from .interfaces import ImageEncoder, Segmenter, l2_normalize
 from .refine import refine
-from .scene import SceneFolder
+from .scene import SceneError, SceneFolder
 from .visibility import count_visible, mask_matrix, select_views, visible_points
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,14 @@ def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
             report.frames_skipped[fid] = "non-finite pose"
             log.warning("frame %s skipped: non-finite pose", fid)
             continue
-        depth = scene.depth(fid)
-        counts[j] = count_visible(visible_points(points, pose, depth, K_depth, k_threshold), S)
+        try:
+            depth = scene.depth(fid)
+            seen = visible_points(points, pose, depth, K_depth, k_threshold)
+        except (SceneError, ValueError) as exc:       # a bad frame is skipped, not fatal
+            report.frames_skipped[fid] = str(exc)
+            log.warning("frame %s skipped: %s", fid, exc)
+            continue
+        counts[j] = count_visible(seen, S)
         if progress:
             progress("visibility", j + 1, len(frame_ids))
     return counts
@@ -116,10 +122,15 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
     for done, j in enumerate(sorted(by_frame)):
         fid = frame_ids[j]
         pose = scene.pose(fid)
-        image = scene.color(fid)
-        if image.shape[:2] != (K_color.height, K_color.width):
-            raise ValueError(f"colour frame {fid} is {image.shape[1]}x{image.shape[0]}, the "
-                             f"intrinsics are for {K_color.width}x{K_color.height}")
+        try:
+            image = scene.color(fid)
+            if image.shape[:2] != (K_color.height, K_color.width):
+                raise ValueError(f"colour frame {fid} is {image.shape[1]}x{image.shape[0]}, the "
+                                 f"intrinsics are for {K_color.width}x{K_color.height}")
+        except (SceneError, ValueError) as exc:       # its masks keep their other views
+            report.frames_skipped[fid] = str(exc)
+            log.warning("frame %s skipped: %s", fid, exc)
+            continue
         seen = visible_points(points, pose, scene.depth(fid), K_depth, cfg.visibility.k_threshold)
         segmenter.set_image(image)
         report.segmenter_images += 1
