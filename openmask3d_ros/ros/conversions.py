@@ -372,14 +372,18 @@ def pose_to_matrix(p) -> np.ndarray:
     return M
 
 
+def _fill_rigid(M: np.ndarray, xyz, quat) -> None:
+    """Write a 4x4's translation into ``xyz`` (x, y, z) and rotation into ``quat`` (x, y, z, w)."""
+    xyz.x, xyz.y, xyz.z = (float(v) for v in M[:3, 3])
+    quat.x, quat.y, quat.z, quat.w = (float(v) for v in matrix_to_quat(M[:3, :3]))
+
+
 def matrix_to_transform(M: np.ndarray, t=None):
     """4x4 -> geometry_msgs/Transform (fills ``t`` when given)."""
     if t is None:
         from geometry_msgs.msg import Transform
         t = Transform()
-    q = matrix_to_quat(M[:3, :3])
-    t.translation.x, t.translation.y, t.translation.z = (float(v) for v in M[:3, 3])
-    t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w = (float(v) for v in q)
+    _fill_rigid(M, t.translation, t.rotation)
     return t
 
 
@@ -388,9 +392,7 @@ def matrix_to_pose(M: np.ndarray, p=None):
     if p is None:
         from geometry_msgs.msg import Pose
         p = Pose()
-    q = matrix_to_quat(M[:3, :3])
-    p.position.x, p.position.y, p.position.z = (float(v) for v in M[:3, 3])
-    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = (float(v) for v in q)
+    _fill_rigid(M, p.position, p.orientation)
     return p
 
 
