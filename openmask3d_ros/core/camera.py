@@ -66,15 +66,14 @@ def project(points: np.ndarray, cam_to_world: np.ndarray, K: np.ndarray
     return uv, w
 
 
-def backproject(depth: np.ndarray, K: np.ndarray, cam_to_world: np.ndarray,
-                stride: int = 1) -> np.ndarray:
-    """World points of the valid (> 0, finite) depth pixels, sampled every ``stride`` pixels."""
-    d = depth[::stride, ::stride]
-    v, u = np.nonzero(np.isfinite(d) & (d > 0))
-    z = d[v, u]
-    u = u * stride
-    v = v * stride
+def backproject_pixels(u: np.ndarray, v: np.ndarray, z: np.ndarray, K: np.ndarray,
+                       cam_to_world: np.ndarray) -> np.ndarray:
+    """World points (N, 3) of pixels (u, v) at camera depth z.
+
+    Written per axis because a tall (N, 3) @ (3, 3) matmul is oddly slow with OpenBLAS threads
+    on busy 2-core machines.
+    """
     x = (u - K[0, 2]) * z / K[0, 0]
     y = (v - K[1, 2]) * z / K[1, 1]
-    cam = np.stack([x, y, z], axis=1)
-    return cam @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
+    R, t = cam_to_world[:3, :3], cam_to_world[:3, 3]
+    return np.stack([R[r, 0] * x + R[r, 1] * y + R[r, 2] * z + t[r] for r in range(3)], axis=1)

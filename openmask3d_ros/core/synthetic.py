@@ -10,8 +10,8 @@ Camera conventions (verified by rendering small spheres at known positions):
 
 * poses are camera-to-world in the OpenCV optical frame (x right, y down, z forward);
 * TinyRenderer rasterises with a half-pixel shift against the ideal OpenGL pinhole, so in pixel
-  *index* coordinates (what :func:`~openmask3d_ros.core.camera.backproject` uses) the principal
-  point is ``(W/2, H/2 - 1)``, not ``((W-1)/2, (H-1)/2)``; ``fx = fy = (H/2) / tan(fov_y/2)``.
+  *index* coordinates (what :func:`~openmask3d_ros.core.camera.backproject_pixels` uses) the
+  principal point is ``(W/2, H/2 - 1)``, not ``((W-1)/2, (H-1)/2)``; ``fx = fy = (H/2) / tan(fov_y/2)``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .camera import Intrinsics
+from .camera import Intrinsics, backproject_pixels
 from .scene import SceneWriter
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def make_scene(out_dir, seed: int = 0, num_frames: int = 100, width: int = 320,
                 continue
 
             v, u = np.nonzero(valid)
-            xyz = _backproject_pixels(u, v, depth[v, u], intr.K, pose)
+            xyz = backproject_pixels(u, v, depth[v, u], intr.K, pose)
             keep = np.all((xyz[:, :2] >= crop_lo) & (xyz[:, :2] <= crop_hi), axis=1)
             xyz, v, u = xyz[keep], v[keep], u[keep]
             vox = np.floor((xyz + VOXEL_OFFSET) / VOXEL).astype(np.int64) + (1 << 20)
@@ -330,15 +330,6 @@ def _clear_previous(out: Path) -> None:
         shutil.rmtree(out / sub, ignore_errors=True)
     for name in ("cloud.ply", "scene.json"):
         (out / name).unlink(missing_ok=True)
-
-
-def _backproject_pixels(u, v, z, K, cam_to_world):
-    """World points of pixels (u, v) at depth z: the maths of ``camera.backproject``, written
-    out per axis because a tall (N, 3) @ (3, 3) matmul is oddly slow on busy 2-core machines."""
-    x = (u - K[0, 2]) * z / K[0, 0]
-    y = (v - K[1, 2]) * z / K[1, 1]
-    R, t = cam_to_world[:3, :3], cam_to_world[:3, 3]
-    return np.stack([R[r, 0] * x + R[r, 1] * y + R[r, 2] * z + t[r] for r in range(3)], axis=1)
 
 
 def _fuse(keys, pts, cols, labels, n_labels):
