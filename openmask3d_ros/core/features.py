@@ -74,8 +74,13 @@ def frame_pose(scene: SceneFolder, fid: str) -> np.ndarray | None:
 
 def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
                       frame_ids: list[str], k_threshold: float, report: FeatureReport,
-                      progress: Progress | None = None) -> np.ndarray:
-    """vis(i, j) for all frames j and masks i: int (F, M). Unusable frames count zero."""
+                      progress: Progress | None = None,
+                      seen_out: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """vis(i, j) for all frames j and masks i: int (F, M). Unusable frames count zero.
+
+    ``seen_out`` (optional) receives each usable frame's visible points, bit-packed (P/8 bytes a
+    frame), so later stages need not reload depth and project again.
+    """
     K_depth = scene.depth_intrinsics()
     S = mask_matrix(masks)
     counts = np.zeros((len(frame_ids), masks.shape[1]), dtype=np.int64)
@@ -93,6 +98,8 @@ def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
             log.warning("frame %s skipped: %s", fid, exc)
             continue
         counts[j] = count_visible(seen, S)
+        if seen_out is not None:
+            seen_out[j] = np.packbits(seen)
         if progress:
             progress("visibility", j + 1, len(frame_ids))
     return counts
@@ -105,8 +112,9 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
     """(M, D) L2-normalised features (zero rows for instances no frame sees) and a report."""
     report = FeatureReport()
     M = masks.shape[1]
+    seen_packed: dict[int, np.ndarray] = {}
     counts = visibility_counts(points, masks, scene, frame_ids, cfg.visibility.k_threshold,
-                               report, progress)
+                               report, progress, seen_packed)
     views = select_views(counts, cfg.visibility.k_view, cfg.visibility.min_visible_points)
     report.views = [[frame_ids[j] for j in row if j >= 0] for row in views]
     report.fallbacks = [0] * M
@@ -116,7 +124,6 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
             by_frame[int(j)].append(m)
 
     K_color = scene.color_intrinsics()
-    K_depth = scene.depth_intrinsics()
     batcher = _CropBatcher(encoder, M, cfg.encoder.batch_size)
     s, c = cfg.segmenter, cfg.crops
     for done, j in enumerate(sorted(by_frame)):
@@ -131,7 +138,7 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
             report.frames_skipped[fid] = str(exc)
             log.warning("frame %s skipped: %s", fid, exc)
             continue
-        seen = visible_points(points, pose, scene.depth(fid), K_depth, cfg.visibility.k_threshold)
+        seen = np.unpackbits(seen_packed[j], count=len(points)).astype(bool)
         segmenter.set_image(image)
         report.segmenter_images += 1
         report.frames_used.append(fid)
