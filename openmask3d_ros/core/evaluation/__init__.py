@@ -4,7 +4,7 @@ from .ap import (MIN_REGION_SIZE, OVERLAPS, APResult, SceneMatches, evaluate, ev
 from .assign import DEFAULT_TEMPLATE, Assignment, assign_classes, embed_classes
 from .ground_truth import (load_ground_truth, load_scannet_ground_truth, read_class_list,
                            read_label_map, read_splits)
-from .runner import (AGNOSTIC_CLASS, MODES, EvalReport, EvalScene, evaluate_path,
+from .runner import (AGNOSTIC_CLASS, MODES, EvalReport, EvalScene,
                      evaluate_scenes, find_scenes, load_eval_scene)
 
 __all__ = [
@@ -12,5 +12,5 @@ __all__ = [
     "format_table", "match_scene", "DEFAULT_TEMPLATE", "Assignment", "assign_classes",
     "embed_classes", "load_ground_truth", "load_scannet_ground_truth", "read_class_list",
     "read_label_map", "read_splits", "AGNOSTIC_CLASS", "MODES", "EvalReport", "EvalScene",
-    "evaluate_path", "evaluate_scenes", "find_scenes", "load_eval_scene",
+    "evaluate_scenes", "find_scenes", "load_eval_scene",
 ]

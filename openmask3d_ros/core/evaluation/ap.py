@@ -43,7 +43,7 @@ class _Gt:
 
 @dataclass
 class _Pred:
-    uid: int
+    uid: tuple          # (scene token, index): unique across the scenes of one evaluation
     label: str
     vert_count: int
     confidence: float
@@ -58,20 +58,6 @@ class SceneMatches:
     name: str
     gt: dict[str, list[_Gt]]
     pred: dict[str, list[_Pred]]
-
-
-class _UidCounter:
-    """Unique prediction ids across scenes (the script uses uuid4)."""
-
-    def __init__(self) -> None:
-        self.next = 0
-
-    def __call__(self) -> int:
-        self.next += 1
-        return self.next
-
-
-_UIDS = _UidCounter()
 
 
 def match_scene(gt_ids: np.ndarray, gt_labels: Mapping[int, str | None],
@@ -105,7 +91,8 @@ def match_scene(gt_ids: np.ndarray, gt_labels: Mapping[int, str | None],
         gt[rec.label].append(rec)
     pred: dict[str, list[_Pred]] = {c: [] for c in classes}
     n_points = len(gt_ids)
-    for idx, label, conf in zip(pred_indices, pred_labels, pred_scores):
+    scene_token = object()   # the script's uuid4 role: ids unique across scenes, no global state
+    for k, (idx, label, conf) in enumerate(zip(pred_indices, pred_labels, pred_scores)):
         if label is None or label not in class_set:
             continue
         idx = np.unique(np.asarray(idx, dtype=np.int64))
@@ -115,7 +102,7 @@ def match_scene(gt_ids: np.ndarray, gt_labels: Mapping[int, str | None],
         num = int(idx.size)
         if num < min_region_size:
             continue
-        p = _Pred(_UIDS(), label, num, float(conf), int(np.count_nonzero(void[idx])))
+        p = _Pred((scene_token, k), label, num, float(conf), int(np.count_nonzero(void[idx])))
         inter = np.bincount(gt_ids[idx], minlength=len(counts))
         for g in gt[label]:
             n = int(inter[g.instance_id])

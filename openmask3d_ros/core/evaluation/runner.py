@@ -188,11 +188,3 @@ def evaluate_scenes(scenes: Sequence[EvalScene], modes: Sequence[str] = MODES,
     return EvalReport(results, [s.name for s in scenes], evaluated, notes,
                       time.perf_counter() - t0)
 
-
-def evaluate_path(path: str | Path, modes: Sequence[str] = MODES, label_key: str = "label",
-                  label_map: Mapping[str, str] | None = None,
-                  map_dirname: str = MAP_DIRNAME, **kwargs) -> EvalReport:
-    """Find the scenes under ``path``, load them, and :func:`evaluate_scenes`."""
-    scenes = [load_eval_scene(p, label_key, label_map, map_dirname)
-              for p in find_scenes(path, map_dirname)]
-    return evaluate_scenes(scenes, modes, **kwargs)
