@@ -16,7 +16,7 @@ from .features import Progress, compute_features
 from .instance_map import MAP_DIRNAME, InstanceMap
 from .models import Models, build_models
 from .proposals.precomputed import load_masks
-from .scene import SceneError, SceneFolder
+from .scene import SceneError, SceneFolder, check_cloud
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,15 @@ def keyframes(scene: SceneFolder, frame_step: int) -> list[str]:
 def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None = None,
                  models: Models | None = None, masks: np.ndarray | str | Path | None = None,
                  progress: Progress | None = None, out_dir: str | Path | None = None,
-                 frame_step: int | None = None) -> InstanceMap:
+                 frame_step: int | None = None,
+                 cloud: tuple[np.ndarray, np.ndarray | None] | None = None) -> InstanceMap:
     """Run OpenMask3D on a scene folder and save the map (``out_dir`` or ``SCENE/openmask3d``).
 
     ``masks``: precomputed P x M masks (array or .npy/.pt path) instead of the proposal backend.
     ``frame_step``: overrides ``cfg.frame_step`` (1 when the folder holds keyframes only).
     ``progress(stage, done, total)`` is called as stages advance.
+    ``cloud``: (points (N, 3), colours (N, 3) uint8 or None) to build on instead of the scene's
+    cloud.ply; the map keeps its own copy, so the scene's cloud file is never overwritten.
     """
     cfg = cfg or PipelineConfig()
     scene = scene_dir if isinstance(scene_dir, SceneFolder) else SceneFolder(scene_dir)
@@ -64,7 +67,10 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
             progress(name, done, total)
 
     t0 = time.perf_counter()
-    points, colors = scene.cloud()
+    if cloud is None:
+        points, colors = check_cloud(*scene.cloud(), source=str(scene.cloud_path))
+    else:
+        points, colors = check_cloud(*cloud)
     stage("proposals")
     if masks is None:
         raw = models.proposals.propose(points, colors)

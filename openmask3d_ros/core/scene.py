@@ -24,6 +24,7 @@ import numpy as np
 from plyfile import PlyData, PlyElement
 
 from .camera import Intrinsics
+from .errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,30 @@ COLOR_EXTS = (".jpg", ".jpeg", ".png")
 DEFAULT_DEPTH_SCALE = 1000.0
 
 
-class SceneError(ValueError):
+class SceneError(InputError):
     """A scene folder is missing something or holds malformed data."""
+
+
+def check_cloud(points, colors=None, source: str = "the cloud"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (N, 3) float32 points and (N, 3) uint8 colours (grey when ``colors`` is None).
+
+    The same rule offline and in the node: a cloud without points cannot hold a map."""
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] != 3 or not np.issubdtype(pts.dtype, np.number):
+        raise InputError(f"{source}: points must be an N x 3 numeric array, got shape "
+                         f"{pts.shape} ({pts.dtype})")
+    if len(pts) == 0:
+        raise InputError(f"{source} has no points: a map needs a reconstructed cloud")
+    pts = pts.astype(np.float32)
+    if not np.all(np.isfinite(pts)):
+        raise InputError(f"{source} holds non-finite coordinates")
+    if colors is None:
+        return pts, np.full(pts.shape, 128, dtype=np.uint8)
+    col = np.asarray(colors)
+    if col.shape != pts.shape:
+        raise InputError(f"{source}: colours have shape {col.shape}, points {pts.shape}")
+    return pts, col.astype(np.uint8)
 
 
 @dataclass
