@@ -42,6 +42,7 @@ from . import params as P
 from .conversions import (BODY_T_OPTICAL, COLOR_ENCODINGS, DEPTH_ENCODINGS, ConversionError,
                           arrays_to_cloud, camera_info_to_intrinsics, cloud_to_arrays,
                           image_to_depth, image_to_rgb, pose_to_matrix, stamp_to_ns)
+from .query_service import answer_query, handle_query, hits_to_messages
 from .sync import make_synchronizer
 from .tf_buffer import TransformHistory, make_tf_lookup
 
@@ -523,94 +524,27 @@ class OpenMask3DNode(LifecycleNode):
 
     # -- queries --------------------------------------------------------------------------------------
     def _on_query(self, request, response):
-        t0 = time.perf_counter()
-        response.success = False
-        try:
-            response.message = self._answer(request, response)
-            response.success = response.message.startswith("ok")
-        except Exception as exc:
-            self.get_logger().error(f"query failed: {exc}\n{traceback.format_exc()}")
-            response.message = f"internal error: {exc}"
-            response.instances = []
-        if response.success:
-            response.message += f" ({(time.perf_counter() - t0) * 1e3:.1f} ms)"
-        else:
-            self.get_logger().warning(f"query '{request.query}' refused: {response.message}")
-        return response
-
-    def _answer(self, request, response) -> str:
         with self._lock:
             engine, state = self._engine, self._status["state"]
-        if engine is None:
-            if state == PipelineStatus.STATE_PROCESSING:
-                return "no map yet: the first map is being built (state 'processing'); try again"
-            return ("no map yet: record frames, then call "
-                    f"{self.resolve_service_name(P.TRIGGER_SERVICE)} (or set parameter load_map)")
-        text = request.query.strip()
-        if not text:
-            return "query text is empty"
-        if request.top_k < 0:
-            return f"top_k must be >= 0 (0 = default_top_k, {self._p('default_top_k')}), got {request.top_k}"
-        if not math.isfinite(request.min_score):
-            return f"min_score must be finite, got {request.min_score}"
-        top_k = int(request.top_k) or int(self._p("default_top_k"))
-        results = engine.query(text, top_k=top_k, min_score=float(request.min_score))
+        if state == PipelineStatus.STATE_PROCESSING:
+            no_map = "no map yet: the first map is being built (state 'processing'); try again"
+        else:
+            no_map = ("no map yet: record frames, then call "
+                      f"{self.resolve_service_name(P.TRIGGER_SERVICE)} (or set parameter load_map)")
+
+        class _Q:   # the live query settings
+            map_frame = str(self._p("map_frame"))
+            default_top_k = int(self._p("default_top_k"))
+            max_points_per_instance = int(self._p("max_points_per_instance"))
+            publish_markers = bool(self._p("publish_markers"))
         stamp = self.get_clock().now().to_msg()
-        frame = str(self._p("map_frame"))
-        cap = int(self._p("max_points_per_instance"))
-        instances = []
-        for r in results:
-            inst = ObjectInstance()
-            inst.header.stamp, inst.header.frame_id = stamp, frame
-            inst.id, inst.score, inst.label = int(r.instance_id), float(r.score), text
-            for dst, src in ((inst.centroid, r.centroid), (inst.bbox_min, r.bbox_min),
-                             (inst.bbox_max, r.bbox_max)):
-                dst.x, dst.y, dst.z = (float(v) for v in src)
-            pts = np.asarray(r.points, dtype=np.float32)
-            inst.num_points = len(pts)
-            if cap > 0 and len(pts) > cap:
-                pts = pts[np.linspace(0, len(pts) - 1, cap).astype(np.int64)]
-            arrays_to_cloud(pts, frame_id=frame, stamp=stamp, msg=inst.points)
-            instances.append(inst)
-        response.instances = instances
-        if self._p("publish_markers"):
-            self._publish_hits(text, results, stamp, frame)
-        best = f", best id {results[0].instance_id} score {results[0].score:.3f}" if results else ""
-        return f"ok: {len(results)} instance(s) for '{text}'{best}"
+        return handle_query(request, response, lambda req, resp: answer_query(
+            engine, req, resp, _Q, self._publish_hits, stamp, no_map), self.get_logger())
 
     def _publish_hits(self, text: str, results, stamp, frame: str) -> None:
-        markers = MarkerArray()
-        clear = Marker()
-        clear.header.frame_id, clear.header.stamp = frame, stamp
-        clear.action = Marker.DELETEALL
-        markers.markers.append(clear)
-        for rank, r in enumerate(results):
-            lo, hi = np.asarray(r.bbox_min, float), np.asarray(r.bbox_max, float)
-            shade = 1.0 if rank == 0 else 0.5
-            box = Marker()
-            box.header.frame_id, box.header.stamp = frame, stamp
-            box.ns, box.id, box.type, box.action = "openmask3d/boxes", rank, Marker.CUBE, Marker.ADD
-            c = (lo + hi) / 2
-            box.pose.position.x, box.pose.position.y, box.pose.position.z = (float(v) for v in c)
-            box.pose.orientation.w = 1.0
-            size = np.maximum(hi - lo, 0.01)
-            box.scale.x, box.scale.y, box.scale.z = (float(v) for v in size)
-            box.color.r, box.color.g, box.color.b, box.color.a = 0.1, shade, 0.2, 0.35
-            label = Marker()
-            label.header.frame_id, label.header.stamp = frame, stamp
-            label.ns, label.id = "openmask3d/labels", rank
-            label.type, label.action = Marker.TEXT_VIEW_FACING, Marker.ADD
-            label.pose.position.x, label.pose.position.y = float(c[0]), float(c[1])
-            label.pose.position.z = float(hi[2]) + 0.05
-            label.pose.orientation.w = 1.0
-            label.scale.z = 0.05
-            label.color.r = label.color.g = label.color.b = label.color.a = 1.0
-            label.text = f"{text} #{rank + 1} ({r.score:.2f})"
-            markers.markers += [box, label]
+        markers, points = hits_to_messages(text, results, stamp, frame)
         self._markers_pub.publish(markers)
-        pts = (np.concatenate([np.asarray(r.points, np.float32) for r in results])
-               if results else np.zeros((0, 3), np.float32))
-        self._points_pub.publish(arrays_to_cloud(pts, frame_id=frame, stamp=stamp))
+        self._points_pub.publish(points)
 
 
 def main(args: list[str] | None = None) -> int:
