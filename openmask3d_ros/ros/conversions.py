@@ -1,4 +1,5 @@
-"""Message <-> numpy conversions (Image, CameraInfo, PointCloud2, transforms) without cv_bridge.
+"""Message <-> numpy conversions (Image, CompressedImage, CameraInfo, PointCloud2, transforms)
+without cv_bridge. Images live in ``images.py`` and are re-exported here.
 
 cv_bridge and sensor_msgs_py are not installable from PyPI, so these are plain numpy. Functions
 take and return rclpy message objects but only touch their plain fields, so they also accept the
@@ -6,142 +7,13 @@ take and return rclpy message objects but only touch their plain fields, so they
 """
 from __future__ import annotations
 
-import array
-
 import numpy as np
 
 from ..core.camera import Intrinsics
-
-
-class ConversionError(ValueError):
-    """A message cannot be converted (unsupported encoding, inconsistent sizes, ...)."""
-
-
-# -- images ------------------------------------------------------------------------------------
-COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
-DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1,
-             "16UC1": 1, "mono16": 1, "32FC1": 1}
-_DTYPES = {"rgb8": np.uint8, "bgr8": np.uint8, "rgba8": np.uint8, "bgra8": np.uint8,
-           "mono8": np.uint8, "16UC1": np.uint16, "mono16": np.uint16, "32FC1": np.float32}
-
-
-def _image_array(msg) -> np.ndarray:
-    """The pixel array of an Image (H, W[, C]), honouring ``step`` padding and endianness."""
-    enc = msg.encoding
-    if enc not in _CHANNELS:
-        raise ConversionError(f"unsupported image encoding '{enc}'")
-    h, w, c = int(msg.height), int(msg.width), _CHANNELS[enc]
-    if h <= 0 or w <= 0:
-        raise ConversionError(f"image has no pixels ({w}x{h})")
-    dtype = np.dtype(_DTYPES[enc]).newbyteorder(">" if msg.is_bigendian else "<")
-    row = w * c * dtype.itemsize
-    step = int(msg.step) or row
-    if step < row:
-        raise ConversionError(f"image step {step} is smaller than a row ({row} bytes for {w} "
-                              f"pixels of {enc})")
-    buf = _as_uint8(msg.data)
-    if buf.size < step * (h - 1) + row:
-        raise ConversionError(f"image data holds {buf.size} bytes, expected {step * h} "
-                              f"({w}x{h} {enc}, step {step})")
-    rows = np.lib.stride_tricks.as_strided(buf, shape=(h, row), strides=(step, 1))
-    arr = np.ascontiguousarray(rows).view(dtype).reshape(h, w, c) if c > 1 else \
-        np.ascontiguousarray(rows).view(dtype).reshape(h, w)
-    return arr.astype(dtype.newbyteorder("="), copy=False)
-
-
-def image_to_rgb(msg) -> np.ndarray:
-    """Colour Image (rgb8/bgr8/rgba8/bgra8/mono8) -> RGB uint8 (H, W, 3)."""
-    if msg.encoding not in COLOR_ENCODINGS:
-        raise ConversionError(f"colour image encoding '{msg.encoding}' is not supported "
-                              f"(expected one of {', '.join(COLOR_ENCODINGS)})")
-    arr = _image_array(msg)
-    enc = msg.encoding
-    if enc == "mono8":
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if enc in ("bgr8", "bgra8"):
-        return np.ascontiguousarray(arr[:, :, 2::-1])
-    return np.ascontiguousarray(arr[:, :, :3])
-
-
-def image_to_depth(msg) -> np.ndarray:
-    """Depth Image -> metres float32 (H, W), 0 where invalid.
-
-    16UC1/mono16 are millimetres (REP-118); 32FC1 is metres, NaN/inf/negative become 0.
-    """
-    if msg.encoding not in DEPTH_ENCODINGS:
-        raise ConversionError(f"depth image encoding '{msg.encoding}' is not supported "
-                              "(expected 16UC1 in millimetres or 32FC1 in metres)")
-    arr = _image_array(msg)
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / np.float32(1000.0)
-    depth = arr.astype(np.float32, copy=True)
-    depth[~np.isfinite(depth) | (depth < 0)] = 0.0
-    return depth
-
-
-def rgb_to_image(rgb: np.ndarray, encoding: str = "rgb8", msg=None):
-    """RGB uint8 (H, W, 3) -> Image with ``encoding`` (rgb8, bgr8, rgba8, bgra8, mono8)."""
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ConversionError(f"expected an (H, W, 3) uint8 image, got {rgb.dtype} {rgb.shape}")
-    if encoding == "rgb8":
-        arr = rgb
-    elif encoding == "bgr8":
-        arr = rgb[:, :, ::-1]
-    elif encoding in ("rgba8", "bgra8"):
-        col = rgb if encoding == "rgba8" else rgb[:, :, ::-1]
-        arr = np.concatenate([col, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
-    elif encoding == "mono8":
-        arr = np.round(rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-                       ).astype(np.uint8)
-    else:
-        raise ConversionError(f"unsupported colour encoding '{encoding}'")
-    return _fill_image(msg, np.ascontiguousarray(arr), encoding)
-
-
-def depth_to_image(depth_m: np.ndarray, encoding: str = "16UC1", msg=None):
-    """Depth in metres (H, W) -> Image, 16UC1 (millimetres, rounded) or 32FC1 (metres)."""
-    d = np.nan_to_num(np.asarray(depth_m, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    if d.ndim != 2:
-        raise ConversionError(f"expected an (H, W) depth image, got shape {d.shape}")
-    if encoding == "16UC1":
-        arr = np.clip(np.round(d * 1000.0), 0, 65535).astype(np.uint16)
-    elif encoding == "32FC1":
-        arr = d.astype(np.float32)
-    else:
-        raise ConversionError(f"unsupported depth encoding '{encoding}'")
-    return _fill_image(msg, arr, encoding)
-
-
-def _fill_image(msg, arr: np.ndarray, encoding: str):
-    if msg is None:
-        from sensor_msgs.msg import Image
-        msg = Image()
-    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = int(arr.strides[0])
-    _set_bytes(msg, "data", arr)
-    return msg
-
-
-def _set_bytes(msg, field: str, arr: np.ndarray) -> None:
-    """Assign raw bytes to a uint8[] field of an rclpy message (fast path) or a rosbags one."""
-    data = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
-    current = getattr(msg, field)
-    if isinstance(current, np.ndarray):          # rosbags messages hold numpy arrays
-        setattr(msg, field, data.copy())
-    else:   # rclpy: an array.array('B') is taken as is (bytes would be checked item by item)
-        setattr(msg, field, array.array("B", data.tobytes()))
-
-
-def _as_uint8(data) -> np.ndarray:
-    """A uint8[] field (array.array, bytes, numpy array or list) as a flat uint8 array."""
-    try:
-        return np.frombuffer(data, dtype=np.uint8)
-    except (TypeError, ValueError):
-        return np.asarray(data, dtype=np.uint8).reshape(-1)
+from .images import (  # noqa: F401  (re-exported: the node and tests import them from here)
+    COLOR_ENCODINGS, DEPTH_ENCODINGS, ConversionError, _as_uint8, _set_bytes,
+    compressed_to_depth, compressed_to_rgb, depth_to_compressed_depth, depth_to_image,
+    image_to_depth, image_to_rgb, rgb_to_compressed, rgb_to_image)
 
 
 # -- camera info -----------------------------------------------------------------------------------
@@ -149,7 +21,13 @@ def camera_info_to_intrinsics(msg, width: int | None = None, height: int | None 
                               ) -> Intrinsics:
     """CameraInfo -> Intrinsics, rescaled to ``width`` x ``height`` when an image of another size
     uses it (e.g. a depth image at half the colour resolution, or binning)."""
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
+    try:
+        K = np.asarray(msg.k, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ConversionError(f"CameraInfo k is not numeric ({exc})") from None
+    if K.size != 9:
+        raise ConversionError(f"CameraInfo k has {K.size} values, expected 9")
+    K = K.reshape(3, 3)
     if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise ConversionError(f"CameraInfo has no valid K matrix (k = {list(np.ravel(K))})")
     w, h = int(msg.width), int(msg.height)
@@ -158,6 +36,10 @@ def camera_info_to_intrinsics(msg, width: int | None = None, height: int | None 
         if width is None or height is None:
             raise ConversionError("CameraInfo has no image size and none was given")
         w, h = int(width), int(height)
+    if (bx > 1 and w // bx == 0) or (by > 1 and h // by == 0):
+        raise ConversionError(f"CameraInfo binning {bx}x{by} leaves no pixels of {w}x{h}")
+    if width is not None and height is not None and (int(width) <= 0 or int(height) <= 0):
+        raise ConversionError(f"image size {width}x{height} has no pixels")
     intr = Intrinsics(K, w, h)
     if bx > 1 or by > 1:
         intr = intr.scaled(w // max(bx, 1), h // max(by, 1))
@@ -202,16 +84,21 @@ UINT8 = 2
 def _field_dtype(msg) -> np.dtype:
     names, formats, offsets = [], [], []
     endian = ">" if msg.is_bigendian else "<"
+    step = int(msg.point_step)
     for f in msg.fields:
         if f.datatype not in _PF_DTYPES:
             raise ConversionError(f"PointCloud2 field '{f.name}' has unknown datatype {f.datatype}")
+        if f.name in names:
+            raise ConversionError(f"PointCloud2 field '{f.name}' appears twice")
         base = np.dtype(_PF_DTYPES[f.datatype]).newbyteorder(endian)
         count = int(f.count) if f.count else 1
+        if int(f.offset) + base.itemsize * count > step:
+            raise ConversionError(f"PointCloud2 field '{f.name}' (offset {f.offset}, {count} x "
+                                  f"{base.itemsize} bytes) does not fit in point_step {step}")
         names.append(f.name)
         formats.append(base if count == 1 else (base, (count,)))
         offsets.append(int(f.offset))
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                     "itemsize": int(msg.point_step)})
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": step})
 
 
 def cloud_to_arrays(msg, skip_nans: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -219,30 +106,38 @@ def cloud_to_arrays(msg, skip_nans: bool = True) -> tuple[np.ndarray, np.ndarray
 
     Colour comes from a packed ``rgb``/``rgba`` field (float32 or uint32 holding 0x00RRGGBB) or
     from separate ``r``/``g``/``b`` fields. Points with non-finite coordinates are dropped (the
-    remaining points keep their order).
+    remaining points keep their order). ``data`` must hold exactly ``row_step * height`` bytes.
     """
-    names = [f.name for f in msg.fields]
+    fields = {f.name: f for f in msg.fields}
     for axis in "xyz":
-        if axis not in names:
-            raise ConversionError(f"PointCloud2 has no '{axis}' field (fields: {names})")
-    n = int(msg.width) * int(msg.height)
-    dtype = _field_dtype(msg)
-    row_step = int(msg.row_step) or int(msg.point_step) * int(msg.width)
+        if axis not in fields:
+            raise ConversionError(f"PointCloud2 has no '{axis}' field (fields: {list(fields)})")
+    for name in ("x", "y", "z", "rgb", "rgba", "r", "g", "b"):
+        if name in fields and int(fields[name].count or 1) != 1:
+            raise ConversionError(f"PointCloud2 field '{name}' has count {fields[name].count}, "
+                                  "expected 1")
+    width, height, step = int(msg.width), int(msg.height), int(msg.point_step)
+    if width < 0 or height < 0:
+        raise ConversionError(f"PointCloud2 size {width}x{height} is negative")
+    n = width * height
     buf = _as_uint8(msg.data)
     if n == 0:
         return np.zeros((0, 3), np.float32), None
-    need = row_step * (int(msg.height) - 1) + int(msg.point_step) * int(msg.width)
-    if buf.size < need:
-        raise ConversionError(f"PointCloud2 data holds {buf.size} bytes, expected {need}")
-    if row_step == int(msg.point_step) * int(msg.width):
-        rec = np.frombuffer(buf[:n * int(msg.point_step)].tobytes(), dtype=dtype, count=n)
-    else:
-        rows = [np.frombuffer(buf[r * row_step:r * row_step + int(msg.point_step) * int(msg.width)]
-                              .tobytes(), dtype=dtype) for r in range(int(msg.height))]
-        rec = np.concatenate(rows)
+    if step <= 0:
+        raise ConversionError(f"PointCloud2 point_step is {step}")
+    dtype = _field_dtype(msg)
+    row_step = int(msg.row_step) or step * width
+    if row_step < step * width:
+        raise ConversionError(f"PointCloud2 row_step {row_step} is smaller than point_step x "
+                              f"width = {step * width}")
+    if buf.size != row_step * height:
+        raise ConversionError(f"PointCloud2 data holds {buf.size} bytes, expected row_step x "
+                              f"height = {row_step} x {height} = {row_step * height}")
+    rows = buf.reshape(height, row_step)[:, :step * width]
+    rec = np.frombuffer(np.ascontiguousarray(rows).tobytes(), dtype=dtype, count=n)
     pts = np.stack([rec[a].astype(np.float32) for a in "xyz"], axis=1)
     colors = None
-    packed = next((c for c in ("rgb", "rgba") if c in names), None)
+    packed = next((c for c in ("rgb", "rgba") if c in fields), None)
     if packed is not None:
         raw = rec[packed]
         if raw.dtype.kind == "f":
@@ -251,12 +146,13 @@ def cloud_to_arrays(msg, skip_nans: bool = True) -> tuple[np.ndarray, np.ndarray
         else:
             raw = raw.astype(np.uint32)
         colors = np.stack([(raw >> 16) & 255, (raw >> 8) & 255, raw & 255], axis=1).astype(np.uint8)
-    elif all(c in names for c in ("r", "g", "b")):
+    elif all(c in fields for c in ("r", "g", "b")):
         chans = []
         for c in ("r", "g", "b"):
             v = rec[c]
             if v.dtype.kind == "f":   # float channels in 0..1
-                v = np.clip(np.round(v * 255.0), 0, 255)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    v = np.clip(np.nan_to_num(np.round(v * 255.0)), 0, 255)
             chans.append(v.astype(np.uint8))
         colors = np.stack(chans, axis=1)
     if skip_nans:
@@ -321,12 +217,16 @@ def ns_to_stamp(ns: int, msg=None):
     return msg
 
 
-def quat_to_matrix(q) -> np.ndarray:
-    """(x, y, z, w) -> 3x3 rotation (normalised first)."""
+def quat_to_matrix(q, what: str = "quaternion") -> np.ndarray:
+    """(x, y, z, w) -> 3x3 rotation (normalised first). A quaternion with a NaN/inf component or
+    (almost) zero norm is an error that says so; ``what`` names it in the message."""
     x, y, z, w = (float(v) for v in q)
+    if not all(np.isfinite((x, y, z, w))):
+        raise ConversionError(f"{what} has a non-finite component (x={x}, y={y}, z={z}, w={w})")
     n = np.sqrt(x * x + y * y + z * z + w * w)
-    if not np.isfinite(n) or n < 1e-12:
-        raise ConversionError(f"invalid quaternion {(x, y, z, w)}")
+    if not np.isfinite(n) or n < 1e-6:
+        raise ConversionError(f"{what} has zero norm (x={x}, y={y}, z={z}, w={w}); the identity "
+                              "rotation is (0, 0, 0, 1)")
     x, y, z, w = x / n, y / n, z / n, w / n
     return np.array([
         [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
@@ -355,21 +255,25 @@ def matrix_to_quat(R: np.ndarray) -> np.ndarray:
     return -q if q[3] < 0 else q
 
 
-def transform_to_matrix(t) -> np.ndarray:
-    """geometry_msgs/Transform -> 4x4."""
+def _rigid(xyz, quat, what: str) -> np.ndarray:
     M = np.eye(4)
-    M[:3, :3] = quat_to_matrix((t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w))
-    M[:3, 3] = (t.translation.x, t.translation.y, t.translation.z)
+    M[:3, :3] = quat_to_matrix((quat.x, quat.y, quat.z, quat.w), f"{what} rotation")
+    t = np.array([float(xyz.x), float(xyz.y), float(xyz.z)])
+    if not np.all(np.isfinite(t)):
+        raise ConversionError(f"{what} translation is not finite ({t[0]}, {t[1]}, {t[2]})")
+    M[:3, 3] = t
     return M
 
 
-def pose_to_matrix(p) -> np.ndarray:
-    """geometry_msgs/Pose -> 4x4."""
-    M = np.eye(4)
-    M[:3, :3] = quat_to_matrix((p.orientation.x, p.orientation.y, p.orientation.z,
-                                p.orientation.w))
-    M[:3, 3] = (p.position.x, p.position.y, p.position.z)
-    return M
+def transform_to_matrix(t, what: str = "transform") -> np.ndarray:
+    """geometry_msgs/Transform -> 4x4; ConversionError saying why for NaN/inf or a zero
+    quaternion (``what`` names the transform, e.g. "map -> camera_link at 12.3 s")."""
+    return _rigid(t.translation, t.rotation, what)
+
+
+def pose_to_matrix(p, what: str = "pose") -> np.ndarray:
+    """geometry_msgs/Pose -> 4x4; errors as transform_to_matrix."""
+    return _rigid(p.position, p.orientation, what)
 
 
 def _fill_rigid(M: np.ndarray, xyz, quat) -> None:

@@ -5,10 +5,11 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 
 from openmask3d_ros.core.camera import Intrinsics
 from openmask3d_ros.ros.conversions import (
-    ConversionError, arrays_to_cloud, camera_info_to_intrinsics, cloud_to_arrays, depth_to_image,
+    ConversionError, arrays_to_cloud, camera_info_to_intrinsics, cloud_to_arrays,
+    compressed_to_depth, compressed_to_rgb, depth_to_compressed_depth, depth_to_image,
     image_to_depth, image_to_rgb, intrinsics_to_camera_info, matrix_to_pose, matrix_to_quat,
-    matrix_to_transform, ns_to_stamp, pose_to_matrix, quat_to_matrix, rgb_to_image, stamp_to_ns,
-    transform_to_matrix)
+    matrix_to_transform, ns_to_stamp, pose_to_matrix, quat_to_matrix, rgb_to_compressed,
+    rgb_to_image, stamp_to_ns, transform_to_matrix)
 
 RNG = np.random.default_rng(0)
 
@@ -154,3 +155,126 @@ def test_transforms_and_stamps():
     np.testing.assert_allclose(transform_to_matrix(matrix_to_transform(M)), M, atol=1e-12)
     np.testing.assert_allclose(pose_to_matrix(matrix_to_pose(M)), M, atol=1e-12)
     assert stamp_to_ns(ns_to_stamp(1_700_000_123_456_789_012)) == 1_700_000_123_456_789_012
+
+
+def test_image_data_of_the_wrong_length_is_rejected_both_ways():
+    ok = rgb_to_image(_rgb(4, 3))
+    longer = Image(height=4, width=3, encoding="rgb8", step=9, data=bytes(ok.data) + bytes(9))
+    shorter = Image(height=4, width=3, encoding="rgb8", step=9, data=bytes(ok.data)[:-1])
+    for bad in (longer, shorter):
+        with pytest.raises(ConversionError, match=r"expected step x height = 9 x 4 = 36"):
+            image_to_rgb(bad)
+
+
+@pytest.mark.parametrize("q,reason", [((np.nan, 0, 0, 1), "a non-finite component"),
+                                      ((0, 0, 0, np.inf), "a non-finite component"),
+                                      ((0, 0, 0, 0), "zero norm")])
+def test_rejected_transforms_say_why(q, reason):
+    from geometry_msgs.msg import Transform
+    t = Transform()
+    t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w = (float(v) for v in q)
+    with pytest.raises(ConversionError, match=f"map -> cam rotation has {reason}"):
+        transform_to_matrix(t, "map -> cam")
+    t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w = 0.0, 0.0, 0.0, 1.0
+    t.translation.y = float("nan")
+    with pytest.raises(ConversionError, match="translation is not finite"):
+        transform_to_matrix(t)
+
+
+# -- CompressedImage (image_transport compressed / compressedDepth) ------------------------------
+def _smooth_rgb(h=48, w=64):
+    """A smooth image (JPEG keeps it within a few levels)."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 90)], axis=2).astype(np.uint8)
+
+
+def test_compressed_colour_round_trip_jpeg_and_png():
+    from sensor_msgs.msg import CompressedImage
+    rgb = _smooth_rgb()
+    jpeg = rgb_to_compressed(rgb, "jpeg", quality=95)
+    assert isinstance(jpeg, CompressedImage) and jpeg.format == "rgb8; jpeg compressed bgr8"
+    out = compressed_to_rgb(jpeg)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - rgb).mean() < 2.0      # lossy, but colours stay in place
+    png = rgb_to_compressed(rgb, "png")
+    assert png.format == "rgb8; png compressed bgr8"
+    np.testing.assert_array_equal(compressed_to_rgb(png), rgb)
+
+
+def test_compressed_colour_from_a_plain_publisher():
+    """Older publishers write format 'jpeg' and a file made from a BGR array (OpenCV order)."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+    rgb = _smooth_rgb()
+    _, buf = cv2.imencode(".png", rgb[:, :, ::-1])
+    np.testing.assert_array_equal(
+        compressed_to_rgb(CompressedImage(format="png", data=buf.tobytes())), rgb)
+    grey = cv2.imencode(".png", rgb[:, :, 0])[1].tobytes()
+    out = compressed_to_rgb(CompressedImage(format="mono8; png compressed mono8", data=grey))
+    np.testing.assert_array_equal(out, np.repeat(rgb[:, :, :1], 3, axis=2))
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_truncated_compressed_images_are_errors(fmt):
+    msg = rgb_to_compressed(RNG.integers(0, 256, (60, 80, 3), dtype=np.uint8), fmt)
+    data = bytes(msg.data)
+    msg.data = data[:len(data) // 3]                      # a file cut to a third
+    with pytest.raises(ConversionError, match="truncated"):
+        compressed_to_rgb(msg)
+    msg.data = b"not an image at all"
+    with pytest.raises(ConversionError, match="neither JPEG nor PNG"):
+        compressed_to_rgb(msg)
+
+
+def test_compressed_depth_16uc1_is_lossless_millimetres():
+    depth = np.round(RNG.uniform(0.3, 6.0, (30, 40)), 3)
+    depth[0, :5] = 0.0
+    msg = depth_to_compressed_depth(depth, "16UC1")
+    assert msg.format == "16UC1; compressedDepth png"
+    data = bytes(msg.data)
+    assert data[:4] == bytes(4) and data[12:20] == b"\x89PNG\r\n\x1a\n"   # header, then PNG
+    np.testing.assert_allclose(compressed_to_depth(msg), depth, atol=1e-6)
+
+
+def test_compressed_depth_32fc1_inverse_depth_quantisation():
+    depth = RNG.uniform(0.5, 8.0, (30, 40)).astype(np.float32)
+    depth[1, 1] = np.nan
+    depth[2, 2] = 12.0                                    # beyond depth_max: invalid
+    msg = depth_to_compressed_depth(depth, "32FC1")
+    assert msg.format == "32FC1; compressedDepth png"
+    out = compressed_to_depth(msg)
+    ok = np.isfinite(depth) & (depth < 10.0)
+    # quantisation step of inverse depth: d^2 / (q (q + 1)) with q = 100; rounding -> half a step
+    np.testing.assert_array_less(np.abs(out - depth)[ok], depth[ok] ** 2 / 10100 * 0.51 + 1e-5)
+    assert out[1, 1] == 0 and out[2, 2] == 0
+
+
+def test_compressed_depth_written_like_the_cpp_plugin():
+    """The header as compressed_depth_image_transport writes it for 32FC1 (A = q (q + 1),
+    B = 1 - A / depth_max, pixels A / d + B truncated), decoded with our function."""
+    import struct
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+    depth = np.array([[1.0, 2.0, 4.0], [0.5, 9.9, 0.0]], np.float32)
+    a = np.float32(100 * 101)
+    b = np.float32(1 - a / np.float32(10.0))
+    inv = np.where(depth > 0, a / np.where(depth > 0, depth, 1) + b, 0).astype(np.uint16)
+    data = struct.pack("<iff", 0, a, b) + cv2.imencode(".png", inv)[1].tobytes()
+    out = compressed_to_depth(CompressedImage(format="32FC1; compressedDepth", data=data))
+    np.testing.assert_allclose(out, depth, atol=0.01)
+
+
+def test_bad_compressed_depth_messages():
+    from sensor_msgs.msg import CompressedImage
+    msg = depth_to_compressed_depth(np.ones((8, 8)), "16UC1")
+    data = bytes(msg.data)
+    cases = [(CompressedImage(format=msg.format, data=data[:10]), "too short"),
+             (CompressedImage(format=msg.format, data=data[:-20]), "truncated"),
+             (CompressedImage(format="8UC1; compressedDepth png", data=data), "8UC1"),
+             (CompressedImage(format="16UC1; compressedDepth rvl", data=data), "rvl"),
+             (CompressedImage(format=msg.format, data=bytes(12) + b"garbage!" * 4), "no PNG")]
+    for bad, text in cases:
+        with pytest.raises(ConversionError, match=text):
+            compressed_to_depth(bad)
+    with pytest.raises(ConversionError, match="depth image"):
+        compressed_to_rgb(msg)
