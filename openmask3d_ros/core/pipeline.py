@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import __version__
 from .config import PipelineConfig
+from .errors import InputError, input_error_from
 from .dbscan_split import split_masks
 from .features import Progress, compute_features
 from .instance_map import MAP_DIRNAME, InstanceMap
@@ -48,17 +49,38 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     """Run OpenMask3D on a scene folder and save the map (``out_dir`` or ``SCENE/openmask3d``).
 
     ``masks``: precomputed P x M masks (array or .npy/.pt path) instead of the proposal backend.
-    ``frame_step``: overrides ``cfg.frame_step`` (1 when the folder holds keyframes only).
+    ``frame_step``: overrides ``cfg.frame_step``. A folder whose scene.json has ``keyframe_step``
+    (recorded by the node) already holds keyframes: ``cfg.frame_step`` is then not applied again,
+    and meta.json records the step relative to the original stream.
     ``progress(stage, done, total)`` is called as stages advance.
     ``cloud``: (points (N, 3), colours (N, 3) uint8 or None) to build on instead of the scene's
     cloud.ply; the map keeps its own copy, so the scene's cloud file is never overwritten.
     """
     cfg = cfg or PipelineConfig()
+    cfg.validate()
     scene = scene_dir if isinstance(scene_dir, SceneFolder) else SceneFolder(scene_dir)
-    step = cfg.frame_step if frame_step is None else frame_step
+    recorded = scene.keyframe_step
+    if frame_step is not None:
+        step = frame_step
+    elif recorded is not None:
+        step = 1
+        log.info("%s holds keyframes (every %dth frame of the stream): no further decimation",
+                 scene.root, recorded)
+    else:
+        step = cfg.frame_step
     frame_ids = keyframes(scene, step)
     if not frame_ids:
-        raise SceneError(f"{scene.root}: no frames")
+        raise SceneError(f"{scene.root}: no frames (need color/, depth/ and pose/ files with "
+                         "matching names)")
+    # Unusable poses are found before the costly stages; a run with none usable is an error,
+    # never an empty map.
+    frame_ids, pose_skipped = usable_poses(scene, frame_ids)
+    if cloud is None:
+        points, colors = check_cloud(*scene.cloud(), source=str(scene.cloud_path))
+        cloud_source = scene.cloud_path.name
+    else:
+        points, colors = check_cloud(*cloud)
+        cloud_source = "given"
     models = models or build_models(cfg)
     timings: dict[str, float] = {}
 
@@ -67,19 +89,12 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
             progress(name, done, total)
 
     t0 = time.perf_counter()
-    if cloud is None:
-        points, colors = check_cloud(*scene.cloud(), source=str(scene.cloud_path))
-    else:
-        points, colors = check_cloud(*cloud)
     stage("proposals")
     if masks is None:
         raw = models.proposals.propose(points, colors)
         proposal_name = models.proposals.name
     else:
-        raw = load_masks(masks, len(points)) if isinstance(masks, (str, Path)) else np.asarray(masks)
-        if raw.shape[0] != len(points):
-            raise ValueError(f"masks have {raw.shape[0]} rows but the cloud has {len(points)} points")
-        raw = raw.astype(bool)
+        raw = _read_masks(masks, len(points))
         proposal_name = "precomputed"
     p = cfg.proposals
     split = split_masks(points, raw, p.dbscan_eps, p.dbscan_min_points, p.min_mask_points)
@@ -92,6 +107,10 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     features, report = compute_features(points, split, scene, frame_ids, models.segmenter,
                                         models.image_encoder, cfg, progress)
     timings["features_s"] = time.perf_counter() - t1
+    report.frames_skipped.update(pose_skipped)
+    if len(set(report.frames_skipped) & set(frame_ids)) == len(frame_ids):
+        raise SceneError(f"{scene.root}: none of the {len(frame_ids)} usable-pose keyframes could "
+                         f"be read ({_first_reason(report.frames_skipped)}); no map was written")
     log.info("features: %d instances, %d/%d frames used, %d segmenter images, %d crops (%.1f s)",
              split.shape[1], len(report.frames_used), len(frame_ids), report.segmenter_images,
              report.crops_encoded, timings["features_s"])
@@ -99,14 +118,15 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     described = models.describe()
     described["proposals"] = proposal_name
     meta = {
-        "scene": str(scene.root.resolve()),
-        "cloud_path": str(scene.cloud_path.resolve()),
+        "scene": scene.root.name,
+        "cloud_source": cloud_source,
         "models": described,
         "config": cfg.to_dict(),
-        "frame_step": step,
+        "frame_step": step * (recorded or 1),
+        "keyframe_step": recorded,
         "versions": library_versions(),
         "timings": timings,
-        "frames": {"keyframes": len(frame_ids), "used": report.frames_used,
+        "frames": {"keyframes": len(frame_ids) + len(pose_skipped), "used": report.frames_used,
                    "skipped": report.frames_skipped},
         "segmenter_images": report.segmenter_images,
         "crops_encoded": report.crops_encoded,
@@ -116,7 +136,49 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     }
     imap = InstanceMap.from_masks(points, split, features, meta)
     out = Path(out_dir) if out_dir else scene.root / MAP_DIRNAME
-    imap.save(out)
+    gen = imap.save(out, keep=cfg.keep_generations, colors=colors)
+    imap.meta.update(map_dir=str(gen), generation=gen.name)
     stage("done", 1, 1)
-    log.info("map saved to %s", out)
+    log.info("map saved to %s (%s)", out, gen.name)
     return imap
+
+
+def usable_poses(scene: SceneFolder, frame_ids: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(frames with a readable, finite pose, {skipped frame: why}); InputError when none."""
+    good, skipped = [], {}
+    for fid in frame_ids:
+        try:
+            pose = scene.pose(fid)
+            if not np.all(np.isfinite(pose)):
+                raise SceneError("non-finite pose (lost tracking)")
+            good.append(fid)
+        except SceneError as exc:
+            skipped[fid] = str(exc)
+            log.warning("frame %s skipped: %s", fid, exc)
+    if not good:
+        raise SceneError(f"{scene.root}: all {len(frame_ids)} keyframes have unusable poses "
+                         f"({_first_reason(skipped)}); no map was written")
+    return good, skipped
+
+
+def _first_reason(skipped: dict[str, str]) -> str:
+    fid, why = next(iter(skipped.items()))
+    more = f", and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+    return f"frame {fid}: {why}{more}"
+
+
+def _read_masks(masks: np.ndarray | str | Path, num_points: int) -> np.ndarray:
+    """Precomputed masks as a (P, M) bool array; any failure is an InputError naming the file."""
+    if isinstance(masks, (str, Path)):
+        try:
+            raw = load_masks(masks, num_points)
+        except InputError:
+            raise
+        except Exception as exc:     # numpy/torch decoding failures of a damaged file
+            raise input_error_from(exc, Path(masks), "masks file") from exc
+    else:
+        raw = np.asarray(masks)
+    if raw.ndim != 2 or raw.shape[0] != num_points:
+        raise InputError(f"masks have shape {raw.shape} but the cloud has {num_points} points",
+                         masks if isinstance(masks, (str, Path)) else None, "masks")
+    return raw.astype(bool)

@@ -7,7 +7,9 @@ SCENE/
   pose/<i>.txt                 4x4 camera-to-world
   intrinsic/intrinsic_color.txt, intrinsic/intrinsic_depth.txt   4x4 (K in the top-left 3x3)
   cloud.ply                    reconstructed cloud, xyz + rgb (ScanNet ``*_vh_clean_2.ply`` also accepted)
-  scene.json                   optional: {"depth_scale": 1000.0}
+  scene.json                   optional: {"depth_scale": 1000.0, "keyframe_step": 10}
+                               (keyframe_step: the folder holds every n-th frame of a stream, as
+                               the ROS node records; the pipeline then decimates no further)
   ground_truth/                optional: instance_ids.npy (per cloud point, 0 = none), labels.json
 ```
 Colour and depth may differ in resolution; intrinsics are rescaled, never assumed.
@@ -128,6 +130,11 @@ class SceneFolder:
         self.depth_scale = float(self.meta.get("depth_scale", DEFAULT_DEPTH_SCALE))
         if self.depth_scale <= 0:
             raise SceneError(f"{meta_path}: depth_scale must be positive")
+        step = self.meta.get("keyframe_step")
+        if step is not None and (not isinstance(step, int) or step < 1):
+            raise SceneError(f"{meta_path}: keyframe_step must be an integer >= 1, got {step!r}")
+        # None: a full stream (the pipeline keeps every frame_step-th frame).
+        self.keyframe_step: int | None = step
         self._color_paths = self._index("color", COLOR_EXTS)
         self._depth_paths = self._index("depth", (".png",))
         self._pose_paths = self._index("pose", (".txt",))
@@ -251,6 +258,13 @@ class SceneWriter:
         meta_path = self.root / "scene.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         meta["depth_scale"] = self.depth_scale
+        meta_path.write_text(json.dumps(meta, indent=2))
+
+    def write_keyframe_step(self, step: int) -> None:
+        """Mark the folder as holding every ``step``-th frame of a stream (scene.json)."""
+        meta_path = self.root / "scene.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta["keyframe_step"] = int(step)
         meta_path.write_text(json.dumps(meta, indent=2))
 
     def write_intrinsics(self, color: Intrinsics, depth: Intrinsics | None = None) -> None:

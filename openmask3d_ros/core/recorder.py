@@ -1,0 +1,224 @@
+"""Keyframe recorder: which frames of a posed RGB-D stream become keyframes, and writing them.
+
+ROS-free, so that it is testable without rclpy; the node feeds it and drives it:
+
+- ``offer(stamp_ns, payload)`` (cheap; called from subscription callbacks): counts the frame,
+  notices stamp gaps (frames the transport lost), and queues every ``frame_step``-th frame as a
+  candidate in a bounded queue, with a deadline ``pose_wait`` seconds ahead on the caller's clock
+  (the ROS clock, so simulated time works);
+- ``process(force=False)`` (a worker thread): each candidate waits until its pose can be
+  interpolated at its stamp or its deadline passes; it is then decoded (``decode(payload)``),
+  checked and written to the scene folder at once.
+
+Every frame that does not become a keyframe when it should have is counted by cause
+(``DROP_CAUSES``), and ``warn(cause, text)`` is called so the caller can say what to change.
+"""
+from __future__ import annotations
+
+import statistics
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .camera import Intrinsics
+from .scene import SceneWriter
+
+# stamp_gap: frames missing between consecutive stamps (lost in transport before the node);
+# queue_overflow: candidates pushed out of the full queue; no_pose: no camera pose at the
+# stamp within the wait; rejected: an image that could not be used (encoding, size, camera).
+DROP_CAUSES = ("stamp_gap", "queue_overflow", "no_pose", "rejected")
+
+Decode = Callable[[Any], tuple[np.ndarray, np.ndarray, Intrinsics]]
+PoseAt = Callable[[int, bool], np.ndarray]
+
+
+@dataclass
+class _Candidate:
+    index: int
+    stamp_ns: int
+    payload: Any
+    deadline_ns: int
+
+
+def existing_keyframes(scene_dir: str | Path) -> list[int]:
+    """Numbers of the complete keyframes already in ``scene_dir`` (the pose is written last)."""
+    return sorted(int(p.stem) for p in (Path(scene_dir) / "pose").glob("*.txt")
+                  if p.stem.isdigit())
+
+
+class KeyframeRecorder:
+    """Selects, pose-matches, checks and writes keyframes; thread-safe counters."""
+
+    def __init__(self, scene_dir: str | Path, frame_step: int, decode: Decode, pose_at: PoseAt,
+                 now_ns: Callable[[], int], pose_wait_s: float = 2.0, queue_size: int = 64,
+                 warn: Callable[[str, str], None] | None = None,
+                 info: Callable[[str], None] | None = None):
+        if frame_step < 1:
+            raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.scene_dir = Path(scene_dir)
+        self.frame_step = int(frame_step)
+        self._decode, self._pose_at, self._now_ns = decode, pose_at, now_ns
+        self.pose_wait_ns = int(pose_wait_s * 1e9)
+        self._warn = warn or (lambda cause, text: None)
+        self._info = info or (lambda text: None)
+        self._writer = SceneWriter(self.scene_dir)
+        done = existing_keyframes(self.scene_dir)
+        self.keyframes_before = len(done)
+        self._next_name = done[-1] + 1 if done else 0
+        self._writer.write_keyframe_step(self.frame_step)
+        self._intrinsics: tuple[Intrinsics, Intrinsics] | None = None
+        self._queue: deque[_Candidate] = deque()
+        self._queue_size = int(queue_size)
+        self._lock = threading.Lock()
+        self._process_lock = threading.Lock()   # one writer at a time
+        self._last_stamp: int | None = None
+        self._intervals: deque[int] = deque(maxlen=31)
+        self.frames_received = 0
+        self.keyframes_written = 0
+        self.drops = {cause: 0 for cause in DROP_CAUSES}
+
+    # -- fed from callbacks -------------------------------------------------------------------
+    def offer(self, stamp_ns: int, payload: Any) -> bool:
+        """Count a synchronised frame; queue it when it is a keyframe candidate (returned)."""
+        stamp_ns = int(stamp_ns)
+        with self._lock:
+            index = self.frames_received
+            self.frames_received += 1
+            missed = self._missed_before(stamp_ns)
+            if index % self.frame_step != 0:
+                overflow = None
+            else:
+                overflow = self._queue.popleft() if len(self._queue) >= self._queue_size else None
+                self._queue.append(_Candidate(index, stamp_ns, payload,
+                                              int(self._now_ns()) + self.pose_wait_ns))
+                if overflow is not None:
+                    self.drops["queue_overflow"] += 1
+        if missed:
+            self._warn("stamp_gap", f"{missed} frame(s) missing before the frame stamped "
+                       f"{stamp_ns / 1e9:.3f} s (gap in the stamps)")
+        if overflow is not None:
+            self._warn("queue_overflow", f"keyframe candidate {overflow.index} dropped: "
+                       f"{self._queue_size} candidates already waiting for their pose")
+        return index % self.frame_step == 0
+
+    def _missed_before(self, stamp_ns: int) -> int:
+        """Frames missing between the previous stamp and this one, from the median period."""
+        last, self._last_stamp = self._last_stamp, stamp_ns
+        if last is None or stamp_ns <= last:
+            return 0
+        dt = stamp_ns - last
+        missed = 0
+        if len(self._intervals) >= 5:
+            period = statistics.median(self._intervals)
+            if period > 0 and dt > 1.5 * period:
+                missed = int(round(dt / period)) - 1
+                self.drops["stamp_gap"] += missed
+        if not missed:
+            self._intervals.append(dt)
+        return missed
+
+    def reject(self, reason: str) -> None:
+        """Count a frame that cannot be used (e.g. its encoding is unsupported)."""
+        with self._lock:
+            self.frames_received += 1
+            self.drops["rejected"] += 1
+        self._warn("rejected", f"frame skipped: {reason}")
+
+    # -- the worker ------------------------------------------------------------------------------
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def process(self, force: bool = False) -> int:
+        """Write the candidates whose pose is known; ``force``: decide all of them now (their
+        pose wait ends). Returns the keyframes written."""
+        written = 0
+        with self._process_lock:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        return written
+                    cand = self._queue[0]
+                waiting = not force and int(self._now_ns()) < cand.deadline_ns
+                try:
+                    # While a later pose may still come, only an interpolated (or exact) pose
+                    # is taken, not the nearest one within the tolerance.
+                    pose = self._pose_at(cand.stamp_ns, waiting)
+                except LookupError as exc:
+                    if waiting:
+                        return written   # later candidates wait behind it (poses come in order)
+                    self._pop(cand)
+                    self._count("no_pose")
+                    self._warn("no_pose", f"keyframe candidate {cand.index} skipped: no camera "
+                               f"pose at its stamp ({exc})")
+                    continue
+                self._pop(cand)
+                try:
+                    self._write(cand, pose)
+                    written += 1
+                except ValueError as exc:
+                    self._count("rejected")
+                    self._warn("rejected", f"frame {cand.index} skipped: {exc}")
+
+    def _pop(self, cand: _Candidate) -> None:
+        with self._lock:
+            if self._queue and self._queue[0] is cand:   # not already pushed out by overflow
+                self._queue.popleft()
+
+    def _count(self, cause: str) -> None:
+        with self._lock:
+            self.drops[cause] += 1
+
+    def _write(self, cand: _Candidate, pose: np.ndarray) -> None:
+        pose = np.asarray(pose, dtype=np.float64)
+        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+            raise ValueError("camera pose is not a finite 4x4 matrix")
+        rgb, depth, color_k = self._decode(cand.payload)
+        h, w = rgb.shape[:2]
+        dh, dw = depth.shape[:2]
+        depth_k = color_k.scaled(dw, dh)
+        if self._intrinsics is None:
+            self._writer.write_intrinsics(color_k, depth_k)
+            self._intrinsics = (color_k, depth_k)
+            self._info(f"camera: colour {w}x{h}, depth {dw}x{dh}, fx={color_k.K[0, 0]:.1f} "
+                       f"fy={color_k.K[1, 1]:.1f} (depth intrinsics scaled from the colour "
+                       "camera_info: depth must be registered to colour)")
+        else:
+            c0, d0 = self._intrinsics
+            if (c0.width, c0.height, d0.width, d0.height) != (w, h, dw, dh) or \
+                    not np.allclose(c0.K, color_k.K, rtol=1e-4):
+                raise ValueError(f"camera changed (colour {w}x{h}, depth {dw}x{dh}, K "
+                                 f"{color_k.K[0, 0]:.1f}) since the first keyframe; one scene "
+                                 "folder holds one camera")
+        name = self._next_name
+        self._writer.write_frame(name, rgb, depth, pose)
+        self._next_name += 1
+        with open(self.scene_dir / "keyframes.csv", "a") as f:
+            f.write(f"{name},{cand.index},{cand.stamp_ns}\n")
+        with self._lock:
+            self.keyframes_written += 1
+            k = self.keyframes_written
+        if k == 1 or k % 10 == 0:
+            self._info(f"keyframe {k} written (synchronised frame {cand.index})")
+
+    # -- reporting ---------------------------------------------------------------------------------
+    @property
+    def keyframes(self) -> int:
+        """Keyframes in the scene folder: those found at start plus those written since."""
+        with self._lock:
+            return self.keyframes_before + self.keyframes_written
+
+    def counters(self) -> dict[str, int]:
+        """frames_received, keyframes, pending and one ``dropped_<cause>`` per cause."""
+        with self._lock:
+            out = {"frames_received": self.frames_received,
+                   "keyframes": self.keyframes_before + self.keyframes_written,
+                   "pending": len(self._queue)}
+            out.update({f"dropped_{c}": n for c, n in self.drops.items()})
+        return out

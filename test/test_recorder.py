@@ -1,0 +1,116 @@
+"""The ROS-free keyframe recorder: candidates, pose waits on the caller's clock, drop causes, and
+a folder that the pipeline does not decimate again."""
+import json
+
+import numpy as np
+import pytest
+
+from openmask3d_ros.core.recorder import KeyframeRecorder
+from openmask3d_ros.core.scene import SceneFolder
+
+S = 1_000_000_000
+PERIOD = S // 30
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from openmask3d_ros.core.synthetic import make_scene
+    return SceneFolder(make_scene(tmp_path_factory.mktemp("scene"), seed=2, num_frames=12,
+                                  width=80, height=60))
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0
+
+    def __call__(self):
+        return self.t
+
+
+def _recorder(tmp_path, scene, poses, clock, **kw):
+    """Payload = frame id; poses: {stamp_ns: 4x4}, interpolation-free (exact stamps only, or
+    the nearest when not strict)."""
+    def decode(fid):
+        if fid == "bad":
+            raise ValueError("depth image is 3x3, colour 80x60")
+        return scene.color(fid), scene.depth(fid), scene.color_intrinsics()
+
+    def pose_at(stamp, strict):
+        if stamp in poses:
+            return poses[stamp]
+        if not strict and poses:
+            near = min(poses, key=lambda t: abs(t - stamp))
+            if abs(near - stamp) <= S // 50:
+                return poses[near]
+        raise LookupError(f"no pose at {stamp}")
+    warnings = []
+    rec = KeyframeRecorder(tmp_path / "rec", kw.pop("frame_step", 3), decode, pose_at, clock,
+                           warn=lambda cause, text: warnings.append((cause, text)), **kw)
+    return rec, warnings
+
+
+def test_candidates_wait_for_their_pose_in_caller_time(tmp_path, scene):
+    clock, poses = Clock(), {}
+    rec, warnings = _recorder(tmp_path, scene, poses, clock, pose_wait_s=2.0)
+    fids = scene.frame_ids
+    for i, fid in enumerate(fids):                  # 12 frames, step 3: candidates 0, 3, 6, 9
+        rec.offer(i * PERIOD, fid)
+    assert rec.pending() == 4
+    assert rec.process() == 0                        # no pose yet, still within the wait
+    poses[0], poses[3 * PERIOD] = scene.pose(fids[0]), scene.pose(fids[3])
+    assert rec.process() == 2 and rec.pending() == 2
+    clock.t = 3 * S                                  # the wait ends (e.g. simulated time)
+    poses[6 * PERIOD + S // 100] = scene.pose(fids[6])   # near, not exact: used after the wait
+    assert rec.process() == 1
+    c = rec.counters()
+    assert c["keyframes"] == 3 and c["dropped_no_pose"] == 1 and c["pending"] == 0
+    assert c["frames_received"] == 12
+    assert [w[0] for w in warnings] == ["no_pose"]
+    out = SceneFolder(tmp_path / "rec")
+    assert out.frame_ids == ["0", "1", "2"] and out.keyframe_step == 3
+    np.testing.assert_allclose(out.pose("1"), scene.pose(fids[3]), atol=1e-6)
+    rows = (tmp_path / "rec" / "keyframes.csv").read_text().split()
+    assert rows[1] == f"1,3,{3 * PERIOD}"
+
+
+def test_drops_by_cause(tmp_path, scene):
+    clock, poses = Clock(), {}
+    rec, warnings = _recorder(tmp_path, scene, poses, clock, frame_step=1, queue_size=2)
+    stamps = [i * PERIOD for i in range(8)] + [12 * PERIOD]   # frames 8..11 lost in transport
+    for t in stamps:
+        rec.offer(t, scene.frame_ids[0])
+    c = rec.counters()
+    assert c["dropped_stamp_gap"] == 4 and c["frames_received"] == 9
+    assert c["dropped_queue_overflow"] == 7 and c["pending"] == 2
+    rec.reject("unsupported depth encoding '8UC3'")
+    poses[7 * PERIOD] = poses[12 * PERIOD] = scene.pose(scene.frame_ids[0])
+    rec.offer(13 * PERIOD, "bad")                    # pushes the candidate at 7 out
+    poses[13 * PERIOD] = np.eye(4)
+    rec.process(force=True)
+    c = rec.counters()
+    assert c["keyframes"] == 1 and c["dropped_rejected"] == 2
+    assert c["dropped_queue_overflow"] == 8 and c["dropped_no_pose"] == 0
+    assert {w[0] for w in warnings} == {"stamp_gap", "queue_overflow", "rejected"}
+
+
+def test_restart_continues_numbering_and_pipeline_respects_step(tmp_path, scene):
+    from openmask3d_ros.core.config import PipelineConfig
+    from openmask3d_ros.core.pipeline import run_pipeline
+    clock = Clock()
+    poses = {i * PERIOD: scene.pose(fid) for i, fid in enumerate(scene.frame_ids)}
+    rec, _ = _recorder(tmp_path, scene, poses, clock, frame_step=4)
+    for i, fid in enumerate(scene.frame_ids[:6]):
+        rec.offer(i * PERIOD, fid)
+    rec.process()
+    again, _ = _recorder(tmp_path, scene, poses, clock, frame_step=4)
+    assert again.keyframes == 2
+    for i, fid in enumerate(scene.frame_ids[6:], start=6):
+        again.offer(i * PERIOD, fid)
+    again.process()
+    out = SceneFolder(tmp_path / "rec")
+    assert out.frame_ids == ["0", "1", "2", "3"]
+    pts, cols = scene.cloud()
+    imap = run_pipeline(out, PipelineConfig(), cloud=(pts, cols))   # cfg.frame_step is 10
+    meta = imap.meta
+    assert meta["frames"]["keyframes"] == 4 and meta["frame_step"] == 4
+    assert json.loads((tmp_path / "rec" / "scene.json").read_text())["keyframe_step"] == 4
