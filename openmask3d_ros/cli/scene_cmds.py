@@ -7,12 +7,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..core.config import load_config
-from ..core.instance_map import MAP_DIRNAME
-from ..core.pipeline import run_pipeline
-from ..core.query import open_map
+
+# Heavy modules (the pipeline pulls in scikit-learn and scipy; models pull in torch) are imported
+# inside the commands that use them, so that --help and queries on stand-in maps start fast.
 
 DEMO_QUERIES = ("red", "green", "blue", "yellow", "white", "black")
 
@@ -21,11 +19,12 @@ class TqdmProgress:
     """A progress callback that draws one bar per stage."""
 
     def __init__(self) -> None:
-        self._bar: tqdm | None = None
+        self._bar = None
         self._stage = ""
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if stage != self._stage:
+            from tqdm import tqdm
             self.close()
             self._stage = stage
             self._bar = tqdm(total=total, desc=stage, unit="step", leave=False,
@@ -59,12 +58,14 @@ def cmd_make_scene(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..core.pipeline import run_pipeline
     cfg = _config(args)
     progress = TqdmProgress()
     try:
         imap = run_pipeline(args.scene, cfg, masks=args.masks, progress=progress, out_dir=args.out)
     finally:
         progress.close()
+    from ..core.instance_map import MAP_DIRNAME
     out = Path(args.out) if args.out else Path(args.scene) / MAP_DIRNAME
     models = imap.meta["models"]
     print(f"{imap.num_instances} instances ({int(imap.valid.sum())} with features) -> {out}")
@@ -89,6 +90,7 @@ def print_results(text: str, results, as_json: bool) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from ..core.query import open_map
     cfg = load_config(args.config) if args.config else None
     engine = open_map(args.map, cfg)
     for text in args.text:
@@ -101,6 +103,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Synthetic scene -> pipeline -> one query per object colour, checked against ground truth."""
     import numpy as np
 
+    from ..core.pipeline import run_pipeline
+    from ..core.query import open_map
     from ..core.scene import SceneFolder
     from ..core.synthetic import make_scene
     root = Path(args.out or tempfile.mkdtemp(prefix="openmask3d_demo_"))
@@ -141,7 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="build the OpenMask3D map of a scene folder")
     p.add_argument("scene", help="scene folder (color/ depth/ pose/ intrinsic/ cloud.ply)")
-    p.add_argument("--out", help=f"map folder (default SCENE/{MAP_DIRNAME})")
+    p.add_argument("--out", help="map folder (default SCENE/openmask3d)")
     p.add_argument("--masks", help="precomputed P x M masks (.npy or official OpenMask3D .pt)")
     common(p)
     p.set_defaults(func=cmd_run)

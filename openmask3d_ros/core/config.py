@@ -99,6 +99,7 @@ class PipelineConfig:
             f.name: dataclasses.replace(getattr(self, f.name))
             for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))})
         for key, value in _flatten(values).items():
+    threads: int = 0                     # CPU threads, 0 = cores - 1 (env OPENMASK3D_THREADS wins)
             _set_field(cfg, key, value, strict)
         return cfg
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from .config import PipelineConfig
 from .interfaces import ImageEncoder, ProposalBackend, Segmenter, TextEncoder
+from .threads import apply_torch_threads, configure_threads
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,24 @@ def _note(notes: list[str], text: str, level: int = logging.INFO) -> None:
     notes.append(text)
 
 
-def resolve_device(requested: str = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'. An unavailable GPU request is an error."""
+def uses_torch(cfg: PipelineConfig, text_only: bool = False) -> bool:
+    """Whether the configured models need torch (stand-ins do not)."""
+    if text_only:
+        return cfg.encoder.backend == "clip"
+    return (cfg.proposals.backend == "mask3d" or cfg.segmenter.backend == "sam"
+            or cfg.encoder.backend == "clip")
+
+
+def resolve_device(requested: str = "auto", needs_torch: bool = True) -> str:
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'. An unavailable GPU request is an error.
+
+    torch is imported only to answer 'auto' or 'cuda' for models that need it: importing it
+    costs seconds and hundreds of MB, which stand-in runs and stand-in queries never pay.
+    """
+    if requested != "auto" and requested != "cpu" and not requested.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{requested}'")
+    if requested == "cpu" or (requested == "auto" and not needs_torch):
+        return "cpu"
     try:
         import torch
         has_cuda = torch.cuda.is_available()
@@ -40,10 +58,8 @@ def resolve_device(requested: str = "auto") -> str:
         has_cuda = False
     if requested == "auto":
         return "cuda" if has_cuda else "cpu"
-    if requested.startswith("cuda") and not has_cuda:
+    if not has_cuda:
         raise RuntimeError(f"device '{requested}' requested but CUDA is not available")
-    if requested != "cpu" and not requested.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{requested}'")
     return requested
 
 
@@ -98,15 +114,22 @@ def build_encoders(cfg: PipelineConfig, device: str, notes: list[str]
 
 def build_models(cfg: PipelineConfig) -> Models:
     """All four models for ``cfg``; logs the device and every stand-in/fallback."""
-    device = resolve_device(cfg.device)
+    configure_threads(cfg.threads)
+    device = resolve_device(cfg.device, uses_torch(cfg))
     log.info("OpenMask3D device: %s", device)
     notes: list[str] = []
     proposals = build_proposals(cfg, device, notes)
     segmenter = build_segmenter(cfg, device, notes)
     image_encoder, text_encoder = build_encoders(cfg, device, notes)
+    if "torch" in sys.modules:      # imported by a model after configure_threads ran
+        apply_torch_threads()
     return Models(proposals, segmenter, image_encoder, text_encoder, device, notes)
 
 
 def build_text_encoder(cfg: PipelineConfig) -> TextEncoder:
     """Only the text side (for answering queries on a saved map)."""
-    return build_encoders(cfg, resolve_device(cfg.device), [])[1]
+    configure_threads(cfg.threads)
+    encoder = build_encoders(cfg, resolve_device(cfg.device, uses_torch(cfg, True)), [])[1]
+    if "torch" in sys.modules:
+        apply_torch_threads()
+    return encoder
