@@ -2,13 +2,40 @@
 import numpy as np
 
 from openmask3d_ros.core.crops import crop_boxes, cut
-from openmask3d_ros.core.refine import mask_box, refine, sample_prompts
+from openmask3d_ros.core.refine import mask_box, official_prompts, refine, sample_prompts
 from openmask3d_ros.core.segmenters.hull import HullSegmenter
 
 
 def test_crop_levels_expand_by_ratio():
     boxes = crop_boxes((40, 30, 60, 50), width=200, height=100, levels=3, k_exp=0.1)
     assert boxes == [(40, 30, 60, 50), (38, 28, 62, 52), (36, 26, 64, 54)]
+
+
+def test_official_and_paper_expansion_of_a_100_px_box():
+    # official: int(width * 0.1) * level with width = x2 + 1 - x1 = 100 -> 0/10/20 px a side;
+    # paper mode: int((x2 - x1) * 0.1 * level) = 0/9/19
+    box = (100, 100, 199, 199)
+    off = crop_boxes(box, 640, 480, 3, 0.1, fidelity="official")
+    pap = crop_boxes(box, 640, 480, 3, 0.1, fidelity="paper")
+    assert [b[0] for b in off] == [100, 90, 80] and [b[2] for b in off] == [199, 209, 219]
+    assert [b[0] for b in pap] == [100, 91, 81] and [b[2] for b in pap] == [199, 208, 218]
+    # the official right edge is exclusive and clipped to W: inclusive W - 1 here
+    assert crop_boxes((600, 0, 639, 10), 640, 480, 3, 0.1)[2][2] == 639
+
+
+def test_official_prompts_replay_the_official_global_shuffle():
+    # the official run_sam: swap (row, col) -> (x, y), then np.random.shuffle the same array
+    # every round and take its first 5 rows
+    rows_cols = np.argwhere(np.random.default_rng(1).random((30, 40)) > 0.9)   # np.where order
+    np.random.seed(7)
+    coords = rows_cols[:, ::-1].copy()
+    expected = []
+    for _ in range(10):
+        np.random.shuffle(coords)
+        expected.append(coords[:5].copy())
+    got = official_prompts(rows_cols[:, ::-1], 10, 5, np.random.RandomState(7))
+    assert np.array_equal(got, np.stack(expected))
+    assert official_prompts(rows_cols[:3, ::-1], 10, 5, np.random.RandomState(0)).shape == (10, 3, 2)
 
 
 def test_crops_are_clipped_at_image_border():

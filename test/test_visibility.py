@@ -1,10 +1,22 @@
-"""Visibility: in-view test, occlusion against measured depth, per-mask counts, view selection."""
+"""Visibility: in-view test, occlusion against measured depth, per-mask counts, view selection.
+
+Both fidelity modes: ``paper`` (rounded pixels in [0, W-1], one-sided occlusion as the paper's
+text when ``two_sided`` is off) and ``official`` (truncated pixels, u < W, two-sided test,
+distinct-pixel counts).
+"""
+from functools import partial
+
 import numpy as np
 import pytest
+from scipy import sparse
 
 from openmask3d_ros.core.camera import Intrinsics, project
-from openmask3d_ros.core.visibility import (count_visible, mask_matrix, select_views,
-                                            visible_points)
+from openmask3d_ros.core.visibility import (count_pixels, count_visible, frame_visibility,
+                                            mask_matrix, mask_pixels, select_views)
+from openmask3d_ros.core.visibility import visible_points as _visible_points
+
+visible_points = partial(_visible_points, fidelity="paper", two_sided=False)
+official = partial(_visible_points, fidelity="official", two_sided=True)
 
 K = Intrinsics(np.array([[100.0, 0, 49.5], [0, 100.0, 39.5], [0, 0, 1]]), 100, 80)
 IDENTITY = np.eye(4)  # camera at the origin looking down +z (optical frame)
@@ -78,3 +90,44 @@ def test_select_views_top_k_and_unseen():
     assert views[1].tolist() == [-1, -1]        # never seen
     assert views[2].tolist() == [2, 0]
     assert select_views(counts, k_view=6).shape == (3, 6)
+
+
+def test_official_test_is_two_sided_and_paper_one_sided():
+    # 1 m in front of the measured surface: visible for the paper, not for the official code
+    pts = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 2.1], [0.0, 0.0, 2.5]])
+    assert official(pts, IDENTITY, flat_depth(2.0), K).tolist() == [False, True, False]
+    assert visible_points(pts, IDENTITY, flat_depth(2.0), K).tolist() == [True, True, False]
+    two = _visible_points(pts, IDENTITY, flat_depth(2.0), K, fidelity="paper", two_sided=True)
+    assert two.tolist() == [False, True, False]
+
+
+def test_official_pixels_truncate_and_need_u_below_width():
+    z = 2.0
+
+    def at(u, v):
+        return [(u - 49.5) * z / 100.0, (v - 39.5) * z / 100.0, z]
+    pts = np.array([at(10.7, 20.9),      # truncated to (10, 20); paper rounds to (11, 21)
+                    at(99.6, 5.0),       # u = 99.6 < W = 100: inside; paper: > W-1, outside
+                    at(100.2, 5.0),      # u >= W: outside for both
+                    at(-0.5, 5.0)])      # truncates toward zero to u = 0: inside (official)
+    seen, pix = frame_visibility(pts, IDENTITY, flat_depth(z), K, fidelity="official")
+    assert seen.tolist() == [True, True, False, True]
+    assert pix.tolist() == [20 * 100 + 10, 5 * 100 + 99, -1, 5 * 100 + 0]
+    seen_p, pix_p = frame_visibility(pts, IDENTITY, flat_depth(z), K, fidelity="paper")
+    assert seen_p.tolist() == [True, False, False, False] and pix_p[0] == 21 * 100 + 11
+
+
+def test_official_score_counts_distinct_pixels_not_points():
+    # mask 0: 3 points on one pixel + 1 on another; mask 1: 2 points on 2 pixels
+    seen = np.array([True, True, True, True, True, True, False])
+    pix = np.array([7, 7, 7, 9, 3, 4, 5])
+    masks = np.array([[1, 0], [1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [1, 1]], dtype=bool)
+    assert count_pixels(seen, pix, sparse.csr_matrix(masks), 100).tolist() == [2, 2]
+    assert count_visible(seen, mask_matrix(masks)).tolist() == [4, 2]
+    # the prompt pixel set: distinct, row-major (as np.where on the dense image), (x, y)
+    assert mask_pixels(seen, pix, masks[:, 0], width=5).tolist() == [[2, 1], [4, 1]]
+
+
+def test_bad_fidelity_is_named():
+    with pytest.raises(ValueError, match="fidelity"):
+        _visible_points(np.zeros((1, 3)), IDENTITY, flat_depth(1.0), K, fidelity="exact")

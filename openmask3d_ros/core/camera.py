@@ -77,3 +77,23 @@ def backproject_pixels(u: np.ndarray, v: np.ndarray, z: np.ndarray, K: np.ndarra
     y = (v - K[1, 2]) * z / K[1, 1]
     R, t = cam_to_world[:3, :3], cam_to_world[:3, 3]
     return np.stack([R[r, 0] * x + R[r, 1] * y + R[r, 2] * z + t[r] for r in range(3)], axis=1)
+
+
+def project_pixels_official(points: np.ndarray, cam_to_world: np.ndarray, K: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer pixels ``u, v`` (int64) and camera depth ``w`` as the official code computes them.
+
+    OpenMask3D's ``PointProjector`` evaluates ``(K @ inv(pose)[:3] @ X_h.T).T`` in float64 and
+    stores ``x / w`` into an integer array, i.e. truncates toward zero (so -0.5 becomes 0);
+    points with ``w == 0`` keep pixel (0, 0). The same operation order is used here so that the
+    pixels match it bit for bit.
+    """
+    X = np.append(np.asarray(points, dtype=np.float64), np.ones((len(points), 1)), axis=-1)
+    P = np.linalg.inv(np.asarray(cam_to_world, dtype=np.float64))[:3, :]
+    proj = (np.asarray(K, dtype=np.float64) @ P @ X.T).T
+    w = proj[:, 2]
+    uv = np.zeros((len(points), 2), dtype=np.int64)
+    nz = w != 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        uv[nz] = np.column_stack([proj[nz, 0] / w[nz], proj[nz, 1] / w[nz]])
+    return uv[:, 0], uv[:, 1], w

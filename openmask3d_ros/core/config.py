@@ -39,7 +39,8 @@ class ProposalConfig:
 class VisibilityConfig:
     k_threshold: float = 0.2             # m, a point is occluded when w - d > k_threshold
     k_view: int = 5                      # top views per mask
-    min_visible_points: int = 1          # a view must see at least this many points of the mask
+    min_visible_points: int = 1          # a view must see at least this many points (official: pixels)
+    two_sided: bool = True               # occluded when |d - w| > k (official); false: w - d > k
 
 
 @dataclass
@@ -73,6 +74,7 @@ class PipelineConfig:
     frame_step: int = 10                 # keep every n-th frame
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     seed: int = 0
+    fidelity: str = "official"           # official (the released code) | paper (its text)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)

@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from scipy import sparse
 
 from .camera import project
 from .config import PipelineConfig
 from .crops import crop_boxes, cut
 from .interfaces import ImageEncoder, Segmenter, l2_normalize
-from .refine import refine
+from .prompt_plan import plan_official_prompts
+from .refine import refine, refine_prompts
 from .scene import SceneError, SceneFolder
-from .visibility import count_visible, mask_matrix, select_views, visible_points
+from .visibility import (check_fidelity, count_pixels, count_visible, frame_visibility,
+                         mask_matrix, select_views)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -75,14 +78,18 @@ def frame_pose(scene: SceneFolder, fid: str) -> np.ndarray | None:
 def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
                       frame_ids: list[str], k_threshold: float, report: FeatureReport,
                       progress: Progress | None = None,
-                      seen_out: dict[int, np.ndarray] | None = None) -> np.ndarray:
-    """vis(i, j) for all frames j and masks i: int (F, M). Unusable frames count zero.
+                      seen_out: dict[int, np.ndarray] | None = None,
+                      fidelity: str = "official", two_sided: bool = True) -> np.ndarray:
+    """View scores for all frames j and masks i: int (F, M), visible points (``paper``) or
+    distinct pixels they cover (``official``). Unusable frames count zero.
 
     ``seen_out`` (optional) receives each usable frame's visible points, bit-packed (P/8 bytes a
     frame), so later stages need not reload depth and project again.
     """
+    check_fidelity(fidelity)         # before the loop: a bad value is not a "bad frame"
     K_depth = scene.depth_intrinsics()
-    S = mask_matrix(masks)
+    S = mask_matrix(masks) if fidelity == "paper" else sparse.csr_matrix(masks)
+    num_pixels = K_depth.width * K_depth.height
     counts = np.zeros((len(frame_ids), masks.shape[1]), dtype=np.int64)
     for j, fid in enumerate(frame_ids):
         pose = frame_pose(scene, fid)
@@ -92,12 +99,15 @@ def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
             continue
         try:
             depth = scene.depth(fid)
-            seen = visible_points(points, pose, depth, K_depth, k_threshold)
+            seen, pix = frame_visibility(points, pose, depth, K_depth, k_threshold,
+                                         fidelity=fidelity, two_sided=two_sided,
+                                         depth_scale=getattr(scene, "depth_scale", None))
         except (SceneError, ValueError) as exc:       # a bad frame is skipped, not fatal
             report.frames_skipped[fid] = str(exc)
             log.warning("frame %s skipped: %s", fid, exc)
             continue
-        counts[j] = count_visible(seen, S)
+        counts[j] = (count_visible(seen, S) if fidelity == "paper"
+                     else count_pixels(seen, pix, S, num_pixels))
         if seen_out is not None:
             seen_out[j] = np.packbits(seen)
         if progress:
@@ -113,8 +123,10 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
     report = FeatureReport()
     M = masks.shape[1]
     seen_packed: dict[int, np.ndarray] = {}
+    official = cfg.fidelity == "official"
     counts = visibility_counts(points, masks, scene, frame_ids, cfg.visibility.k_threshold,
-                               report, progress, seen_packed)
+                               report, progress, seen_packed, cfg.fidelity,
+                               cfg.visibility.two_sided)
     views = select_views(counts, cfg.visibility.k_view, cfg.visibility.min_visible_points)
     report.views = [[frame_ids[j] for j in row if j >= 0] for row in views]
     report.fallbacks = [0] * M
@@ -124,8 +136,15 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
             by_frame[int(j)].append(m)
 
     K_color = scene.color_intrinsics()
-    batcher = _CropBatcher(encoder, M, cfg.encoder.batch_size)
     s, c = cfg.segmenter, cfg.crops
+    plan = None
+    if official:   # prompts drawn up front, in the official mask-major order (core/prompt_plan)
+        plan = plan_official_prompts(
+            points, masks, views,
+            lambda j: np.unpackbits(seen_packed[j], count=len(points)).astype(bool),
+            lambda j: scene.pose(frame_ids[j]), scene.depth_intrinsics(), K_color,
+            s.k_rounds, s.k_sample, cfg.seed)
+    batcher = _CropBatcher(encoder, M, cfg.encoder.batch_size)
     for done, j in enumerate(sorted(by_frame)):
         fid = frame_ids[j]
         pose = scene.pose(fid)
@@ -143,14 +162,21 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
         report.segmenter_images += 1
         report.frames_used.append(fid)
         for m in by_frame[j]:
-            idx = np.flatnonzero(masks[:, m] & seen)
-            uv, _ = project(points[idx], pose, K_color.K)
-            uv = np.clip(uv, 0, [K_color.width - 1, K_color.height - 1])
-            rng = np.random.default_rng([cfg.seed, m, j])
-            result = refine(segmenter, uv, K_color.width, K_color.height, s.k_rounds, s.k_sample,
-                            rng, s.min_score)
+            if plan is not None:
+                if (m, j) not in plan.prompts:
+                    continue
+                result = refine_prompts(segmenter, plan.prompts[(m, j)], plan.boxes[(m, j)],
+                                        s.min_score)
+            else:
+                idx = np.flatnonzero(masks[:, m] & seen)
+                uv, _ = project(points[idx], pose, K_color.K)
+                uv = np.clip(uv, 0, [K_color.width - 1, K_color.height - 1])
+                rng = np.random.default_rng([cfg.seed, m, j])
+                result = refine(segmenter, uv, K_color.width, K_color.height, s.k_rounds,
+                                s.k_sample, rng, s.min_score)
             report.fallbacks[m] += int(result.fallback)
-            for box in crop_boxes(result.box, K_color.width, K_color.height, c.levels, c.k_exp):
+            for box in crop_boxes(result.box, K_color.width, K_color.height, c.levels, c.k_exp,
+                                  cfg.fidelity):
                 batcher.add(cut(image, box), m)
         if progress:
             progress("features", done + 1, len(by_frame))

@@ -24,6 +24,24 @@ def sample_prompts(uv: np.ndarray, k_rounds: int, k_sample: int, rng: np.random.
     return uv[idx]
 
 
+def official_prompts(pixels: np.ndarray, k_rounds: int, k_sample: int,
+                     rs: np.random.RandomState) -> np.ndarray:
+    """(k_rounds, k, 2) prompts drawn as OpenMask3D's ``run_sam`` draws them.
+
+    ``pixels``: the distinct (x, y) pixels of the mask in the view, row-major order. Each round
+    shuffles the *same* array again (cumulatively) and takes its first ``k_sample`` rows; ``rs``
+    plays the role of the official code's global ``np.random`` state, so with
+    ``np.random.seed(s)`` before the official ``extract_features`` and ``rs = RandomState(s)``
+    consumed in the same mask-major, view-rank order, both draw the same prompts.
+    """
+    coords = np.array(pixels, dtype=np.int64, copy=True)
+    rounds = []
+    for _ in range(k_rounds):
+        rs.shuffle(coords)
+        rounds.append(coords[:k_sample].copy())
+    return np.stack(rounds)
+
+
 def points_box(uv: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
     """Inclusive pixel box around points, clipped to the image."""
     x1, y1 = np.floor(uv.min(axis=0)).astype(int)
@@ -48,9 +66,17 @@ def refine(segmenter: Segmenter, uv: np.ndarray, width: int, height: int, k_roun
     there), the box of the projected points is used instead and ``fallback`` is set.
     """
     prompts = sample_prompts(uv, k_rounds, k_sample, rng)
-    mask, scores = segmenter.predict(prompts)
+    return refine_prompts(segmenter, prompts, points_box(uv, width, height), min_score)
+
+
+def refine_prompts(segmenter: Segmenter, prompts: np.ndarray,
+                   fallback_box: tuple[int, int, int, int], min_score: float = 0.0) -> Refined2D:
+    """The best round's mask box for prepared ``(R, K, 2)`` prompts (the first of equal scores,
+    as the official ``scores[0] > best_score`` loop), or ``fallback_box`` when no round scores
+    above ``min_score`` or the mask is empty (the official code crashes there)."""
+    mask, scores = segmenter.predict(np.asarray(prompts, dtype=np.float32))
     best = float(np.max(scores)) if len(scores) else float("-inf")
     box = mask_box(mask) if best > min_score else None
     if box is None:
-        return Refined2D(points_box(uv, width, height), best, True)
+        return Refined2D(tuple(int(c) for c in fallback_box), best, True)
     return Refined2D(box, best, False)

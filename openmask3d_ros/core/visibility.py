@@ -1,34 +1,99 @@
-"""Per-frame point visibility and the (frames x masks) visible-point counts (paper Sec. 3.2).
+"""Per-frame point visibility and the (frames x masks) view scores (paper Sec. 3.2).
 
-A point is in view when w != 0 and its pixel lies in [0, W-1] x [0, H-1]; it is occluded when
-``w - d > k_threshold`` with d the measured depth at its pixel (0 = no measurement -> occluded).
-Counts are accumulated per frame with one sparse product, never a views x masks x H x W array.
+Two fidelity modes (``fidelity`` in the config, see docs/fidelity.md):
+
+- ``official`` (default), as OpenMask3D's ``PointProjector``: pixels are truncated toward zero
+  and must satisfy 0 <= u < W, 0 <= v < H; a view's score for a mask is the number of *distinct
+  pixels* its visible points cover.
+- ``paper``: pixels are rounded, a point is in view when w > 0 and u/w in [0, W-1], v/w in
+  [0, H-1]; the score is the number of visible *points*.
+
+Occlusion: ``two_sided`` (the official test) keeps a point when ``|d - w| <= k_threshold``;
+one-sided (the paper's text) drops it only when ``w - d > k_threshold``. d is the measured depth
+at the pixel; in paper mode d = 0 (no measurement) always counts as occluded, the official code
+has no such check.
+
+Neither mode allocates a views x masks x H x W array: points are projected once per frame and
+counted per mask with a sparse product (points) or ``np.unique`` over ``mask * H * W + pixel``
+keys of the visible (point, mask) pairs (distinct pixels).
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import sparse
 
-from .camera import Intrinsics, project
+from .camera import Intrinsics, project, project_pixels_official
+
+FIDELITY_MODES = ("official", "paper")
 
 
-def visible_points(points: np.ndarray, cam_to_world: np.ndarray, depth: np.ndarray,
-                   depth_intrinsics: Intrinsics, k_threshold: float = 0.2) -> np.ndarray:
-    """Boolean (P,): the points seen (in view and not occluded) by a camera with this depth image."""
+def check_fidelity(fidelity: str) -> str:
+    if fidelity not in FIDELITY_MODES:
+        raise ValueError(f"fidelity must be one of {FIDELITY_MODES}, got {fidelity!r}")
+    return fidelity
+
+
+def frame_visibility(points: np.ndarray, cam_to_world: np.ndarray, depth: np.ndarray,
+                     depth_intrinsics: Intrinsics, k_threshold: float = 0.2, *,
+                     fidelity: str = "official", two_sided: bool = True,
+                     depth_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Visible points (bool (P,)) and their pixel ids ``v * W + u`` (int64 (P,), -1 outside).
+
+    ``depth_scale`` (official mode): the depth PNG's units per metre; float32 depth is
+    re-quantised to the float64 ``raw / scale`` the official code compares against.
+    """
+    check_fidelity(fidelity)
     if depth.shape != (depth_intrinsics.height, depth_intrinsics.width):
         raise ValueError(f"depth image is {depth.shape[1]}x{depth.shape[0]} but its intrinsics "
                          f"are for {depth_intrinsics.width}x{depth_intrinsics.height}")
-    uv, w = project(points, cam_to_world, depth_intrinsics.K)
     H, W = depth.shape
-    with np.errstate(invalid="ignore"):
-        in_view = ((w > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= W - 1)
-                   & (uv[:, 1] >= 0) & (uv[:, 1] <= H - 1))
-    idx = np.flatnonzero(in_view)
-    px = np.round(uv[idx]).astype(np.int64)
-    d = depth[px[:, 1], px[:, 0]]
+    pix = np.full(len(points), -1, dtype=np.int64)
     seen = np.zeros(len(points), dtype=bool)
-    seen[idx] = (d > 0) & ~(w[idx] - d > k_threshold)
-    return seen
+    if fidelity == "official":
+        idx, u, v, w = _official_in_view(points, cam_to_world, depth_intrinsics)
+        d = depth[v, u].astype(np.float64)
+        if depth_scale:
+            d = np.rint(d * depth_scale) / depth_scale
+        ok = np.abs(d - w) <= k_threshold if two_sided else ~(w - d > k_threshold)
+    else:
+        uv, w = project(points, cam_to_world, depth_intrinsics.K)
+        with np.errstate(invalid="ignore"):
+            in_view = ((w > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= W - 1)
+                       & (uv[:, 1] >= 0) & (uv[:, 1] <= H - 1))
+        idx = np.flatnonzero(in_view)
+        px = np.round(uv[idx]).astype(np.int64)
+        u, v = px[:, 0], px[:, 1]
+        d = depth[v, u]
+        wi = w[idx]
+        near = np.abs(d - wi) <= k_threshold if two_sided else ~(wi - d > k_threshold)
+        ok = (d > 0) & near
+    seen[idx] = ok
+    pix[idx] = v * W + u
+    return seen, pix
+
+
+def _official_in_view(points, cam_to_world, intr: Intrinsics):
+    u, v, w = project_pixels_official(points, cam_to_world, intr.K)
+    idx = np.flatnonzero((u >= 0) & (v >= 0) & (u < intr.width) & (v < intr.height))
+    return idx, u[idx], v[idx], w[idx]
+
+
+def official_pixel_ids(points: np.ndarray, cam_to_world: np.ndarray, intr: Intrinsics
+                       ) -> np.ndarray:
+    """Official-mode pixel ids ``v * W + u`` of all points (-1 outside), depth not needed."""
+    idx, u, v, _ = _official_in_view(points, cam_to_world, intr)
+    pix = np.full(len(points), -1, dtype=np.int64)
+    pix[idx] = v * intr.width + u
+    return pix
+
+
+def visible_points(points: np.ndarray, cam_to_world: np.ndarray, depth: np.ndarray,
+                   depth_intrinsics: Intrinsics, k_threshold: float = 0.2, **kwargs
+                   ) -> np.ndarray:
+    """Boolean (P,): the points seen (in view and not occluded) by a camera with this depth image.
+    Keyword arguments as :func:`frame_visibility`."""
+    return frame_visibility(points, cam_to_world, depth, depth_intrinsics, k_threshold,
+                            **kwargs)[0]
 
 
 def mask_matrix(masks: np.ndarray) -> sparse.csc_matrix:
@@ -36,16 +101,41 @@ def mask_matrix(masks: np.ndarray) -> sparse.csc_matrix:
     return sparse.csc_matrix(masks, dtype=np.float32)
 
 
-def count_visible(seen: np.ndarray, masks_sparse: sparse.csc_matrix) -> np.ndarray:
+def count_visible(seen: np.ndarray, masks_sparse: sparse.spmatrix) -> np.ndarray:
     """vis(i, j) for one frame j: visible points of each mask, int (M,)."""
     return np.asarray(masks_sparse.T @ seen.astype(np.float32)).ravel().round().astype(np.int64)
 
 
+def count_pixels(seen: np.ndarray, pix: np.ndarray, masks_csr: sparse.csr_matrix,
+                 num_pixels: int) -> np.ndarray:
+    """Distinct pixels covered by each mask's visible points in one frame, int (M,).
+
+    Equals the official ``visible_points_in_view_in_mask[j].sum((1, 2))`` without the dense
+    array: one int64 key per visible (point, mask) pair, deduplicated.
+    """
+    M = masks_csr.shape[1]
+    idx = np.flatnonzero(seen)
+    if len(idx) == 0:
+        return np.zeros(M, dtype=np.int64)
+    pairs = masks_csr[idx].tocoo()
+    keys = pairs.col.astype(np.int64) * num_pixels + pix[idx][pairs.row]
+    return np.bincount(np.unique(keys) // num_pixels, minlength=M).astype(np.int64)
+
+
+def mask_pixels(seen: np.ndarray, pix: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
+    """The distinct pixels (x, y) of one mask's visible points in row-major order, int (n, 2):
+    the official ``np.where(visible_points_in_view_in_mask[view][mask])`` with x and y swapped."""
+    ids = np.unique(pix[seen & mask])
+    return np.stack([ids % width, ids // width], axis=1)
+
+
 def select_views(counts: np.ndarray, k_view: int = 5, min_visible: int = 1) -> np.ndarray:
-    """Top ``k_view`` frames per mask by visible-point count: (M, k_view) frame indices, -1 = none.
+    """Top ``k_view`` frames per mask by score: (M, k_view) frame indices, -1 = none.
 
     Ranking by vis(i, j) equals ranking by s_ij = vis(i, j) / max_j vis(i, j). Ties go to the
-    earlier frame (stable sort) so runs are reproducible.
+    earlier frame (stable sort) so runs are reproducible on every platform; the official
+    ``np.argsort`` (introsort, SIMD on some CPUs) leaves the order of ties unspecified.
+    Views scoring below ``min_visible`` (at least 1) are -1: the official code skips them too.
     """
     order = np.argsort(-counts, axis=0, kind="stable")[:k_view].T          # (M, k)
     chosen = np.take_along_axis(counts.T, order, axis=1)
