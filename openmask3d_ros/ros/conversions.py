@@ -40,11 +40,16 @@ def camera_info_to_intrinsics(msg, width: int | None = None, height: int | None 
         raise ConversionError(f"CameraInfo binning {bx}x{by} leaves no pixels of {w}x{h}")
     if width is not None and height is not None and (int(width) <= 0 or int(height) <= 0):
         raise ConversionError(f"image size {width}x{height} has no pixels")
-    intr = Intrinsics(K, w, h)
-    if bx > 1 or by > 1:
-        intr = intr.scaled(w // max(bx, 1), h // max(by, 1))
-    if width is not None and height is not None and (intr.width, intr.height) != (width, height):
-        intr = intr.scaled(int(width), int(height))
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            intr = Intrinsics(K, w, h)
+            if bx > 1 or by > 1:
+                intr = intr.scaled(w // max(bx, 1), h // max(by, 1))
+            if width is not None and height is not None and \
+                    (intr.width, intr.height) != (width, height):
+                intr = intr.scaled(int(width), int(height))
+    except ValueError as exc:   # e.g. rescaling overflows a huge K to inf
+        raise ConversionError(f"CameraInfo: {exc}") from None
     return intr
 
 
