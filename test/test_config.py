@@ -2,6 +2,7 @@
 import pytest
 
 from openmask3d_ros.core.config import PipelineConfig, load_config
+from openmask3d_ros.core.errors import InputError
 
 
 def test_paper_defaults():
@@ -24,7 +25,7 @@ def test_ros_parameter_file_and_dotted_overrides(tmp_path):
 def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("visibility:\n  k_veiw: 3\n")
-    with pytest.raises(KeyError, match="visibility.k_veiw"):
+    with pytest.raises(InputError, match="p.yaml.*visibility.k_veiw"):
         load_config(path)
 
 

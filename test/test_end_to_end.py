@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from openmask3d_ros.cli import main as cli
+from openmask3d_ros.core.instance_map import InstanceMap
 from openmask3d_ros.core.pipeline import run_pipeline
 from openmask3d_ros.core.query import open_map
 from openmask3d_ros.core.scene import SceneFolder
@@ -45,7 +46,7 @@ def test_every_colour_query_returns_its_object(built):
 
 def test_map_records_models_and_reuses_frames(built):
     root, imap = built
-    meta = json.loads((root / "openmask3d" / "meta.json").read_text())
+    meta = InstanceMap.load(root).meta
     assert meta["models"]["image_encoder"] == "colour-standin"
     assert any("STAND-IN" in n for n in meta["models"]["notes"])
     assert meta["frame_step"] == 10 and meta["frames"]["keyframes"] == 10

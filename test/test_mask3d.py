@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from openmask3d_ros.core.instance_map import InstanceMap
 from openmask3d_ros.core.proposals.mask3d.compat import import_minkowski, minkowski_available
 
 needs_me = pytest.mark.skipif(not minkowski_available(),
@@ -301,8 +302,6 @@ def test_pipeline_builds_mask3d_from_a_checkpoint(backend, tmp_path):
 @needs_me
 def test_openmask3d_run_with_mask3d_checkpoint_on_a_synthetic_scene(backend, tmp_path):
     """The user path end to end: a Lightning checkpoint named in a YAML config, `openmask3d run`."""
-    import json
-
     from openmask3d_ros.cli import main as cli
     from openmask3d_ros.core.proposals.mask3d.checkpoint import save_lightning_checkpoint
     from openmask3d_ros.core.synthetic import make_scene
@@ -311,7 +310,7 @@ def test_openmask3d_run_with_mask3d_checkpoint_on_a_synthetic_scene(backend, tmp
         f"proposals: {{backend: mask3d, mask3d_checkpoint: {tmp_path / 'scannet200_val.ckpt'}}}\n")
     scene = make_scene(tmp_path / "scene", seed=5, num_frames=20, width=160, height=120)
     assert cli(["run", str(scene), "--config", str(tmp_path / "c.yaml")]) == 0
-    meta = json.loads((scene / "openmask3d" / "meta.json").read_text())
+    meta = InstanceMap.load(scene).meta
     assert meta["models"]["proposals"] == "mask3d"
     assert meta["config"]["proposals"]["mask3d_num_queries"] == 150
     assert len(meta["instances"]) >= 1

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from openmask3d_ros.cli import main as cli
+from openmask3d_ros.core.instance_map import InstanceMap
 from openmask3d_ros.core.query import open_map
 from openmask3d_ros.core.synthetic import make_scene
 
@@ -41,7 +42,7 @@ def run_dir(tmp_path_factory):
 
 def test_map_built_with_clip_and_sam(run_dir):
     _, scene = run_dir
-    meta = json.loads((scene / "openmask3d" / "meta.json").read_text())
+    meta = InstanceMap.load(scene).meta
     assert meta["models"]["segmenter"] == "sam:vit_b"
     assert meta["models"]["image_encoder"] == "clip:ViT-B-32"
     assert not any("STAND-IN" in n for n in meta["models"]["notes"])

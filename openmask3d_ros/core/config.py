@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from .errors import InputError
+
 
 @dataclass
 class ProposalConfig:
@@ -70,16 +72,44 @@ class EncoderConfig:
 
 
 @dataclass
+class QueryConfig:
+    """Relevance of instances to a query (LERF-style, see core/relevance.py)."""
+    # canonical negatives: relevance = min over these of softmax over {query, negative}
+    negatives: list = field(default_factory=lambda: ["object", "things", "stuff", "texture"])
+    temperature: float = 10.0            # similarities are multiplied by this before the softmax
+    prompt_template: str = "{}"          # applied to the query text and to every negative
+    min_relevance: float = 0.55          # default threshold of "found" (0.5 = like a generic thing)
+
+
+@dataclass
+class StructureConfig:
+    """Which instances are scene structure (floor, walls, table tops) rather than objects."""
+    plane_max_thickness: float = 0.02    # m, std of the points along the plane normal
+    plane_min_area: float = 0.5          # m^2 of occupied plane cells
+    cell_size: float = 0.05              # m, grid for the occupied-area estimate
+    span_fraction: float = 0.6           # spans this much of the scene along 2 of 3 axes ...
+    span_min_extent: float = 1.0         # ... counting only axes where the scene is this long (m)
+    # a query naming one of these asks for structure too
+    words: list = field(default_factory=lambda: [
+        "floor", "ground", "wall", "ceiling", "table", "tabletop", "desk", "counter",
+        "countertop", "worktop", "surface"])
+
+
+@dataclass
 class PipelineConfig:
     frame_step: int = 10                 # keep every n-th frame
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    threads: int = 0                     # CPU threads, 0 = cores - 1 (env OPENMASK3D_THREADS wins)
     seed: int = 0
     fidelity: str = "official"           # official (the released code) | paper (its text)
+    keep_generations: int = 3            # map generations kept on disk (the newest ones)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     crops: CropConfig = field(default_factory=CropConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    structure: StructureConfig = field(default_factory=StructureConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain-dict view (for metadata and YAML)."""
@@ -95,13 +125,18 @@ class PipelineConfig:
                 out[key] = value
         return out
 
+    def validate(self, source: str | Path | None = None) -> "PipelineConfig":
+        """Check every value's range (``InputError`` naming key and ``source``); returns self."""
+        from .config_check import validate
+        validate(self.flat(), source)
+        return self
+
     def updated(self, values: Mapping[str, Any], strict: bool = True) -> "PipelineConfig":
         """Return a copy with dotted or nested ``values`` applied (type-checked)."""
         cfg = dataclasses.replace(self, **{
             f.name: dataclasses.replace(getattr(self, f.name))
             for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))})
         for key, value in _flatten(values).items():
-    threads: int = 0                     # CPU threads, 0 = cores - 1 (env OPENMASK3D_THREADS wins)
             _set_field(cfg, key, value, strict)
         return cfg
 
@@ -150,7 +185,10 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
         return value
     if kind is str and isinstance(value, str):
         return value
-    raise ValueError(f"configuration key '{key}' expects {kind.__name__}, got {value!r}")
+    if kind is list and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    what = "a list of strings" if kind is list else kind.__name__
+    raise ValueError(f"configuration key '{key}' expects {what}, got {value!r}")
 
 
 def pipeline_section(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,10 +210,18 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise InputError(f"not a readable YAML file: {exc}", path) from exc
         if not isinstance(data, Mapping):
-            raise ValueError(f"config file {path} must hold a mapping")
-        cfg = cfg.updated(pipeline_section(data))
+            raise InputError("a config file must hold a mapping", path)
+        try:
+            cfg = cfg.updated(pipeline_section(data)).validate(path)
+        except InputError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise InputError(exc.args[0] if exc.args else str(exc), path) from exc
     if overrides:
         cfg = cfg.updated(overrides)
-    return cfg
+    return cfg.validate()

@@ -1,24 +1,37 @@
 """The OpenMask3D map: class-agnostic instances over the scene cloud and one feature per instance.
 
-On disk (a folder, ``SCENE/openmask3d/`` by default):
+On disk: a map folder (``SCENE/openmask3d/`` by default) holds generations (see
+``generations``); each generation folder holds
 ```
+cloud.ply       the cloud the map was built on (its content hash is in meta.json)
 instances.npz   point_indices (int64, concatenated), offsets (M+1,)  -> points of instance m are
-                point_indices[offsets[m]:offsets[m+1]] (indices into the scene's cloud.ply)
+                point_indices[offsets[m]:offsets[m+1]] (indices into this cloud.ply)
                 features (M, D) float32 L2-normalised (zero row: no view saw the instance)
                 centroids (M, 3), bbox_min (M, 3), bbox_max (M, 3)
-meta.json       models (names, stand-in flags), parameters, versions, per-instance diagnostics
+meta.json       cloud {file, num_points, sha256}, models (names, stand-in flags), parameters,
+                versions, per-instance diagnostics; paths in it are relative
 ```
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import generations
+from .errors import InputError, input_error_from
+
+log = logging.getLogger(__name__)
+
 MAP_DIRNAME = "openmask3d"
-FORMAT_VERSION = 1
+CLOUD_FILE = "cloud.ply"
+FORMAT_VERSION = 2
+DEFAULT_KEEP = 3
+_LOAD_ONLY = ("map_dir", "generation")       # added by load(), not stored
 
 
 @dataclass
@@ -71,50 +84,163 @@ class InstanceMap:
         return out
 
     # -- storage --------------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+    def save(self, folder: str | Path, keep: int = DEFAULT_KEEP,
+             colors: np.ndarray | None = None) -> Path:
+        """Write a new generation under the map folder ``folder`` and make it current.
+
+        The generation holds its own copy of the cloud (``colors`` optional) and the cloud's
+        content hash; the ``keep`` newest generations are kept. Returns the generation folder."""
+        root = Path(folder)
+        tmp, name = generations.begin(root)
         sizes = [len(i) for i in self.point_indices]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        flat = (np.concatenate(self.point_indices) if self.point_indices
+        flat = (np.concatenate(self.point_indices).astype(np.int64) if self.point_indices
                 else np.zeros(0, dtype=np.int64))
         bmin, bmax = self.boxes()
-        tmp = folder / "instances.tmp.npz"
-        np.savez_compressed(tmp, point_indices=flat, offsets=offsets,
+        from .scene import write_ply
+        write_ply(tmp / CLOUD_FILE, self.points, colors)
+        np.savez_compressed(tmp / "instances.npz", point_indices=flat, offsets=offsets,
                             features=self.features.astype(np.float32),
                             centroids=self.centroids().astype(np.float32),
                             bbox_min=bmin.astype(np.float32), bbox_max=bmax.astype(np.float32),
                             num_points=np.int64(len(self.points)))
-        meta = dict(self.meta, format_version=FORMAT_VERSION, num_instances=self.num_instances)
-        (folder / "meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
-        tmp.replace(folder / "instances.npz")   # the npz appears last: its presence means complete
-        return folder
+        meta = {k: v for k, v in self.meta.items() if k not in _LOAD_ONLY}
+        meta.update(format_version=FORMAT_VERSION, num_instances=self.num_instances,
+                    cloud={"file": CLOUD_FILE, "num_points": int(len(self.points)),
+                           "sha256": cloud_hash(self.points)})
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+        return generations.publish(root, tmp, name, keep)
 
     @staticmethod
     def load(folder: str | Path, points: np.ndarray | None = None) -> "InstanceMap":
-        """Load a saved map; ``points`` defaults to the cloud of the scene folder above it."""
-        folder = Path(folder)
-        if (folder / MAP_DIRNAME / "instances.npz").is_file():
-            folder = folder / MAP_DIRNAME           # a scene folder was given
-        npz_path = folder / "instances.npz"
-        if not npz_path.is_file():
-            raise FileNotFoundError(f"no OpenMask3D map at {folder} (expected instances.npz; "
-                                    "run `openmask3d run SCENE` first)")
-        data = np.load(npz_path)
-        meta = json.loads((folder / "meta.json").read_text())
-        if points is None:
-            from .scene import read_ply, SceneFolder
-            cloud = meta.get("cloud_path")
-            path = Path(cloud) if cloud and Path(cloud).is_file() else SceneFolder(
-                folder.parent).cloud_path
-            points, _ = read_ply(path)
-        if len(points) != int(data["num_points"]):
-            raise ValueError(f"map at {folder} was built on {int(data['num_points'])} points, "
-                             f"but the cloud has {len(points)}")
-        off = data["offsets"]
-        flat = data["point_indices"]
-        indices = [flat[off[m]:off[m + 1]] for m in range(len(off) - 1)]
-        return InstanceMap(points, indices, data["features"], meta)
+        """Load the current complete map of a scene folder, a map folder or one generation.
+
+        ``points``: the cloud the caller will use the map with; refused unless it is the cloud
+        the map was built on (content hash). Bad files raise ``InputError`` naming them."""
+        gen, legacy = find_map(Path(folder))
+        if legacy:
+            return _load_legacy(gen, points)
+        meta = read_meta(gen / "meta.json")
+        cloud = meta.get("cloud")
+        if not isinstance(cloud, dict) or not isinstance(cloud.get("sha256"), str):
+            raise InputError("no 'cloud' record with a 'sha256' (not a map written by this "
+                             "version?)", gen / "meta.json", "cloud")
+        from .scene import read_ply
+        snapshot, _ = read_ply(gen / str(cloud.get("file", CLOUD_FILE)))
+        if cloud_hash(snapshot) != cloud["sha256"]:
+            raise InputError(f"the map's cloud does not match the map (content hash "
+                             f"{cloud_hash(snapshot)[:12]} != recorded {cloud['sha256'][:12]}): the "
+                             "file was changed or damaged; rebuild the map",
+                             gen / CLOUD_FILE)
+        if points is not None and cloud_hash(np.asarray(points, np.float32)) != cloud["sha256"]:
+            raise InputError(f"the map was built on another cloud ({len(snapshot)} points, hash "
+                             f"{cloud['sha256'][:12]}) than the one given ({len(points)} points, "
+                             f"hash {cloud_hash(np.asarray(points, np.float32))[:12]}): "
+                             "rebuild the map on this cloud", gen)
+        indices, features = read_instances(gen / "instances.npz", len(snapshot))
+        meta["map_dir"] = str(gen)
+        meta["generation"] = gen.name
+        return InstanceMap(snapshot, indices, features, meta)
+
+
+def cloud_hash(points: np.ndarray) -> str:
+    """SHA-256 of the points (float32 xyz, row order): another order is another cloud."""
+    pts = np.ascontiguousarray(np.asarray(points, dtype="<f4").reshape(-1, 3))
+    return hashlib.sha256(pts.tobytes()).hexdigest()
+
+
+def has_map(folder: str | Path) -> bool:
+    """Whether ``folder`` (a scene or map folder) holds a loadable map."""
+    try:
+        find_map(Path(folder))
+    except InputError:
+        return False
+    return True
+
+
+def find_map(path: Path) -> tuple[Path, bool]:
+    """(the generation folder to load, whether it is the old single-folder layout)."""
+    for root in (path, path / MAP_DIRNAME):
+        if (root / generations.POINTER).is_file() or generations.generations(root):
+            gen = generations.current(root)
+            if gen is not None:
+                return gen, False
+    if (path / "meta.json").is_file() and (path / CLOUD_FILE).is_file() and \
+            (path / "instances.npz").is_file():
+        return path, False                          # one generation folder given directly
+    for root in (path, path / MAP_DIRNAME):
+        if (root / "instances.npz").is_file():
+            return root, True                       # format 1: one folder, no cloud copy
+    if not path.exists():
+        raise InputError("no such map or scene folder", path)
+    raise InputError("no OpenMask3D map here (expected a CURRENT file and gen-* folders, "
+                     f"or {MAP_DIRNAME}/ holding them; run `openmask3d run SCENE` first)", path)
+
+
+def read_meta(path: Path) -> dict:
+    """meta.json as a dict, or ``InputError`` naming the file."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise input_error_from(exc, path, "map metadata") from exc
+    if not isinstance(meta, dict):
+        raise InputError(f"expected a JSON object, got {type(meta).__name__}", path)
+    return meta
+
+
+_REQUIRED = ("point_indices", "offsets", "features")
+
+
+def read_instances(path: Path, num_points: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per-instance point indices and features from instances.npz, checked against the cloud."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in _REQUIRED if k not in data.files]
+            if missing:
+                raise InputError(f"array(s) {', '.join(missing)} missing (it holds "
+                                 f"{', '.join(data.files) or 'nothing'})", path, missing[0])
+            arrays = {k: data[k] for k in _REQUIRED}
+            stored_n = int(data["num_points"]) if "num_points" in data.files else None
+    except InputError:
+        raise
+    except Exception as exc:          # zip/zlib/npy-header failures of a damaged file
+        raise input_error_from(exc, path, "map instances") from exc
+    flat, off, feats = arrays["point_indices"], arrays["offsets"], arrays["features"]
+    if stored_n is not None and stored_n != num_points:
+        raise InputError(f"built on {stored_n} points, but its cloud has {num_points}", path,
+                         "num_points")
+    if flat.ndim != 1 or not np.issubdtype(flat.dtype, np.integer):
+        raise InputError(f"must be a 1-D integer array, got {flat.dtype} {flat.shape}", path,
+                         "point_indices")
+    if off.ndim != 1 or len(off) < 1 or not np.issubdtype(off.dtype, np.integer) or \
+            off[0] != 0 or off[-1] != len(flat) or np.any(np.diff(off) < 0):
+        raise InputError(f"offsets must rise from 0 to {len(flat)} (the number of indices)",
+                         path, "offsets")
+    M = len(off) - 1
+    if feats.ndim != 2 or feats.shape[0] != M or not np.issubdtype(feats.dtype, np.floating):
+        raise InputError(f"must be a float array with one row per instance ({M}), got "
+                         f"{feats.dtype} {feats.shape}", path, "features")
+    if not np.all(np.isfinite(feats)):
+        raise InputError("non-finite values", path, "features")
+    if len(flat) and (flat.min() < 0 or flat.max() >= num_points):
+        raise InputError(f"point index {int(flat.max() if flat.max() >= num_points else flat.min())}"
+                         f" is out of range for a cloud of {num_points} points", path,
+                         "point_indices")
+    flat = flat.astype(np.int64)
+    return [flat[off[m]:off[m + 1]] for m in range(M)], feats.astype(np.float32)
+
+
+def _load_legacy(folder: Path, points: np.ndarray | None) -> "InstanceMap":
+    """Format 1 (one folder, tied to the scene cloud by point count only)."""
+    meta = read_meta(folder / "meta.json")
+    if points is None:
+        from .scene import SceneFolder, read_ply
+        points, _ = read_ply(SceneFolder(folder.parent).cloud_path)
+    log.warning("%s uses the old map layout (no cloud copy, no hash): it is checked against the "
+                "scene cloud by point count only; rerun `openmask3d run` to upgrade", folder)
+    indices, features = read_instances(folder / "instances.npz", len(points))
+    meta["map_dir"] = str(folder)
+    return InstanceMap(np.asarray(points, np.float32), indices, features, meta)
 
 
 def _json_default(obj):

@@ -80,8 +80,8 @@ def read_matrix(path: Path, shape: tuple[int, int] = (4, 4)) -> np.ndarray:
     """Read a whitespace-separated matrix file, checking its shape and finiteness."""
     try:
         M = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except (OSError, ValueError) as exc:
-        raise SceneError(f"cannot read matrix {path}: {exc}") from exc
+    except Exception as exc:      # OSError, ValueError, decoding errors of a damaged file
+        raise SceneError(f"cannot read matrix {path}: {exc}", path) from exc
     if M.shape != shape:
         raise SceneError(f"{path}: expected a {shape[0]}x{shape[1]} matrix, got {M.shape}")
     return M
@@ -91,17 +91,47 @@ def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Points (N, 3) float32 and colours (N, 3) uint8 (grey if the file has none)."""
     try:
         vertex = PlyData.read(str(path))["vertex"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise SceneError(f"cannot read point cloud {path}: {exc}") from exc
-    names = vertex.data.dtype.names
-    points = np.stack([vertex[c] for c in "xyz"], axis=1).astype(np.float32)
-    if all(c in names for c in ("red", "green", "blue")):
-        colors = np.stack([vertex[c] for c in ("red", "green", "blue")], axis=1).astype(np.uint8)
-    else:
-        colors = np.full_like(points, 128, dtype=np.uint8)
+        names = vertex.data.dtype.names or ()
+        missing = [c for c in "xyz" if c not in names]
+        if missing:
+            raise SceneError(f"{path}: the vertex element has no {', '.join(missing)} property",
+                             path, "vertex")
+        points = np.stack([np.asarray(vertex[c], dtype=np.float32) for c in "xyz"], axis=1)
+        if all(c in names for c in ("red", "green", "blue")):
+            colors = np.stack([np.asarray(vertex[c]) for c in ("red", "green", "blue")],
+                              axis=1).astype(np.uint8)
+        else:
+            colors = np.full_like(points, 128, dtype=np.uint8)
+    except SceneError:
+        raise
+    except Exception as exc:      # plyfile parse errors (truncated file, bad header), OSError
+        raise SceneError(f"cannot read point cloud {path}: {exc} ({type(exc).__name__})",
+                         path) from exc
     if not np.all(np.isfinite(points)):
-        raise SceneError(f"{path}: point cloud holds non-finite coordinates")
+        raise SceneError(f"{path}: point cloud holds non-finite coordinates", path)
     return points, colors
+
+
+# Trailers that complete files end with: a truncated file is unreadable even when a decoder
+# returns a partly grey image (libjpeg only warns).
+_PNG_MAGIC, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+_JPEG_MAGIC, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED, what: str = "image") -> np.ndarray:
+    """Decode a complete PNG/JPEG (or other OpenCV format); ``SceneError`` when unreadable."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SceneError(f"cannot read {what} {path}: {exc.strerror or exc}", path) from exc
+    if data.startswith(_PNG_MAGIC) and not data.rstrip(b"\x00").endswith(_PNG_END):
+        raise SceneError(f"{what} {path} is truncated (no PNG end chunk)", path)
+    if data.startswith(_JPEG_MAGIC) and _JPEG_END not in data[-64:]:
+        raise SceneError(f"{what} {path} is truncated (no JPEG end marker)", path)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    if img is None or img.size == 0:
+        raise SceneError(f"cannot decode {what} {path}", path)
+    return img
 
 
 def write_ply(path: Path, points: np.ndarray, colors: np.ndarray | None = None) -> None:
@@ -126,10 +156,14 @@ class SceneFolder:
         if not self.root.is_dir():
             raise SceneError(f"scene folder not found: {self.root}")
         meta_path = self.root / "scene.json"
-        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        self.depth_scale = float(self.meta.get("depth_scale", DEFAULT_DEPTH_SCALE))
-        if self.depth_scale <= 0:
-            raise SceneError(f"{meta_path}: depth_scale must be positive")
+        self.meta = read_scene_json(meta_path) if meta_path.is_file() else {}
+        try:
+            self.depth_scale = float(self.meta.get("depth_scale", DEFAULT_DEPTH_SCALE))
+        except (TypeError, ValueError) as exc:
+            raise SceneError(f"{meta_path}: depth_scale must be a number, got "
+                             f"{self.meta.get('depth_scale')!r}", meta_path, "depth_scale") from exc
+        if not np.isfinite(self.depth_scale) or self.depth_scale <= 0:
+            raise SceneError(f"{meta_path}: depth_scale must be positive", meta_path, "depth_scale")
         step = self.meta.get("keyframe_step")
         if step is not None and (not isinstance(step, int) or step < 1):
             raise SceneError(f"{meta_path}: keyframe_step must be an integer >= 1, got {step!r}")
@@ -164,18 +198,38 @@ class SceneFolder:
             if not src.is_file():
                 raise SceneError(f"{self.root}/intrinsic: neither intrinsic_color.txt nor "
                                  "intrinsic_depth.txt exists")
-            h, w = _image_size(image_path)
+            h, w = self._first_size(kind)
             K = read_matrix(src)
-            if src is other:
-                # Only the other camera's matrix exists: rescale it to this image's size,
-                # using that camera's image size.
-                other_kind = "color" if kind == "depth" else "depth"
-                ref = self._color_paths if other_kind == "color" else self._depth_paths
-                oh, ow = _image_size(next(iter(ref.values()))) if ref else (h, w)
-                self._intrinsics[kind] = Intrinsics(K, ow, oh).scaled(w, h)
-            else:
-                self._intrinsics[kind] = Intrinsics(K, w, h)
+            try:
+                if src is other:
+                    # Only the other camera's matrix exists: rescale it to this image's size,
+                    # using that camera's image size.
+                    other_kind = "color" if kind == "depth" else "depth"
+                    oh, ow = self._first_size(other_kind)
+                    self._intrinsics[kind] = Intrinsics(K, ow, oh).scaled(w, h)
+                else:
+                    self._intrinsics[kind] = check_principal_point(Intrinsics(K, w, h), src, kind)
+            except SceneError:
+                raise
+            except ValueError as exc:
+                raise SceneError(f"{src}: {exc}", src) from exc
         return self._intrinsics[kind]
+
+    def _first_size(self, kind: str) -> tuple[int, int]:
+        """(height, width) of the first readable image of ``kind`` among the frames."""
+        paths = self._color_paths if kind == "color" else self._depth_paths
+        ids = [f for f in self.frame_ids if f in paths] or sorted(paths, key=lambda s: _frame_key(
+            Path(s)))
+        if not ids:
+            raise SceneError(f"{self.root}: no {kind} images")
+        errors = []
+        for fid in ids:
+            try:
+                return _image_size(paths[fid])
+            except SceneError as exc:
+                errors.append(str(exc))
+        raise SceneError(f"{self.root}: none of the {len(ids)} {kind} images can be read "
+                         f"({errors[0]})", self.root / kind)
 
     def color_intrinsics(self) -> Intrinsics:
         return self._intrinsics_for("color", self._color_paths[self._first()])
@@ -192,17 +246,13 @@ class SceneFolder:
     # -- frames -------------------------------------------------------------------------------
     def color(self, fid: str) -> np.ndarray:
         """RGB uint8 (H, W, 3)."""
-        img = cv2.imread(str(self._color_paths[fid]), cv2.IMREAD_COLOR)
-        if img is None:
-            raise SceneError(f"cannot read color image {self._color_paths[fid]}")
+        img = read_image(self._color_paths[fid], cv2.IMREAD_COLOR, "color image")
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
     def depth(self, fid: str) -> np.ndarray:
         """Depth in metres, float32 (H, W); 0 where invalid."""
         path = self._depth_paths[fid]
-        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if raw is None:
-            raise SceneError(f"cannot read depth image {path}")
+        raw = read_image(path, cv2.IMREAD_UNCHANGED, "depth image")
         if raw.ndim != 2 or raw.dtype != np.uint16:
             raise SceneError(f"{path}: depth must be a single-channel uint16 PNG, got "
                              f"{raw.dtype} with shape {raw.shape}")
@@ -233,15 +283,44 @@ class SceneFolder:
         folder = self.root / "ground_truth"
         if not (folder / "instance_ids.npy").is_file():
             return None
-        ids = np.load(folder / "instance_ids.npy")
-        labels = json.loads((folder / "labels.json").read_text())
-        return GroundTruth(ids, {int(k): v for k, v in labels.items()})
+        try:
+            ids = np.load(folder / "instance_ids.npy", allow_pickle=False)
+        except Exception as exc:
+            raise SceneError(f"cannot read {folder / 'instance_ids.npy'}: {exc}",
+                             folder / "instance_ids.npy") from exc
+        labels = read_scene_json(folder / "labels.json")
+        try:
+            return GroundTruth(ids, {int(k): v for k, v in labels.items()})
+        except ValueError as exc:
+            raise SceneError(f"{folder / 'labels.json'}: keys must be instance ids ({exc})",
+                             folder / "labels.json") from exc
+
+
+def read_scene_json(path: Path) -> dict:
+    """A JSON object from the scene folder; ``SceneError`` naming the file otherwise."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SceneError(f"cannot read {path}: {exc}", path) from exc
+    if not isinstance(data, dict):
+        raise SceneError(f"{path}: expected a JSON object, got {type(data).__name__}", path)
+    return data
+
+
+def check_principal_point(K: Intrinsics, src: Path, kind: str) -> Intrinsics:
+    """A matrix whose principal point lies far from the image centre is for another resolution
+    (e.g. a full-size intrinsic_depth.txt beside half-size depth images)."""
+    cx, cy = K.K[0, 2], K.K[1, 2]
+    if not (0.3 * K.width <= cx <= 0.7 * K.width and 0.3 * K.height <= cy <= 0.7 * K.height):
+        raise SceneError(f"{src}: principal point ({cx:.1f}, {cy:.1f}) does not fit the "
+                         f"{K.width}x{K.height} {kind} images (it should lie near their centre, "
+                         f"({K.width / 2:.0f}, {K.height / 2:.0f})): the matrix is for another "
+                         "resolution", src)
+    return K
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise SceneError(f"cannot read image {path}")
+    img = read_image(path)
     return img.shape[0], img.shape[1]
 
 
@@ -256,7 +335,7 @@ class SceneWriter:
         self.depth_scale = float(depth_scale)
         self.color_ext = color_ext
         meta_path = self.root / "scene.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = read_scene_json(meta_path) if meta_path.is_file() else {}
         meta["depth_scale"] = self.depth_scale
         meta_path.write_text(json.dumps(meta, indent=2))
 

@@ -10,6 +10,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
+from openmask3d_ros.core.instance_map import InstanceMap, has_map
 from openmask3d_ros.core.scene import SceneFolder
 from openmask3d_ros.msg import PipelineStatus
 from openmask3d_ros.ros.conversions import (BODY_T_OPTICAL, arrays_to_cloud, depth_to_image,
@@ -132,7 +133,7 @@ def test_record_trigger_process_query(context, tmp_path, scene, monkeypatch):
         node._worker.join(60)
         st = node.status()
         assert st["state"] == PipelineStatus.STATE_READY, st["message"]
-        assert (tmp_path / "rec" / "openmask3d" / "instances.npz").is_file()
+        assert has_map(tmp_path / "rec")
 
         gt = scene.ground_truth()
         colour = gt.labels[1]["color"]          # object 1; the stand-in encoder knows colours
@@ -234,7 +235,7 @@ def test_node_builds_its_map_with_clip_and_sam(context, tmp_path, scene):
         node._worker.join(600)
         st = node.status()
         assert st["state"] == PipelineStatus.STATE_READY, st["message"]
-        meta = json.loads((tmp_path / "rec" / "openmask3d" / "meta.json").read_text())
+        meta = InstanceMap.load(tmp_path / "rec").meta
         assert meta["models"]["segmenter"] == "sam:vit_b" and meta["segmenter_images"] == 1
         resp = _query(node, "a red mug", top_k=3)
         assert resp.success, resp.message

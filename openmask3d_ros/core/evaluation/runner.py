@@ -54,7 +54,8 @@ class EvalReport:
 
 
 def has_map(scene_dir: Path, map_dirname: str = MAP_DIRNAME) -> bool:
-    return (scene_dir / map_dirname / "instances.npz").is_file()
+    from ..instance_map import has_map as map_exists
+    return (scene_dir / map_dirname).is_dir() and map_exists(scene_dir / map_dirname)
 
 
 def find_scenes(path: str | Path, map_dirname: str = MAP_DIRNAME) -> list[Path]:
@@ -67,7 +68,7 @@ def find_scenes(path: str | Path, map_dirname: str = MAP_DIRNAME) -> list[Path]:
     scenes = sorted(p for p in path.iterdir() if p.is_dir() and has_map(p, map_dirname))
     if not scenes:
         raise FileNotFoundError(f"no OpenMask3D map under {path} (expected {path}/{map_dirname}/"
-                                f"instances.npz or */{map_dirname}/instances.npz; run "
+                                f" or */{map_dirname}/; run "
                                 "`openmask3d run SCENE` first)")
     return scenes
 
