@@ -11,7 +11,8 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).resolve().parent
-_BUILD_OR_TEST = ("ros-", "colcon", "pytest", "setuptools", "wheel")
+_TEST = ("pytest", "hypothesis", "ruff")
+_BUILD_OR_TEST = ("ros-", "colcon", "setuptools", "wheel") + _TEST
 
 
 def _requirements() -> tuple[list[str], list[str]]:
@@ -23,7 +24,7 @@ def _requirements() -> tuple[list[str], list[str]]:
         req = line.split("#", 1)[0].strip()
         if not req:
             continue
-        if req.lower().startswith("pytest"):
+        if req.lower().startswith(_TEST):
             test.append(req)
         elif not req.lower().startswith(_BUILD_OR_TEST):
             runtime.append(req)
