@@ -1,11 +1,54 @@
 """Precomputed class-agnostic masks from any segmenter: a P x M array (.npy) or the ``.pt``
-file that the official OpenMask3D mask stage writes (a P x M tensor)."""
+file that the official OpenMask3D mask stage writes (``torch.save`` of a float16 numpy P x M
+array, so unpickling it needs numpy's array reconstruction; nothing else is allowed)."""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import InputError
+
+# numeric and boolean dtypes only: an object array (arbitrary pickles) stays refused
+_PLAIN_DTYPES = ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")
+
+
+def numpy_safe_globals() -> list:
+    """The allow-list for ``torch.load(weights_only=True)`` of a pickled plain numpy array:
+    ``ndarray``, ``dtype``, the plain dtype classes and ``_reconstruct`` under its numpy 2 and
+    numpy 1 (``numpy.core``) names, as files written by the official code (numpy 1.x) name it."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:                      # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    allowed = [np.ndarray, np.dtype, _reconstruct,
+               (_reconstruct, "numpy.core.multiarray._reconstruct"),
+               (_reconstruct, "numpy._core.multiarray._reconstruct")]
+    dtype_classes = {type(np.dtype(c)) for c in _PLAIN_DTYPES}
+    return allowed + [c for c in dtype_classes if c is not np.dtype]
+
+
+def _load_pt(path: Path) -> np.ndarray:
+    import torch
+    try:
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
+            TypeError, KeyError) as exc:
+        detail = str(exc).strip().splitlines()
+        hint = next((ln for ln in detail if "got <class" in ln or "Unsupported" in ln), "")
+        raise InputError(f"not a masks file torch.load can read safely (a P x M tensor or numpy "
+                         f"array){': ' + hint.strip() if hint else ''} "
+                         f"({type(exc).__name__})", path) from None
+    if isinstance(obj, dict):     # tolerate {"masks": tensor}
+        obj = obj.get("masks", obj.get("pred_masks"))
+    if isinstance(obj, np.ndarray):
+        return obj
+    if obj is None or not hasattr(obj, "numpy"):
+        raise InputError("expected a P x M tensor or array (or a dict with 'masks')", path)
+    return obj.cpu().numpy()
 
 
 def load_masks(path: str | Path, num_points: int) -> np.ndarray:
@@ -14,25 +57,24 @@ def load_masks(path: str | Path, num_points: int) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"masks file not found: {path}")
     if path.suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"not a plain .npy array ({exc})", path) from None
     elif path.suffix in (".pt", ".pth"):
-        import torch
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(obj, dict):     # tolerate {"masks": tensor}
-            obj = obj.get("masks", obj.get("pred_masks"))
-        if obj is None or not hasattr(obj, "numpy"):
-            raise ValueError(f"{path}: expected a P x M tensor (or a dict with 'masks')")
-        arr = obj.cpu().numpy()
+        arr = _load_pt(path)
     else:
-        raise ValueError(f"{path}: masks must be .npy or .pt, got '{path.suffix}'")
+        raise InputError(f"masks must be .npy or .pt, got '{path.suffix}'", path)
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"masks must be boolean or numeric, got dtype {arr.dtype}", path)
     if arr.ndim != 2:
-        raise ValueError(f"{path}: masks must be 2-D (P x M), got shape {arr.shape}")
+        raise InputError(f"masks must be 2-D (P x M), got shape {arr.shape}", path)
     if arr.shape[0] != num_points:
         if arr.shape[1] == num_points:
             arr = arr.T
         else:
-            raise ValueError(f"{path}: masks have shape {arr.shape} but the cloud has "
-                             f"{num_points} points (neither dimension matches)")
+            raise InputError(f"masks have shape {arr.shape} but the cloud has {num_points} "
+                             "points (neither dimension matches)", path)
     return arr > 0 if arr.dtype != bool else arr
 
 
@@ -43,7 +85,8 @@ class PrecomputedMasks:
 
     def __init__(self, path: str | Path):
         if not path:
-            raise ValueError("proposals.backend 'precomputed' needs proposals.masks_file")
+            raise InputError("proposals.backend 'precomputed' needs proposals.masks_file",
+                             field="proposals.masks_file")
         self.path = Path(os.path.expanduser(str(path)))
         if not self.path.is_file():
             raise FileNotFoundError(f"masks file not found: {self.path}")

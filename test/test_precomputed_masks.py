@@ -1,0 +1,80 @@
+"""Precomputed masks: the official mask stage's .pt (torch.save of a numpy array) loads through
+a numpy-only allow-list; anything else is refused with an error that names the file."""
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from openmask3d_ros.core.errors import InputError
+from openmask3d_ros.core.proposals.precomputed import load_masks
+
+
+def official_masks(P=50, M=4, seed=0):
+    # the official trainer: torch.save(pred_masks.astype(np.float16), f"{scene}_masks.pt")
+    return (np.random.default_rng(seed).random((P, M)) > 0.5).astype(np.float16)
+
+
+def test_official_pt_file_loads(tmp_path):
+    arr = official_masks()
+    torch.save(arr, tmp_path / "scene0011_00_masks.pt")
+    masks = load_masks(tmp_path / "scene0011_00_masks.pt", num_points=50)
+    assert masks.dtype == bool and np.array_equal(masks, arr > 0)
+
+
+def test_official_pt_written_with_numpy1_module_names_loads(tmp_path):
+    # the official environment (numpy 1.x) pickles numpy.core.multiarray._reconstruct
+    arr = official_masks()
+    torch.save(arr, tmp_path / "a.pt")
+    src, dst = zipfile.ZipFile(tmp_path / "a.pt"), zipfile.ZipFile(tmp_path / "b.pt", "w")
+    for name in src.namelist():
+        data = src.read(name)
+        if name.endswith("data.pkl"):
+            data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        dst.writestr(name, data)
+    dst.close()
+    assert np.array_equal(load_masks(tmp_path / "b.pt", 50), arr > 0)
+
+
+def test_torch_tensor_and_transposed_layout(tmp_path):
+    arr = official_masks()
+    torch.save(torch.from_numpy(arr.T.copy()), tmp_path / "t.pt")
+    assert np.array_equal(load_masks(tmp_path / "t.pt", 50), arr > 0)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize("payload", [np.array([{"a": 1}], dtype=object), Evil()])
+def test_arbitrary_pickles_in_pt_are_refused(tmp_path, payload, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save(payload, path)
+    with pytest.raises(InputError, match="evil.pt"):
+        load_masks(path, 50)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_bad_npy_files_name_the_file(tmp_path):
+    obj = tmp_path / "object.npy"
+    np.save(obj, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="object.npy"):
+        load_masks(obj, 2)
+    junk = tmp_path / "junk.npy"
+    junk.write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(InputError, match="junk.npy"):
+        load_masks(junk, 2)
+    junk_pt = tmp_path / "junk.pt"
+    junk_pt.write_bytes(pickle.dumps([1, 2]) + b"\x00" * 20)
+    with pytest.raises(InputError, match="junk.pt"):
+        load_masks(junk_pt, 2)
+    shape = tmp_path / "shape.npy"
+    np.save(shape, np.ones((7, 3), bool))
+    with pytest.raises(InputError, match=r"shape.npy.*\(7, 3\).*50 points"):
+        load_masks(shape, 50)
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.ones(50, bool))
+    with pytest.raises(InputError, match="flat.npy.*2-D"):
+        load_masks(flat, 50)
