@@ -8,8 +8,9 @@
 # Steps:
 #  1. the ROS wheels bake their build machine's paths (/opt/python/cp311-cp311/...) into
 #     share/*/cmake/*.cmake; rewrite them to this interpreter's include dir and numpy's;
-#  2. build tf2_msgs (TFMessage only) when `import tf2_msgs` fails: it is not on PyPI, and the
-#     node needs it to subscribe to /tf and /tf_static (a real ROS install keeps its own);
+#  2. build tf2_msgs (TFMessage only) and vision_msgs (its 3D detection messages) when their import
+#     fails: neither is on PyPI; the node subscribes to /tf and /tf_static and publishes
+#     vision_msgs/Detection3DArray (a real ROS install keeps its own);
 #  3. cmake-configure this package with OPENMASK3D_INSTALL_PYTHON=OFF, build and install it into
 #     the venv prefix: only the generated interfaces land in site-packages/openmask3d_ros/, whose
 #     generated empty __init__.py is removed so the source package (pip install -e .) is the one
@@ -53,6 +54,9 @@ if [ "${#BAKED[@]}" -gt 0 ]; then
   fi
 fi
 
+# Paths in CLEAN_BEFORE_INSTALL are removed after a successful build, just before installing, so a
+# failed build leaves the previous installation usable and the gap without one stays short.
+CLEAN_BEFORE_INSTALL=()
 cmake_install() {  # SRC_DIR NAME [cmake args...]
   local src="$1" name="$2"; shift 2
   local build; build="$(mktemp -d "${TMPDIR:-/tmp}/openmask3d_${name}_build.XXXXXX")"
@@ -60,6 +64,7 @@ cmake_install() {  # SRC_DIR NAME [cmake args...]
   if ! { cmake -S "$src" -B "$build" -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_BUILD_TYPE=Release \
            -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$PY" -DPYTHON_EXECUTABLE="$PY" "$@" \
          && cmake --build "$build" -j "$JOBS" \
+         && rm -rf "${CLEAN_BEFORE_INSTALL[@]}" \
          && cmake --install "$build"; } >"$build.log" 2>&1; then
     tail -n 40 "$build.log" >&2
     die "building $name failed (full log: $build.log)"
@@ -67,43 +72,82 @@ cmake_install() {  # SRC_DIR NAME [cmake args...]
   rm -rf "$build" "$build.log"
 }
 
-# -- 2. tf2_msgs ---------------------------------------------------------------------------------
-if ! py_check "import tf2_msgs.msg; tf2_msgs.msg.TFMessage"; then
-  TF_SRC="$(mktemp -d "${TMPDIR:-/tmp}/tf2_msgs_src.XXXXXX")"
-  mkdir -p "$TF_SRC/msg"
-  echo "geometry_msgs/TransformStamped[] transforms" >"$TF_SRC/msg/TFMessage.msg"
-  cat >"$TF_SRC/package.xml" <<'XML'
+# -- 2. message packages that have no PyPI wheel ------------------------------------------------
+# msg_package NAME DEPENDENCIES DESCRIPTION: builds the .msg files found in $MSG_SRC/msg as the
+# interface package NAME (messages only; each message's definition is the upstream one, so the
+# type hashes match a real ROS install's and the messages interoperate with it).
+msg_package() {
+  local name="$1" deps="$2" desc="$3" src="$MSG_SRC" dep depend_xml="" find_cmake="" files=""
+  for dep in $deps; do
+    depend_xml+="  <depend>$dep</depend>"$'\n'
+    find_cmake+="find_package($dep REQUIRED)"$'\n'
+  done
+  for f in "$src"/msg/*.msg; do files+=" \"msg/$(basename "$f")\""; done
+  cat >"$src/package.xml" <<XML
 <?xml version="1.0"?>
 <package format="3">
-  <name>tf2_msgs</name>
+  <name>$name</name>
   <version>0.0.0</version>
-  <description>TFMessage only, built locally by openmask3d_ros because tf2_msgs has no PyPI wheel.</description>
+  <description>$desc</description>
   <maintainer email="openmask3d-ros@example.com">openmask3d_ros</maintainer>
   <license>BSD</license>
   <buildtool_depend>ament_cmake</buildtool_depend>
   <buildtool_depend>rosidl_default_generators</buildtool_depend>
-  <depend>geometry_msgs</depend>
-  <exec_depend>rosidl_default_runtime</exec_depend>
+$depend_xml  <exec_depend>rosidl_default_runtime</exec_depend>
   <member_of_group>rosidl_interface_packages</member_of_group>
   <export><build_type>ament_cmake</build_type></export>
 </package>
 XML
-  cat >"$TF_SRC/CMakeLists.txt" <<'CM'
+  cat >"$src/CMakeLists.txt" <<CM
 cmake_minimum_required(VERSION 3.16)
-project(tf2_msgs)
+project($name)
 find_package(ament_cmake REQUIRED)
 find_package(rosidl_default_generators REQUIRED)
-find_package(geometry_msgs REQUIRED)
-rosidl_generate_interfaces(${PROJECT_NAME} "msg/TFMessage.msg" DEPENDENCIES geometry_msgs)
+$find_cmake
+rosidl_generate_interfaces(\${PROJECT_NAME}$files DEPENDENCIES $deps)
 ament_export_dependencies(rosidl_default_runtime)
 ament_package()
 CM
-  cmake_install "$TF_SRC" tf2_msgs
-  rm -rf "$TF_SRC"
+  cmake_install "$src" "$name"
+}
+
+# tf2_msgs (TFMessage only): the node needs it to subscribe to /tf and /tf_static.
+# Built only when `import tf2_msgs` fails, so a real ROS install keeps its own.
+if ! py_check "import tf2_msgs.msg; tf2_msgs.msg.TFMessage"; then
+  MSG_SRC="$(mktemp -d "${TMPDIR:-/tmp}/tf2_msgs_src.XXXXXX")"
+  mkdir -p "$MSG_SRC/msg"
+  echo "geometry_msgs/TransformStamped[] transforms" >"$MSG_SRC/msg/TFMessage.msg"
+  msg_package tf2_msgs geometry_msgs \
+    "TFMessage only, built locally by openmask3d_ros because tf2_msgs has no PyPI wheel."
+  rm -rf "$MSG_SRC"
   py_check "import tf2_msgs.msg; tf2_msgs.msg.TFMessage" || die "tf2_msgs built but does not import"
   log "tf2_msgs installed into $VENV"
 else
   log "tf2_msgs already importable: not building it"
+fi
+
+# vision_msgs (the 3D detection messages of ROS 2 vision_msgs 4.x): the node publishes
+# vision_msgs/Detection3DArray on ~/detections. Same rule: a real ROS install keeps its own.
+VISION_CHECK="from vision_msgs.msg import Detection3DArray, Detection3D, ObjectHypothesisWithPose, \
+ObjectHypothesis, BoundingBox3D, BoundingBox3DArray"
+if ! py_check "$VISION_CHECK"; then
+  MSG_SRC="$(mktemp -d "${TMPDIR:-/tmp}/vision_msgs_src.XXXXXX")"
+  mkdir -p "$MSG_SRC/msg"
+  printf '%s\n' "string class_id" "float64 score" >"$MSG_SRC/msg/ObjectHypothesis.msg"
+  printf '%s\n' "ObjectHypothesis hypothesis" "geometry_msgs/PoseWithCovariance pose" \
+    >"$MSG_SRC/msg/ObjectHypothesisWithPose.msg"
+  printf '%s\n' "geometry_msgs/Pose center" "geometry_msgs/Vector3 size" >"$MSG_SRC/msg/BoundingBox3D.msg"
+  printf '%s\n' "std_msgs/Header header" "BoundingBox3D[] boxes" >"$MSG_SRC/msg/BoundingBox3DArray.msg"
+  printf '%s\n' "std_msgs/Header header" "ObjectHypothesisWithPose[] results" "BoundingBox3D bbox" \
+    "string id" >"$MSG_SRC/msg/Detection3D.msg"
+  printf '%s\n' "std_msgs/Header header" "Detection3D[] detections" >"$MSG_SRC/msg/Detection3DArray.msg"
+  msg_package vision_msgs "std_msgs geometry_msgs" \
+    "The 3D detection messages of vision_msgs 4.x, built locally by openmask3d_ros (no PyPI wheel)."
+  rm -rf "$MSG_SRC"
+  py_check "$VISION_CHECK" || die "vision_msgs built but does not import"
+  log "vision_msgs installed into $VENV"
+else
+  log "vision_msgs already importable: not building it"
 fi
 
 # -- 3. openmask3d_ros interfaces -----------------------------------------------------------------
@@ -116,8 +160,9 @@ if [ "${OPENMASK3D_FORCE_INTERFACES:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "
   log "openmask3d_ros interfaces up to date"
 else
   T0=$SECONDS
-  rm -rf "$SITE/openmask3d_ros/msg" "$SITE/openmask3d_ros/srv"
+  CLEAN_BEFORE_INSTALL=("$SITE/openmask3d_ros/msg" "$SITE/openmask3d_ros/srv")
   cmake_install "$ROOT" openmask3d_ros -DOPENMASK3D_INSTALL_PYTHON=OFF
+  CLEAN_BEFORE_INSTALL=()
   # The generated empty __init__.py would shadow the source package's (pkgutil.extend_path).
   rm -f "$SITE/openmask3d_ros/__init__.py"
   rm -rf "$SITE/openmask3d_ros/__pycache__"
