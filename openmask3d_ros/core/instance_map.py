@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +93,16 @@ class InstanceMap:
         content hash; the ``keep`` newest generations are kept. Returns the generation folder."""
         root = Path(folder)
         tmp, name = generations.begin(root)
+        try:
+            return self._write_generation(root, tmp, name, keep, colors)
+        except BaseException:
+            # A failure in this process drops its half-written folder; after a kill (no chance
+            # to clean up) the next save removes it. Either way it is never loaded.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _write_generation(self, root: Path, tmp: Path, name: str, keep: int,
+                          colors: np.ndarray | None) -> Path:
         sizes = [len(i) for i in self.point_indices]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         flat = (np.concatenate(self.point_indices).astype(np.int64) if self.point_indices
