@@ -68,9 +68,11 @@ class ApproximateTimeSync:
 class _MessageFiltersSync:
     """message_filters.ApproximateTimeSynchronizer over its own Subscribers."""
 
-    def __init__(self, node, specs: Sequence[tuple[type, str]], qos, callback, queue_size, slop):
+    def __init__(self, node, specs: Sequence[tuple[type, str]], qos, callback, queue_size, slop,
+                 callback_group=None):
         import message_filters
-        self.subs = [message_filters.Subscriber(node, msg_type, topic, qos_profile=qos)
+        self.subs = [message_filters.Subscriber(node, msg_type, topic, qos_profile=qos,
+                                                callback_group=callback_group)
                      for msg_type, topic in specs]
         self.sync = message_filters.ApproximateTimeSynchronizer(self.subs, queue_size, slop)
         self.sync.registerCallback(callback)
@@ -84,10 +86,11 @@ class _MessageFiltersSync:
 
 
 class _OwnSync:
-    def __init__(self, node, specs, qos, callback, queue_size, slop):
+    def __init__(self, node, specs, qos, callback, queue_size, slop, callback_group=None):
         self.sync = ApproximateTimeSync(len(specs), callback, queue_size, slop)
         self._node = node
-        self.subs = [node.create_subscription(msg_type, topic, cb, qos)
+        self.subs = [node.create_subscription(msg_type, topic, cb, qos,
+                                              callback_group=callback_group)
                      for (msg_type, topic), cb in zip(specs, self.sync.inputs())]
         self.name = "openmask3d ApproximateTimeSync"
 
@@ -98,12 +101,14 @@ class _OwnSync:
 
 
 def make_synchronizer(node, specs: Sequence[tuple[type, str]], qos, callback,
-                      queue_size: int = 10, slop: float = 0.05, prefer_message_filters=True):
-    """Subscribe to ``specs`` [(type, topic), ...] and call ``callback(*msgs)`` per matched set.
-    The returned object has ``name`` and ``destroy()``."""
+                      queue_size: int = 10, slop: float = 0.05, prefer_message_filters=True,
+                      callback_group=None):
+    """Subscribe to ``specs`` [(type, topic), ...] and call ``callback(*msgs)`` per matched set
+    (in ``callback_group``). The returned object has ``name`` and ``destroy()``."""
     if prefer_message_filters:
         try:
-            return _MessageFiltersSync(node, specs, qos, callback, queue_size, slop)
+            return _MessageFiltersSync(node, specs, qos, callback, queue_size, slop,
+                                       callback_group)
         except ImportError:
             pass
-    return _OwnSync(node, specs, qos, callback, queue_size, slop)
+    return _OwnSync(node, specs, qos, callback, queue_size, slop, callback_group)

@@ -187,7 +187,7 @@ class TransformBuffer:
 class Tf2RosLookup:
     """tf2_ros.Buffer + TransformListener behind the same ``lookup`` call (real ROS installs)."""
 
-    def __init__(self, node, cache_time_s: float = 30.0):
+    def __init__(self, node, cache_time_s: float = 30.0, callback_group=None, on_update=None):
         import tf2_ros
         from rclpy.duration import Duration
         self.buffer = tf2_ros.Buffer(cache_time=Duration(seconds=cache_time_s))
@@ -221,7 +221,7 @@ class Tf2RosLookup:
 class TfTopicLookup:
     """Our ``TransformBuffer`` fed from /tf and /tf_static subscriptions (tf2_msgs)."""
 
-    def __init__(self, node, cache_time_s: float = 30.0):
+    def __init__(self, node, cache_time_s: float = 30.0, callback_group=None, on_update=None):
         from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
         from tf2_msgs.msg import TFMessage
         self.buffer = TransformBuffer(cache_time_s)
@@ -232,9 +232,16 @@ class TfTopicLookup:
                             durability=DurabilityPolicy.TRANSIENT_LOCAL,
                             history=HistoryPolicy.KEEP_LAST)
         self._node = node
+        self._on_update = on_update or (lambda: None)
         self._subs = [
-            node.create_subscription(TFMessage, "/tf", lambda m: self.buffer.add_message(m), dyn),
-            node.create_subscription(TFMessage, "/tf_static", self._on_static, static)]
+            node.create_subscription(TFMessage, "/tf", self._on_dynamic, dyn,
+                                     callback_group=callback_group),
+            node.create_subscription(TFMessage, "/tf_static", self._on_static, static,
+                                     callback_group=callback_group)]
+
+    def _on_dynamic(self, msg) -> None:
+        self.buffer.add_message(msg)
+        self._on_update()   # keyframe candidates waiting for this pose are retried at once
 
     def _on_static(self, msg) -> None:
         known = set(self.buffer.frames())
@@ -243,6 +250,7 @@ class TfTopicLookup:
                if t.child_frame_id.lstrip("/") not in known]
         if new:
             self._node.get_logger().info(f"static transforms: {', '.join(new)}")
+        self._on_update()
 
     def lookup(self, target: str, source: str, stamp_ns: int | None = None,
                tolerance_s: float = 0.1) -> np.ndarray:
@@ -254,15 +262,17 @@ class TfTopicLookup:
         self._subs = []
 
 
-def make_tf_lookup(node, cache_time_s: float = 30.0, prefer_tf2_ros: bool = True):
-    """tf2_ros when importable (a real ROS install), else our buffer over /tf and /tf_static."""
+def make_tf_lookup(node, cache_time_s: float = 30.0, prefer_tf2_ros: bool = True,
+                   callback_group=None, on_update=None):
+    """tf2_ros when importable (a real ROS install), else our buffer over /tf and /tf_static.
+    ``on_update()`` is called after new transforms (our buffer only; tf2_ros is polled)."""
     if prefer_tf2_ros:
         try:
-            return Tf2RosLookup(node, cache_time_s)
+            return Tf2RosLookup(node, cache_time_s, callback_group, on_update)
         except ImportError:
             pass
     try:
-        return TfTopicLookup(node, cache_time_s)
+        return TfTopicLookup(node, cache_time_s, callback_group, on_update)
     except ImportError as exc:
         raise RuntimeError("neither tf2_ros nor tf2_msgs is importable: run "
                            "scripts/build_interfaces.sh (builds tf2_msgs) or set pose_source "

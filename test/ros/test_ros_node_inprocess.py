@@ -1,11 +1,15 @@
-"""The node's logic driven in-process (no DDS traffic): keyframe selection, pose handling, bad
-inputs, the trigger while processing, and queries. Messages are built from a synthetic scene."""
+"""The node's logic driven in-process: keyframe selection, pose handling, bad inputs, the trigger
+while processing, and queries. Messages built from a synthetic scene are handed to the node's
+input callbacks (deterministic); the node runs on its multi-threaded executor and the services
+are called from a client node."""
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
 import rclpy
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
@@ -39,17 +43,62 @@ def context():
     rclpy.shutdown(context=ctx)
 
 
+class Running:
+    """The node on a MultiThreadedExecutor (as in main()) plus a client node for its services."""
+
+    def __init__(self, node):
+        self.node = node
+        self.client = rclpy.create_node("test_client", context=node.context)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=node.context)
+        self.executor.add_node(node)
+        self.executor.add_node(self.client)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self.trigger = self.client.create_client(Trigger, "/openmask3d/map_complete")
+        self.query_client = self.client.create_client(QueryObjects, "/openmask3d/query")
+
+    def call(self, client, request, timeout=30.0):
+        assert client.wait_for_service(timeout_sec=10.0)
+        future = client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda f: done.set())
+        assert done.wait(timeout), "no answer"
+        return future.result()
+
+    def map_complete(self):
+        return self.call(self.trigger, Trigger.Request())
+
+    def query(self, text, top_k=0, min_score=-1.0):
+        return self.call(self.query_client, QueryObjects.Request(query=text, top_k=top_k,
+                                                                 min_score=min_score))
+
+    def wait_status(self, pred, timeout=30.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            st = self.node.status()
+            if pred(st):
+                return st
+            time.sleep(0.02)
+        raise AssertionError(f"status never matched: {self.node.status()}")
+
+    def close(self):
+        self.executor.shutdown()
+        self.thread.join(10)
+        self.client.destroy_node()
+        self.node.destroy_node()
+
+
 def _node(context, tmp_path, **params):
-    values = {"scene_dir": str(tmp_path / "rec"), "tf_wait": 0.0, "autostart": False, **params}
+    values = {"scene_dir": str(tmp_path / "rec"), "pose_wait": 0.0, "autostart": False, **params}
     node = OpenMask3DNode(context=context, parameter_overrides=[
         Parameter(k, value=v) for k, v in values.items()])
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    return node
+    return Running(node)
 
 
 def _set_tf(node, parent, child, t_ns, M):
-    lookup = node._pose_lookup
+    lookup = node.inputs.pose_lookup
     if hasattr(lookup.buffer, "lookup"):               # our TransformBuffer
         lookup.buffer.set_transform(parent, child, t_ns, M)
     else:                                              # tf2_ros on a real ROS install
@@ -70,32 +119,29 @@ def _frame_msgs(scene, fid, t_ns, depth_encoding="16UC1"):
     return color, depth, info
 
 
-def _query(node, text, top_k=0, min_score=-1.0):
-    return node._on_query(QueryObjects.Request(query=text, top_k=top_k, min_score=min_score),
-                          QueryObjects.Response())
-
-
 def test_record_trigger_process_query(context, tmp_path, scene, monkeypatch):
-    node = _node(context, tmp_path)
+    run = _node(context, tmp_path)
+    node = run.node
     try:
-        resp = _query(node, "red")
+        resp = run.query("red")
         assert not resp.success and "no map yet" in resp.message
-        st = node.status()       # the stand-ins in use are named in the status
+        st = run.wait_status(lambda s: s["models"] not in ("", "loading"))
+        # the stand-ins in use are named in the status
         assert "proposals=geometric-standin" in st["models"] and "device=cpu" in st["models"]
         assert any("colour STAND-IN" in n for n in st["notes"])
-        trig = node._on_trigger_service(Trigger.Request(), Trigger.Response())
+        trig = run.map_complete()
         assert not trig.success and "no keyframes" in trig.message
 
         for i, fid in enumerate(scene.frame_ids):
             t = 100 * S + i * S // 10
             if i <= 15:           # tracking lost after frame 15: keyframe 20 has no pose
                 _set_tf(node, "map", OPTICAL, t, scene.pose(fid))
-            node._on_frame(*_frame_msgs(scene, fid, t))
-        st = node.status()
+            node.inputs.on_frame(*_frame_msgs(scene, fid, t))
+        st = run.wait_status(lambda s: s["keyframes"] + s["frames_without_pose"] == 3)
         assert st["frames_received"] == 30
         assert st["keyframes"] == 2 and st["frames_without_pose"] == 1
         rec = SceneFolder(tmp_path / "rec")
-        assert rec.frame_ids == ["0", "1"]
+        assert rec.frame_ids == ["0", "1"] and rec.keyframe_step == 10
         np.testing.assert_allclose(rec.pose("1"), scene.pose(scene.frame_ids[10]), atol=1e-6)
         np.testing.assert_array_equal(rec.color("0"), scene.color(scene.frame_ids[0]))
         np.testing.assert_allclose(rec.depth("1"), scene.depth(scene.frame_ids[10]), atol=1e-3)
@@ -103,41 +149,47 @@ def test_record_trigger_process_query(context, tmp_path, scene, monkeypatch):
         # unsupported depth encoding: counted and skipped, nothing raised
         bad = _frame_msgs(scene, scene.frame_ids[0], 200 * S)
         bad[1].encoding = "8UC3"
-        node._on_frame(*bad)
+        node.inputs.on_frame(*bad)
         assert node.status()["frames_rejected"] == 1
 
-        trig = node._on_trigger_service(Trigger.Request(), Trigger.Response())
+        trig = run.map_complete()
         assert not trig.success and "no reconstructed cloud" in trig.message
 
         pts, cols = scene.cloud()
-        node._on_cloud(arrays_to_cloud(pts, cols, frame_id="map"))
+        node.inputs.on_cloud(arrays_to_cloud(pts, cols, frame_id="map"))
 
         import openmask3d_ros.core.pipeline as pipeline
         real, release, started = pipeline.run_pipeline, threading.Event(), threading.Event()
+        calls = []
 
         def slow_pipeline(*args, **kwargs):
+            calls.append(kwargs)
             started.set()
             assert release.wait(30)
             return real(*args, **kwargs)
         monkeypatch.setattr(pipeline, "run_pipeline", slow_pipeline)
 
-        first = node._on_trigger_service(Trigger.Request(), Trigger.Response())
+        first = run.map_complete()
         assert first.success, first.message
         assert started.wait(10)
-        second = node._on_trigger_service(Trigger.Request(), Trigger.Response())
+        assert len(calls[0]["cloud"][0]) == len(pts)     # the received cloud, not a file
+        second = run.map_complete()
         assert not second.success and "already processing" in second.message
         assert node.status()["state"] == PipelineStatus.STATE_PROCESSING
-        during = _query(node, "red")
+        during = run.query("red")
         assert not during.success and "being built" in during.message
         release.set()
-        node._worker.join(60)
-        st = node.status()
+        st = run.wait_status(lambda s: s["state"] != PipelineStatus.STATE_PROCESSING, 60)
         assert st["state"] == PipelineStatus.STATE_READY, st["message"]
-        assert has_map(tmp_path / "rec")
+        assert "map ready" in st["message"] and "proposals" in st["message"]
+        assert st["elapsed"] > 0
+        from openmask3d_ros.core.instance_map import InstanceMap
+        imap = InstanceMap.load(tmp_path / "rec")
+        assert imap.meta["frame_step"] == 10 and imap.meta["frames"]["keyframes"] == 2
 
         gt = scene.ground_truth()
         colour = gt.labels[1]["color"]          # object 1; the stand-in encoder knows colours
-        resp = _query(node, colour, top_k=2)
+        resp = run.query(colour, top_k=2)
         assert resp.success, resp.message
         assert 1 <= len(resp.instances) <= 2
         assert resp.instances[0].score >= resp.instances[-1].score
@@ -151,37 +203,42 @@ def test_record_trigger_process_query(context, tmp_path, scene, monkeypatch):
         for req, text in ((dict(text=""), "empty"), (dict(text="  "), "empty"),
                           (dict(text="red", top_k=-1), "top_k"),
                           (dict(text="red", min_score=float("nan")), "min_score")):
-            r = _query(node, **req)
+            r = run.query(**req)
             assert not r.success and text in r.message and not r.instances
     finally:
-        node.destroy_node()
+        run.close()
 
 
 def test_pose_topic_source_and_32fc1_depth(context, tmp_path, scene):
     from geometry_msgs.msg import PoseStamped
     from openmask3d_ros.ros.conversions import matrix_to_pose
-    node = _node(context, tmp_path, pose_source="pose", pose_is_optical=False,
-                 **{"pipeline.frame_step": 5})
+    run = _node(context, tmp_path, pose_source="pose", pose_is_optical=False, pose_wait=1.0,
+                **{"pipeline.frame_step": 5})
+    node = run.node
     try:
         fid = scene.frame_ids[3]
+        # the frame arrives first; its poses (halfway between two) follow within the wait
+        node.inputs.on_frame(*_frame_msgs(scene, fid, 10 * S, depth_encoding="32FC1"))
+        time.sleep(0.2)
+        assert node.status()["keyframes"] == 0
         body_pose = scene.pose(fid) @ np.linalg.inv(BODY_T_OPTICAL)
-        for k, t in enumerate((9 * S, 11 * S)):     # the frame lies halfway between two poses
+        for k, t in enumerate((9 * S, 11 * S)):
             msg = PoseStamped()
             msg.header.frame_id, msg.header.stamp = "map", ns_to_stamp(t)
             matrix_to_pose(body_pose, msg.pose)
-            node._on_pose(msg)
-        node._on_frame(*_frame_msgs(scene, fid, 10 * S, depth_encoding="32FC1"))
-        assert node.status()["keyframes"] == 1
+            node.inputs.on_pose(msg)
+        run.wait_status(lambda s: s["keyframes"] == 1, 5)
         rec = SceneFolder(tmp_path / "rec")
         np.testing.assert_allclose(rec.pose("0"), scene.pose(fid), atol=1e-6)
         np.testing.assert_allclose(rec.depth("0"), scene.depth(fid), atol=1e-3)
-        # 4 more frames, then the next keyframe (frame_step 5) has no pose within tolerance
+        # 4 more frames, then the next keyframe (frame_step 5) has no pose within tolerance:
+        # counted once its wait (1 s of node time) is over
         for i in range(1, 6):
-            node._on_frame(*_frame_msgs(scene, fid, (20 + i) * S))
-        st = node.status()
-        assert st["keyframes"] == 1 and st["frames_without_pose"] == 1
+            node.inputs.on_frame(*_frame_msgs(scene, fid, (20 + i) * S))
+        st = run.wait_status(lambda s: s["frames_without_pose"] == 1, 5)
+        assert st["keyframes"] == 1
     finally:
-        node.destroy_node()
+        run.close()
 
 
 def test_bad_parameters_fail_configure(context, tmp_path):
@@ -207,7 +264,6 @@ def test_bad_parameters_fail_configure(context, tmp_path):
 def test_node_builds_its_map_with_clip_and_sam(context, tmp_path, scene):
     """The node through open_clip + segment-anything (random-weight checkpoint files, as a user
     configures downloaded weights): one keyframe, so SAM embeds exactly one image."""
-    import json
 
     import torch
     open_clip = pytest.importorskip("open_clip")
@@ -216,30 +272,30 @@ def test_node_builds_its_map_with_clip_and_sam(context, tmp_path, scene):
     torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), tmp_path / "c.pt")
     torch.save(segment_anything.sam_model_registry["vit_b"](checkpoint=None).state_dict(),
                tmp_path / "s.pth")
-    node = _node(context, tmp_path, **{
+    run = _node(context, tmp_path, **{
         "pipeline.encoder.backend": "clip", "pipeline.encoder.clip_model": "ViT-B-32",
         "pipeline.encoder.clip_checkpoint": str(tmp_path / "c.pt"),
         "pipeline.segmenter.backend": "sam", "pipeline.segmenter.sam_model": "vit_b",
         "pipeline.segmenter.sam_checkpoint": str(tmp_path / "s.pth")})
+    node = run.node
     try:
-        st = node.status()
+        st = run.wait_status(lambda s: s["models"] not in ("", "loading"), 120)
         assert "segmenter=sam:vit_b" in st["models"] and "image_encoder=clip:ViT-B-32" in st["models"]
         for i, fid in enumerate(scene.frame_ids[:10]):
             t = 100 * S + i * S // 10
             _set_tf(node, "map", OPTICAL, t, scene.pose(fid))
-            node._on_frame(*_frame_msgs(scene, fid, t))
-        assert node.status()["keyframes"] == 1
+            node.inputs.on_frame(*_frame_msgs(scene, fid, t))
+        run.wait_status(lambda s: s["keyframes"] == 1)
         pts, cols = scene.cloud()
-        node._on_cloud(arrays_to_cloud(pts, cols, frame_id="map"))
-        assert node._on_trigger_service(Trigger.Request(), Trigger.Response()).success
-        node._worker.join(600)
-        st = node.status()
+        node.inputs.on_cloud(arrays_to_cloud(pts, cols, frame_id="map"))
+        assert run.map_complete().success
+        st = run.wait_status(lambda s: s["state"] != PipelineStatus.STATE_PROCESSING, 600)
         assert st["state"] == PipelineStatus.STATE_READY, st["message"]
         meta = InstanceMap.load(tmp_path / "rec").meta
         assert meta["models"]["segmenter"] == "sam:vit_b" and meta["segmenter_images"] == 1
-        resp = _query(node, "a red mug", top_k=3)
+        resp = run.query("a red mug", top_k=3)
         assert resp.success, resp.message
         scores = [i.score for i in resp.instances]
         assert scores and scores == sorted(scores, reverse=True)
     finally:
-        node.destroy_node()
+        run.close()

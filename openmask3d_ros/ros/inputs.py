@@ -1,0 +1,182 @@
+"""The node's inputs: camera (raw or compressed, synchronised), cloud and pose source.
+
+Callbacks only hand messages on (to the recorder's queue, the latest-cloud slot or the pose
+history); decoding and disk writes happen on the recorder's worker thread (``decode_frame``).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+from . import params as P
+from .conversions import (BODY_T_OPTICAL, COLOR_ENCODINGS, DEPTH_ENCODINGS,
+                          camera_info_to_intrinsics, compressed_to_depth, compressed_to_rgb,
+                          image_to_depth, image_to_rgb, pose_to_matrix, stamp_to_ns)
+from .sync import make_synchronizer
+from .tf_buffer import TransformHistory, make_tf_lookup
+
+RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
+DURABILITY = {"transient_local": DurabilityPolicy.TRANSIENT_LOCAL,
+              "volatile": DurabilityPolicy.VOLATILE}
+# topic parameter -> the node-relative name that older set-ups remap (-r color/image_raw:=/x)
+LEGACY_NAMES = {arg: topic for arg, (topic, _) in P.TOPIC_ARGUMENTS.items()}
+
+
+def input_topic(node, settings, param: str) -> str:
+    """The topic for ``param``: its value; when left at the default, a remapping of the old
+    node-relative name (``color/image_raw:=...``) still applies."""
+    value = getattr(settings, param)
+    if value == P.NODE_PARAMETERS[param][0]:
+        legacy = LEGACY_NAMES[param]
+        plain = f"{node.get_namespace().rstrip('/')}/{legacy}"
+        remapped = node.resolve_topic_name(legacy)
+        if remapped != plain:
+            return remapped
+    return value
+
+
+def decode_frame(payload) -> tuple[np.ndarray, np.ndarray, object]:
+    """(rgb uint8, depth float32 metres, colour Intrinsics) of a (colour, depth, info) triple;
+    ConversionError (a ValueError) when an image cannot be used."""
+    color, depth, info = payload
+    rgb = compressed_to_rgb(color) if isinstance(color, CompressedImage) else image_to_rgb(color)
+    d = compressed_to_depth(depth) if isinstance(depth, CompressedImage) else image_to_depth(depth)
+    h, w = rgb.shape[:2]
+    return rgb, d, camera_info_to_intrinsics(info, w, h)
+
+
+class Inputs:
+    """Subscriptions of an active node. ``on_frame(stamp_ns, payload)`` or ``on_reject(reason)``
+    receive each synchronised frame, ``wake()`` is called when a pose arrives."""
+
+    def __init__(self, node, settings, sensor_group, pose_group, on_frame, on_reject, wake):
+        self.node, self.s = node, settings
+        self._on_frame_cb, self._on_reject, self._wake = on_frame, on_reject, wake
+        self._lock = threading.Lock()
+        self.latest_cloud: PointCloud2 | None = None
+        self.camera_frame_seen = ""
+        self.pose_lookup = None
+        self.pose_history: TransformHistory | None = None
+        self._subs = []
+        log = node.get_logger()
+        s = settings
+        cam_qos = QoSProfile(depth=s.qos_depth, reliability=RELIABILITY[s.qos_reliability],
+                             durability=DurabilityPolicy.VOLATILE,
+                             history=HistoryPolicy.KEEP_LAST)
+        color = input_topic(node, s, "color_topic")
+        depth = input_topic(node, s, "depth_topic")
+        specs = [(CompressedImage, color + "/compressed") if s.color_transport == "compressed"
+                 else (Image, color),
+                 (CompressedImage, depth + "/compressedDepth")
+                 if s.depth_transport == "compressedDepth" else (Image, depth),
+                 (CameraInfo, input_topic(node, s, "camera_info_topic"))]
+        self.sync = make_synchronizer(node, specs, cam_qos, self.on_frame, s.sync_queue_size,
+                                      s.sync_slop, callback_group=sensor_group)
+        self.topics = [node.resolve_topic_name(t) for _, t in specs]
+        cloud_qos = QoSProfile(depth=1, reliability=RELIABILITY[s.cloud_qos_reliability],
+                               durability=DURABILITY[s.cloud_qos_durability],
+                               history=HistoryPolicy.KEEP_LAST)
+        self.cloud_topic = node.resolve_topic_name(input_topic(node, s, "cloud_topic"))
+        self._subs.append(node.create_subscription(PointCloud2, self.cloud_topic, self.on_cloud,
+                                                   cloud_qos, callback_group=sensor_group))
+        if s.pose_source == "tf":
+            self.pose_lookup = make_tf_lookup(node, s.tf_cache_time, callback_group=pose_group,
+                                              on_update=wake)
+            self.pose_text = (f"TF ({self.pose_lookup.name}): {s.map_frame} -> "
+                              f"{s.camera_frame or 'the colour frame_id'}")
+        else:
+            self.pose_history = TransformHistory(int(s.tf_cache_time * 1e9))
+            if s.pose_source == "pose":
+                from geometry_msgs.msg import PoseStamped
+                topic, cb = input_topic(node, s, "pose_topic"), self.on_pose
+                msg_type = PoseStamped
+            else:
+                from nav_msgs.msg import Odometry
+                topic, cb = input_topic(node, s, "odom_topic"), self.on_odom
+                msg_type = Odometry
+            self._subs.append(node.create_subscription(msg_type, topic, cb, 100,
+                                                       callback_group=pose_group))
+            self.pose_text = f"{msg_type.__name__} on {node.resolve_topic_name(topic)}"
+        log.info(f"inputs: {', '.join(self.topics)} ({self.sync.name}, "
+                 f"{s.qos_reliability}); cloud {self.cloud_topic} ({s.cloud_qos_durability}); "
+                 f"poses from {self.pose_text}")
+
+    # -- callbacks (cheap) ------------------------------------------------------------------------
+    def on_frame(self, color, depth, info) -> None:
+        if isinstance(color, Image) and color.encoding not in COLOR_ENCODINGS:
+            return self._on_reject(f"unsupported colour encoding '{color.encoding}' (use one of "
+                                   f"{', '.join(COLOR_ENCODINGS)})")
+        if isinstance(depth, Image) and depth.encoding not in DEPTH_ENCODINGS:
+            return self._on_reject(f"unsupported depth encoding '{depth.encoding}' (16UC1 mm or "
+                                   "32FC1 m)")
+        self.camera_frame_seen = color.header.frame_id
+        self._on_frame_cb(stamp_to_ns(color.header.stamp), (color, depth, info))
+
+    def on_cloud(self, msg: PointCloud2) -> None:
+        with self._lock:
+            first, self.latest_cloud = self.latest_cloud is None, msg
+        if first:
+            self.node.get_logger().info(f"cloud received: {msg.width * msg.height} points in "
+                                        f"frame '{msg.header.frame_id}'")
+
+    def on_pose(self, msg) -> None:
+        self._add_pose(msg.header, pose_to_matrix(msg.pose))
+
+    def on_odom(self, msg) -> None:
+        self._add_pose(msg.header, pose_to_matrix(msg.pose.pose))
+
+    def _add_pose(self, header, M: np.ndarray) -> None:
+        frame = header.frame_id.lstrip("/")
+        if frame and frame != self.s.map_frame:
+            self.node.get_logger().warning(
+                f"pose messages are in frame '{frame}', not the map frame '{self.s.map_frame}': "
+                "used as they are", throttle_duration_sec=10.0)
+        if not self.s.pose_is_optical:
+            M = M @ BODY_T_OPTICAL
+        self.pose_history.add(stamp_to_ns(header.stamp), M)
+        self._wake()
+
+    # -- used by the worker ---------------------------------------------------------------------------
+    def camera_pose(self, settings, stamp_ns: int, strict: bool) -> np.ndarray:
+        """map_T_camera at ``stamp_ns``; ``strict``: only an interpolated or exact pose."""
+        tol = 0.0 if strict else settings.tf_tolerance
+        if self.pose_lookup is not None:
+            frame = settings.camera_frame.strip() or self.camera_frame_seen
+            if not frame:
+                raise LookupError("the colour image has no header.frame_id and parameter "
+                                  "camera_frame is empty")
+            return self.pose_lookup.lookup(settings.map_frame, frame, stamp_ns, tol)
+        return self.pose_history.lookup(stamp_ns, int(tol * 1e9))
+
+    def cloud_in_map(self, settings) -> tuple[np.ndarray, np.ndarray] | None:
+        """The latest cloud as (points in map_frame, colours), or None; ValueError/LookupError
+        when it cannot be used."""
+        from .conversions import cloud_to_arrays
+        with self._lock:
+            msg = self.latest_cloud
+        if msg is None:
+            return None
+        points, colors = cloud_to_arrays(msg)
+        if len(points) == 0:
+            raise ValueError("the cloud has no finite points")
+        frame = msg.header.frame_id.lstrip("/")
+        if frame and frame != settings.map_frame:
+            if self.pose_lookup is None:
+                raise ValueError(f"the cloud is in frame '{frame}', not '{settings.map_frame}', "
+                                 "and pose_source is not tf")
+            M = self.pose_lookup.lookup(settings.map_frame, frame, None, 0.0)
+            points = (points @ M[:3, :3].T + M[:3, 3]).astype(np.float32)
+        if colors is None:
+            colors = np.full(points.shape, 128, np.uint8)
+        return points, colors
+
+    def destroy(self) -> None:
+        self.sync.destroy()
+        if self.pose_lookup is not None and hasattr(self.pose_lookup, "destroy"):
+            self.pose_lookup.destroy()
+        for sub in self._subs:
+            self.node.destroy_subscription(sub)
+        self._subs = []
