@@ -22,9 +22,12 @@ import struct
 
 import numpy as np
 
+from ..core.errors import InputError
 
-class ConversionError(ValueError):
-    """A message cannot be converted (unsupported encoding, inconsistent sizes, ...)."""
+
+class ConversionError(InputError):
+    """A message cannot be converted (unsupported encoding, inconsistent sizes, ...): the
+    project's InputError for ROS messages (a ValueError)."""
 
 
 def _as_uint8(data) -> np.ndarray:
