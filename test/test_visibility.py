@@ -131,3 +131,11 @@ def test_official_score_counts_distinct_pixels_not_points():
 def test_bad_fidelity_is_named():
     with pytest.raises(ValueError, match="fidelity"):
         _visible_points(np.zeros((1, 3)), IDENTITY, flat_depth(1.0), K, fidelity="exact")
+
+
+def test_tie_breaks():
+    counts = np.array([[16], [30], [63], [63], [63], [37], [20], [19]])
+    assert select_views(counts, 5)[0].tolist() == [2, 3, 4, 5, 1]          # stable: earliest
+    official_order = np.argsort(-counts, axis=0)[:5, 0].tolist()            # the official call
+    assert select_views(counts, 5, tie_break="official")[0].tolist() == official_order
+    assert sorted(official_order) == [1, 2, 3, 4, 5]

@@ -22,8 +22,8 @@ from .interfaces import ImageEncoder, Segmenter, l2_normalize
 from .prompt_plan import plan_official_prompts
 from .refine import refine, refine_prompts
 from .scene import SceneError, SceneFolder
-from .visibility import (check_fidelity, count_pixels, count_visible, frame_visibility,
-                         mask_matrix, select_views)
+from .visibility import (count_pixels, count_visible, frame_visibility,
+                         mask_matrix, projection_intrinsics, select_views)
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -86,8 +86,7 @@ def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
     ``seen_out`` (optional) receives each usable frame's visible points, bit-packed (P/8 bytes a
     frame), so later stages need not reload depth and project again.
     """
-    check_fidelity(fidelity)         # before the loop: a bad value is not a "bad frame"
-    K_depth = scene.depth_intrinsics()
+    K_depth = projection_intrinsics(scene, fidelity)    # a bad fidelity fails here, not per frame
     S = mask_matrix(masks) if fidelity == "paper" else sparse.csr_matrix(masks)
     num_pixels = K_depth.width * K_depth.height
     counts = np.zeros((len(frame_ids), masks.shape[1]), dtype=np.int64)
@@ -127,7 +126,8 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
     counts = visibility_counts(points, masks, scene, frame_ids, cfg.visibility.k_threshold,
                                report, progress, seen_packed, cfg.fidelity,
                                cfg.visibility.two_sided)
-    views = select_views(counts, cfg.visibility.k_view, cfg.visibility.min_visible_points)
+    views = select_views(counts, cfg.visibility.k_view, cfg.visibility.min_visible_points,
+                         "official" if official else "stable")
     report.views = [[frame_ids[j] for j in row if j >= 0] for row in views]
     report.fallbacks = [0] * M
     by_frame: dict[int, list[int]] = defaultdict(list)
@@ -142,7 +142,7 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
         plan = plan_official_prompts(
             points, masks, views,
             lambda j: np.unpackbits(seen_packed[j], count=len(points)).astype(bool),
-            lambda j: scene.pose(frame_ids[j]), scene.depth_intrinsics(), K_color,
+            lambda j: scene.pose(frame_ids[j]), projection_intrinsics(scene, "official"), K_color,
             s.k_rounds, s.k_sample, cfg.seed)
     batcher = _CropBatcher(encoder, M, cfg.encoder.batch_size)
     for done, j in enumerate(sorted(by_frame)):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from .camera import Intrinsics, project, project_pixels_official
+from .camera import Intrinsics, official_adapted_intrinsic, project, project_pixels_official
 
 FIDELITY_MODES = ("official", "paper")
 
@@ -70,6 +70,19 @@ def frame_visibility(points: np.ndarray, cam_to_world: np.ndarray, depth: np.nda
     seen[idx] = ok
     pix[idx] = v * W + u
     return seen, pix
+
+
+def projection_intrinsics(scene, fidelity: str) -> Intrinsics:
+    """The depth-resolution camera visibility projects with: ``paper`` uses the scene's depth
+    intrinsics; ``official`` adapts the colour intrinsics with the official formula (identical
+    when colour and depth share a resolution)."""
+    depth = scene.depth_intrinsics()
+    if check_fidelity(fidelity) == "paper":
+        return depth
+    color = scene.color_intrinsics()
+    K = official_adapted_intrinsic(color.K, (color.height, color.width),
+                                   (depth.height, depth.width))
+    return Intrinsics(K, depth.width, depth.height)
 
 
 def _official_in_view(points, cam_to_world, intr: Intrinsics):
@@ -129,15 +142,20 @@ def mask_pixels(seen: np.ndarray, pix: np.ndarray, mask: np.ndarray, width: int)
     return np.stack([ids % width, ids // width], axis=1)
 
 
-def select_views(counts: np.ndarray, k_view: int = 5, min_visible: int = 1) -> np.ndarray:
+def select_views(counts: np.ndarray, k_view: int = 5, min_visible: int = 1,
+                 tie_break: str = "stable") -> np.ndarray:
     """Top ``k_view`` frames per mask by score: (M, k_view) frame indices, -1 = none.
 
-    Ranking by vis(i, j) equals ranking by s_ij = vis(i, j) / max_j vis(i, j). Ties go to the
-    earlier frame (stable sort) so runs are reproducible on every platform; the official
-    ``np.argsort`` (introsort, SIMD on some CPUs) leaves the order of ties unspecified.
+    Ranking by vis(i, j) equals ranking by s_ij = vis(i, j) / max_j vis(i, j).
+    ``tie_break``: ``stable`` gives ties to the earlier frame on every platform (paper mode);
+    ``official`` makes the official call ``np.argsort(-scores, axis=0)`` on the same int64
+    (F, M) matrix: numpy's default sort, deterministic run to run, whose order of equal scores
+    depends on the numpy version and CPU (introsort; SIMD sorts on AVX-512/AVX2), so ties fall
+    exactly as in the official code run with the same numpy on the same machine.
     Views scoring below ``min_visible`` (at least 1) are -1: the official code skips them too.
     """
-    order = np.argsort(-counts, axis=0, kind="stable")[:k_view].T          # (M, k)
+    kind = "stable" if tie_break == "stable" else None
+    order = np.argsort(-np.asarray(counts, dtype=np.int64), axis=0, kind=kind)[:k_view].T
     chosen = np.take_along_axis(counts.T, order, axis=1)
     order = order.copy()
     order[chosen < max(min_visible, 1)] = -1
