@@ -195,8 +195,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         log.info("%s holds non-tensor objects; reading it with stubs for them", path)
         with open(path, "rb") as f:
             data = io.BytesIO(f.read())
-        blob = torch.load(data, map_location="cpu", weights_only=False,
-                          pickle_module=_tolerant_pickle)
+        try:
+            blob = torch.load(data, map_location="cpu", weights_only=False,
+                              pickle_module=_tolerant_pickle)
+        except Exception as exc:      # not a pickle at all (random bytes, truncated file)
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
     except Exception as exc:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
