@@ -1,8 +1,9 @@
 """Feature stage: our per-frame-shared, batched implementation vs the official code's structure.
 
-The baseline ("official-style") reproduces how OpenMask3D/openmask3d computes features: a dense
-views x masks x H x W visibility array, ``set_image`` for every (mask, view) pair, SAM rounds one
-by one at full resolution, and one small CLIP batch (L crops x k views) per mask. Both run on the
+The baseline ("official-style", benchmarks/official_baseline.py) reimplements how
+OpenMask3D/openmask3d computes features, with its own visibility and view choice: a dense views x
+masks x H x W visibility array, ``set_image`` for every (mask, view) pair, SAM rounds one by one
+at full resolution, and one small CLIP batch (L crops x k views) per mask. Both run on the
 same scene, masks, models and seeds, so with SAM the features agree (max |difference| printed;
 the hull stand-in unions all rounds' prompts, so it differs from one-round-at-a-time by design).
 Each implementation runs in its own process so peak memory is its own.
@@ -26,81 +27,26 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from openmask3d_ros.core.camera import project  # noqa: E402
 from openmask3d_ros.core.config import PipelineConfig  # noqa: E402
-from openmask3d_ros.core.crops import crop_boxes, cut  # noqa: E402
 from openmask3d_ros.core.dbscan_split import split_masks  # noqa: E402
-from openmask3d_ros.core.features import (FeatureReport, compute_features,  # noqa: E402
-                                          visibility_counts)
+from openmask3d_ros.core.features import compute_features  # noqa: E402
 from openmask3d_ros.core.interfaces import l2_normalize  # noqa: E402
 from openmask3d_ros.core.proposals.geometric import GeometricProposals  # noqa: E402
-from openmask3d_ros.core.refine import refine  # noqa: E402
 from openmask3d_ros.core.scene import SceneFolder  # noqa: E402
-from openmask3d_ros.core.visibility import select_views, visible_points  # noqa: E402
+from official_baseline import official_features  # noqa: E402
 
 
 def official_style(points, masks, scene, frame_ids, segmenter, encoder, cfg):
-    """The official algorithm's structure (see module docstring); returns (features, set_image calls)."""
-    K_color, K_depth = scene.color_intrinsics(), scene.depth_intrinsics()
-    M = masks.shape[1]
-    # The official code keeps a views x masks x H x W boolean array of projected visible points.
-    dense = np.zeros((len(frame_ids), M, K_color.height, K_color.width), dtype=bool)
-    counts = visibility_counts(points, masks, scene, frame_ids, cfg.visibility.k_threshold,
-                               FeatureReport())
-    for j, fid in enumerate(frame_ids):
-        pose = scene.pose(fid)
-        seen = visible_points(points, pose, scene.depth(fid), K_depth, cfg.visibility.k_threshold)
-        uv, _ = project(points, pose, K_color.K)
-        for m in range(M):
-            idx = np.flatnonzero(masks[:, m] & seen)
-            px = np.clip(np.round(uv[idx]).astype(int), 0, [K_color.width - 1, K_color.height - 1])
-            dense[j, m, px[:, 1], px[:, 0]] = True
-    views = select_views(counts, cfg.visibility.k_view, cfg.visibility.min_visible_points)
-    features = np.zeros((M, encoder.dim), dtype=np.float32)
-    calls = 0
-    s, c = cfg.segmenter, cfg.crops
-    for m in range(M):
-        crops = []
-        for j in views[m][views[m] >= 0]:
-            fid = frame_ids[j]
-            pose = scene.pose(fid)
-            image = scene.color(fid)
-            segmenter.set_image(image)             # re-embedded for every (mask, view)
-            calls += 1
-            seen = visible_points(points, pose, scene.depth(fid), K_depth,
-                                  cfg.visibility.k_threshold)
-            idx = np.flatnonzero(masks[:, m] & seen)
-            uv, _ = project(points[idx], pose, K_color.K)
-            uv = np.clip(uv, 0, [K_color.width - 1, K_color.height - 1])
-            rng = np.random.default_rng([cfg.seed, m, int(j)])
-            # rounds one by one, each decoded at full resolution
-            one_by_one = _OneRoundAtATime(segmenter)
-            r = refine(one_by_one, uv, K_color.width, K_color.height, s.k_rounds, s.k_sample,
-                       rng, s.min_score)
-            crops += [cut(image, b) for b in crop_boxes(r.box, K_color.width, K_color.height,
-                                                         c.levels, c.k_exp)]
-        if crops:
-            features[m] = l2_normalize(encoder.encode_images(crops).mean(axis=0))
-    del dense
-    return features, calls
-
-
-class _OneRoundAtATime:
-    """Answers a batch of rounds by calling the segmenter once per round (the official loop)."""
-
-    def __init__(self, segmenter):
-        self.segmenter = segmenter
-        self.name = segmenter.name
-
-    def predict(self, prompt_sets):
-        best, best_score, scores = None, -np.inf, []
-        for r in range(len(prompt_sets)):
-            mask, sc = self.segmenter.predict(prompt_sets[r:r + 1])
-            scores.append(sc[0])
-            if sc[0] > best_score:
-                best, best_score = mask, sc[0]
-        return best, np.asarray(scores, dtype=np.float32)
+    """The official algorithm (benchmarks/official_baseline.py, its own visibility and view
+    choice); returns (L2-normalised features, set_image calls)."""
+    s, c, v = cfg.segmenter, cfg.crops, cfg.visibility
+    features, trace = official_features(
+        points, masks, scene, frame_ids, segmenter, encoder, topk=v.k_view,
+        multi_level_expansion_ratio=c.k_exp, num_levels=c.levels, vis_threshold=v.k_threshold,
+        num_random_rounds=s.k_rounds, num_selected_points=s.k_sample, seed=cfg.seed)
+    return l2_normalize(features), trace.set_image_calls
 
 
 def build_real(args, tmp: Path, device: str):

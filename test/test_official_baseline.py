@@ -96,7 +96,6 @@ def test_official_mode_equals_the_official_algorithm(scene_and_masks):
     # prompt pixel sets and the prompts of every round
     views = np.array([[frames.index(f) for f in row] + [-1] * (5 - len(row))
                       for row in report.views])
-    seen = {}
 
     def seen_of(j):
         from openmask3d_ros.core.visibility import visible_points

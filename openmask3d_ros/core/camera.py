@@ -21,12 +21,13 @@ class Intrinsics:
         if K.shape != (3, 3):
             raise ValueError(f"intrinsics must be 3x3 or 4x4, got shape {K.shape}")
         if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0:
-            raise ValueError(f"intrinsics have non-positive or non-finite focal lengths: {K.tolist()}")
+            raise ValueError("intrinsics have non-positive or non-finite focal lengths: "
+                             f"{K.tolist()}")
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
         object.__setattr__(self, "K", K)
 
-    def scaled(self, width: int, height: int) -> "Intrinsics":
+    def scaled(self, width: int, height: int) -> Intrinsics:
         """The same camera at another resolution (e.g. depth vs colour)."""
         sx, sy = width / self.width, height / self.height
         K = self.K.copy()
@@ -57,7 +58,8 @@ def project(points: np.ndarray, cam_to_world: np.ndarray, K: np.ndarray
     ``uv`` is ``nan`` where ``w == 0``.
     """
     world_to_cam = invert_pose(np.asarray(cam_to_world, dtype=np.float64))
-    cam = points @ world_to_cam[:3, :3].T.astype(points.dtype) + world_to_cam[:3, 3].astype(points.dtype)
+    R, t = world_to_cam[:3, :3].T.astype(points.dtype), world_to_cam[:3, 3].astype(points.dtype)
+    cam = points @ R + t
     pix = cam @ np.asarray(K, dtype=points.dtype).T
     w = pix[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
