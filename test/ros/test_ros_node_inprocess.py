@@ -299,3 +299,59 @@ def test_node_builds_its_map_with_clip_and_sam(context, tmp_path, scene):
         assert scores and scores == sorted(scores, reverse=True)
     finally:
         run.close()
+
+
+def test_pose_wait_runs_on_ros_time(context, tmp_path, scene):
+    """With use_sim_time a candidate waits for its pose in /clock time, not wall time."""
+    from rosgraph_msgs.msg import Clock
+    run = _node(context, tmp_path, pose_source="pose", pose_wait=1.0, use_sim_time=True)
+    node = run.node
+    try:
+        pub = run.client.create_publisher(Clock, "/clock", 10)
+
+        def set_clock(sec):
+            pub.publish(Clock(clock=ns_to_stamp(sec * S)))
+            run.wait_status(lambda s: node.get_clock().now().nanoseconds >= sec * S, 10)
+        set_clock(100)
+        node.inputs.on_frame(*_frame_msgs(scene, scene.frame_ids[0], 100 * S))
+        time.sleep(1.5)                                  # wall time passes, the clock does not
+        st = node.status()
+        assert st["frames_without_pose"] == 0 and st["keyframes"] == 0
+        set_clock(102)
+        run.wait_status(lambda s: s["frames_without_pose"] == 1, 5)
+    finally:
+        run.close()
+
+
+def test_compressed_inputs_and_legacy_remapping(context, tmp_path, scene):
+    """color_transport compressed / depth_transport compressedDepth subscribe to
+    <topic>/compressed and <topic>/compressedDepth; remapping the old node-relative name still
+    moves the input."""
+    from openmask3d_ros.ros.conversions import depth_to_compressed_depth, rgb_to_compressed
+    values = {"scene_dir": str(tmp_path / "rec"), "autostart": False,
+              "color_transport": "compressed", "depth_transport": "compressedDepth"}
+    node = OpenMask3DNode(context=context, cli_args=["--ros-args", "-r",
+                                                     "color/image_raw:=/robot/rgb"],
+                          parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    run = Running(node)
+    try:
+        assert run.wait_status(lambda s: run.client.count_subscribers(
+            "/robot/rgb/compressed") == 1 and run.client.count_subscribers(
+            "/camera/aligned_depth_to_color/image_raw/compressedDepth") == 1, 10)
+        for i, fid in enumerate(scene.frame_ids[:11]):
+            t = 100 * S + i * S // 10
+            _set_tf(node, "map", OPTICAL, t, scene.pose(fid))
+            color = rgb_to_compressed(scene.color(fid), "png")
+            depth = depth_to_compressed_depth(scene.depth(fid))
+            _, _, info = _frame_msgs(scene, fid, t)
+            for m in (color, depth):
+                m.header.stamp, m.header.frame_id = ns_to_stamp(t), OPTICAL
+            node.inputs.on_frame(color, depth, info)
+        run.wait_status(lambda s: s["keyframes"] == 2)
+        rec = SceneFolder(tmp_path / "rec")
+        np.testing.assert_array_equal(rec.color("1"), scene.color(scene.frame_ids[10]))
+        np.testing.assert_allclose(rec.depth("1"), scene.depth(scene.frame_ids[10]), atol=0.02)
+    finally:
+        run.close()
