@@ -86,6 +86,9 @@ class OpenMask3DNode(LifecycleNode):
         """A copy of the current status fields (recorder counters merged in)."""
         if self.recorder is not None:
             self.board.merge_counters(self.recorder.counters())
+        inputs = self.inputs
+        if inputs is not None and inputs.latest_cloud is not None:
+            self.board.update(have_cloud=True)
         return self.board.snapshot()
 
     def _publish_status(self) -> None:

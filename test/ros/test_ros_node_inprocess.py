@@ -68,9 +68,9 @@ class Running:
     def map_complete(self):
         return self.call(self.trigger, Trigger.Request())
 
-    def query(self, text, top_k=0, min_score=-1.0):
+    def query(self, text, top_k=0, min_score=-1.0, **fields):
         return self.call(self.query_client, QueryObjects.Request(query=text, top_k=top_k,
-                                                                 min_score=min_score))
+                                                                 min_score=min_score, **fields))
 
     def wait_status(self, pred, timeout=30.0):
         end = time.monotonic() + timeout
@@ -154,9 +154,11 @@ def test_record_trigger_process_query(context, tmp_path, scene, monkeypatch):
 
         trig = run.map_complete()
         assert not trig.success and "no reconstructed cloud" in trig.message
+        assert not node.status()["have_cloud"]
 
         pts, cols = scene.cloud()
         node.inputs.on_cloud(arrays_to_cloud(pts, cols, frame_id="map"))
+        assert node.status()["have_cloud"]
 
         import openmask3d_ros.core.pipeline as pipeline
         real, release, started = pipeline.run_pipeline, threading.Event(), threading.Event()
@@ -293,10 +295,11 @@ def test_node_builds_its_map_with_clip_and_sam(context, tmp_path, scene):
         assert st["state"] == PipelineStatus.STATE_READY, st["message"]
         meta = InstanceMap.load(tmp_path / "rec").meta
         assert meta["models"]["segmenter"] == "sam:vit_b" and meta["segmenter_images"] == 1
-        resp = run.query("a red mug", top_k=3)
+        # random weights: relevance means nothing, so ask for everything (min_relevance 0)
+        resp = run.query("a red mug", top_k=3, min_relevance=0.0)
         assert resp.success, resp.message
-        scores = [i.score for i in resp.instances]
-        assert scores and scores == sorted(scores, reverse=True)
+        rel = [i.relevance for i in resp.instances]
+        assert rel and rel == sorted(rel, reverse=True)
     finally:
         run.close()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import Parameter as ParameterMsg
@@ -123,10 +123,34 @@ def scene(tmp_path_factory):
     return root
 
 
+def publish_frames(node, n: int) -> None:
+    """``n`` small synchronised colour/depth/camera_info triples at 30 Hz (reliable)."""
+    import numpy as np
+    from sensor_msgs.msg import CameraInfo, Image
+    from openmask3d_ros.core.camera import Intrinsics
+    from openmask3d_ros.ros.conversions import (depth_to_image, intrinsics_to_camera_info,
+                                                ns_to_stamp, rgb_to_image)
+    pubs = [node.create_publisher(t, topic, 50) for t, topic in (
+        (Image, "/camera/color/image_raw"), (Image, "/camera/aligned_depth_to_color/image_raw"),
+        (CameraInfo, "/camera/color/camera_info"))]
+    end = time.monotonic() + 10
+    while any(p.get_subscription_count() == 0 for p in pubs) and time.monotonic() < end:
+        time.sleep(0.05)
+    K = Intrinsics(np.array([[80.0, 0, 40], [0, 80.0, 30], [0, 0, 1]]), 80, 60)
+    for i in range(n):
+        msgs = (rgb_to_image(np.full((60, 80, 3), 100, np.uint8), "rgb8"),
+                depth_to_image(np.ones((60, 80), np.float32), "16UC1"),
+                intrinsics_to_camera_info(K))
+        for m, p in zip(msgs, pubs):
+            m.header.stamp, m.header.frame_id = ns_to_stamp(10**9 + i * 10**9 // 30), "cam"
+            p.publish(m)
+        time.sleep(1 / 30)
+
+
 def test_lifecycle_and_parameter_services(tmp_path, client):
     t0 = time.monotonic()
     proc = start_node(tmp_path / "node.log", f"scene_dir:={tmp_path / 'rec'}",
-                      "pose_source:=pose")
+                      "pose_source:=pose", "qos_reliability:=reliable", "pose_wait:=0.3")
     try:
         # fast start: the camera subscription exists (models load in the background)
         assert client.spin_until(
@@ -156,8 +180,12 @@ def test_lifecycle_and_parameter_services(tmp_path, client):
         got = client.call("get_parameters", GetParameters.Request(names=["default_top_k"]))
         assert got.values[0].integer_value == 2
 
+        # frames without any pose: dropped by cause, on /diagnostics (WARN) and in the log
+        publish_frames(client.node, 12)
         assert client.spin_until(lambda: any(
-            "keyframe recording" in s.name for a in client.diagnostics for s in a.status), 10)
+            "keyframe recording" in s.name and s.level == DiagnosticStatus.WARN and
+            "no_pose" in s.message and "pose_source" in s.message
+            for a in client.diagnostics for s in a.status), 15), client.diagnostics[-1:]
 
         assert client.transition(Transition.TRANSITION_DEACTIVATE)
         assert client.state() == "inactive"
@@ -178,6 +206,7 @@ def test_lifecycle_and_parameter_services(tmp_path, client):
     log = (tmp_path / "node.log").read_text()
     assert rc == 0, log
     assert "Traceback" not in log, log
+    assert "no camera pose at its stamp" in log and "To fix:" in log
 
 
 def test_restart_on_recorded_folder_loads_map_and_triggers_at_once(tmp_path, client, scene):
