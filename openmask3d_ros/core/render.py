@@ -1,0 +1,406 @@
+"""Pictures of a map without RViz: per-instance colours, query heatmaps and a two-view PNG.
+
+The colour rules here are shared with the ROS visualisation (``ros/visualization.py``), so that
+RViz and the PNGs agree: instance ``m`` always has ``instance_palette(m)``, and a heatmap maps the
+per-instance value of a query linearly onto ``HEAT_LUT`` (the best instance is ``HEAT_LUT[-1]``).
+Everything is vectorised over points: a z-buffer is one ``np.minimum.at`` per view.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+HIGHLIGHT = (255, 0, 255)      # outline and box of the top hit (no heat or palette colour)
+OTHER_HIT = (255, 255, 255)    # outline and box of the other hits
+PANEL_BG = (24, 24, 28)
+
+# Heat colour map anchors (value, RGB): dark blue -> cyan -> green -> yellow -> red.
+_HEAT_ANCHORS = np.array([[0.00, 35, 30, 110], [0.25, 30, 110, 230], [0.50, 40, 200, 170],
+                          [0.75, 245, 210, 40], [1.00, 215, 25, 20]], dtype=np.float64)
+HEAT_LUT = np.stack([np.interp(np.linspace(0, 1, 256), _HEAT_ANCHORS[:, 0], _HEAT_ANCHORS[:, c])
+                     for c in (1, 2, 3)], axis=1).round().astype(np.uint8)
+
+
+# -- colours ------------------------------------------------------------------------------------
+def instance_palette(ids) -> np.ndarray:
+    """(M, 3) uint8: a distinct saturated colour per instance id (golden-ratio hue steps)."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    h = (ids * 0.6180339887 + 0.05) % 1.0
+    s = np.where(ids % 2 == 0, 0.85, 0.65)
+    v = np.where(ids % 3 == 1, 0.80, 0.97)
+    i = np.floor(h * 6).astype(np.int64) % 6
+    f = h * 6 - np.floor(h * 6)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    sextants = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
+    rgb = np.choose(i[:, None], [np.stack(c, 1) for c in sextants])
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def point_labels(num_points: int, point_indices) -> np.ndarray:
+    """(N,) int32: the instance owning each point (-1: none); the smaller instance wins overlaps,
+    so a mug on a table keeps its colour."""
+    labels = np.full(num_points, -1, np.int32)
+    sizes = np.array([len(ix) for ix in point_indices], np.int64)
+    if not sizes.sum():
+        return labels
+    flat = np.concatenate([np.asarray(ix, np.int64) for ix in point_indices])
+    owner = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+    # Priority = position in descending-size order; the largest priority (smallest instance) wins.
+    prio_of = np.empty(len(sizes), np.int64)
+    prio_of[np.argsort(-sizes, kind="stable")] = np.arange(len(sizes))
+    best = np.full(num_points, -1, np.int64)
+    np.maximum.at(best, flat, prio_of[owner])
+    has = best >= 0
+    labels[has] = np.argsort(prio_of)[best[has]]
+    return labels
+
+
+def instance_colors(points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8: palette colour of each point's instance; grey shaded by height elsewhere."""
+    n = len(labels)
+    out = np.empty((n, 3), np.uint8)
+    bg = labels < 0
+    if bg.any():
+        z = np.asarray(points, np.float32)[bg, 2]
+        lo, hi = (float(z.min()), float(z.max())) if len(z) else (0.0, 1.0)
+        shade = 70 + 80 * (z - lo) / max(hi - lo, 1e-6)
+        out[bg] = shade.astype(np.uint8)[:, None]
+    if (~bg).any():
+        out[~bg] = instance_palette(np.arange(int(labels.max()) + 1))[labels[~bg]]
+    return out
+
+
+def normalise_values(values) -> np.ndarray:
+    """Per-instance values -> [0, 1] (min-max over the finite ones; non-finite -> 0)."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    ok = np.isfinite(v)
+    out = np.zeros(len(v))
+    if ok.any():
+        lo, hi = float(v[ok].min()), float(v[ok].max())
+        out[ok] = (v[ok] - lo) / (hi - lo) if hi > lo else 1.0
+    return out
+
+
+def heat_values(labels: np.ndarray, point_indices, values) -> np.ndarray:
+    """(N,) float in [0, 1]: the highest normalised value of the instances holding each point
+    (0 for points of no instance), so the best instance's points are the hottest."""
+    norm = normalise_values(values)
+    heat = np.zeros(len(labels))
+    sizes = np.array([len(ix) for ix in point_indices], np.int64)
+    if sizes.sum():
+        flat = np.concatenate([np.asarray(ix, np.int64) for ix in point_indices])
+        np.maximum.at(heat, flat, np.repeat(norm, sizes))
+    return heat
+
+
+def heat_colors(heat: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 colours of values in [0, 1]."""
+    return HEAT_LUT[np.clip(np.round(np.asarray(heat) * 255), 0, 255).astype(np.int64)]
+
+
+def instance_values(engine, text: str) -> np.ndarray:
+    """(M,) the value a query ranks instances by: relevance when the engine computes one (the
+    ranking key), else the cosine score; NaN for instances the query cannot return."""
+    m = engine.map.num_instances
+    if hasattr(engine, "ask"):
+        out = np.full(m, np.nan)
+        for r in engine.ask(text, top_k=0, min_relevance=0.0).results:
+            rel = getattr(r, "relevance", float("nan"))
+            out[r.instance_id] = rel if np.isfinite(rel) else r.score
+        return out
+    s = np.asarray(engine.scores(text), np.float64)
+    return np.where(np.isfinite(s), s, np.nan)
+
+
+# -- rasterising --------------------------------------------------------------------------------
+@dataclass
+class ViewImage:
+    """One rendered view: colours, the instance at each pixel (-1 none) and the projection."""
+
+    rgb: np.ndarray         # (H, W, 3) uint8
+    labels: np.ndarray      # (H, W) int32
+    project: object         # points (K, 3) -> (px (K,), py (K,), ok (K,))
+
+
+def _fit(u: np.ndarray, v: np.ndarray, width: int, height: int, margin: int = 12):
+    """Scale and offset that fit (u, v) into the image keeping the aspect ratio."""
+    if len(u) == 0:
+        return 1.0, 0.0, 0.0
+    ulo, uhi, vlo, vhi = float(u.min()), float(u.max()), float(v.min()), float(v.max())
+    s = min((width - 2 * margin) / max(uhi - ulo, 1e-9),
+            (height - 2 * margin) / max(vhi - vlo, 1e-9))
+    return s, (width - s * (uhi + ulo)) / 2, (height - s * (vhi + vlo)) / 2
+
+
+def _camera(lo: np.ndarray, hi: np.ndarray, kind: str):
+    """(points (K, 3) -> u, v, depth, ok) for 'top' (orthographic, z up) or 'perspective',
+    framing the box [lo, hi]."""
+    if kind == "top":
+        return lambda p: (p[:, 0], -p[:, 1], -p[:, 2], np.ones(len(p), bool))
+    centre = (lo + hi) / 2
+    radius = max(float(np.linalg.norm(hi - lo)) / 2, 1e-3)
+    az, el = np.radians(-125.0), np.radians(38.0)
+    eye = centre + 2.2 * radius * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az),
+                                            np.sin(el)])
+    fwd = (centre - eye) / np.linalg.norm(centre - eye)
+    right = np.cross(fwd, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    R = np.stack([right, down, fwd]).astype(np.float32)
+
+    def project(p):
+        c = (np.asarray(p, np.float32) - eye.astype(np.float32)) @ R.T
+        ok = c[:, 2] > 1e-3 * radius
+        z = np.where(ok, c[:, 2], np.float32(1.0))
+        return c[:, 0] / z, c[:, 1] / z, c[:, 2], ok
+    return project
+
+
+def point_spacing(points: np.ndarray, bounds=None) -> float:
+    """Typical distance between neighbouring points of a surface cloud, from one voxel count:
+    at a voxel size v above the spacing d a surface fills about N (d / v)^2 voxels."""
+    pts = np.asarray(points, np.float32)
+    if len(pts) < 2:
+        return 0.0
+    lo, hi = bounds if bounds is not None else (pts.min(axis=0), pts.max(axis=0))
+    v = max(float(np.linalg.norm(hi - lo)) / 120.0, 1e-6)
+    dims = (np.floor((hi - lo) / v) + 1).astype(np.int64)   # <= 121 per axis: bincount fits
+    q = np.minimum(((pts - lo) / v).astype(np.int64), dims - 1)
+    keys = (q[:, 0] * dims[1] + q[:, 1]) * dims[2] + q[:, 2]
+    occupied = int(np.count_nonzero(np.bincount(keys, minlength=int(dims.prod()))))
+    return float(min(v * np.sqrt(occupied / len(pts)), v))
+
+
+def render_view(points: np.ndarray, colors: np.ndarray, labels: np.ndarray, kind: str,
+                width: int, height: int, spacing: float | None = None,
+                max_splat: int = 8, bounds=None) -> ViewImage:
+    """Z-buffered points of one view ('top' or 'perspective'). Each front-most point then covers
+    a square as wide as the cloud's point ``spacing`` appears at its depth (1..max_splat pixels),
+    so that surfaces look closed and hide what lies behind them."""
+    pts = np.asarray(points, np.float32)
+    if bounds is None:
+        bounds = (pts.min(axis=0), pts.max(axis=0)) if len(pts) else (np.zeros(3), np.ones(3))
+    cam = _camera(*bounds, kind)
+    u, v, depth, ok = cam(pts)
+    s, ou, ov = _fit(u[ok], v[ok], width, height)
+
+    def project(p):
+        pu, pv, _, pok = cam(np.asarray(p, np.float32).reshape(-1, 3))
+        return np.round(pu * s + ou).astype(np.int64), np.round(pv * s + ov).astype(np.int64), pok
+
+    px = np.round(u * np.float32(s) + np.float32(ou)).astype(np.int32)
+    py = np.round(v * np.float32(s) + np.float32(ov)).astype(np.int32)
+    keep = np.flatnonzero(ok & (px >= 0) & (px < width) & (py >= 0) & (py < height))
+    pix = py[keep] * width + px[keep]
+    d = depth[keep].astype(np.float32)
+    zbuf = np.full(height * width, np.inf, np.float32)
+    np.minimum.at(zbuf, pix, d)
+    win = d <= zbuf[pix]
+    front = np.full(height * width, -1, np.int64)    # index of the front-most point per pixel
+    front[pix[win]] = keep[win]
+    if spacing is None:
+        spacing = point_spacing(pts, bounds)
+    # 1.5: neighbours on a tilted voxel-grid surface sit up to sqrt(2) spacings apart.
+    px_per_m = np.float32(s) / np.maximum(zbuf, 1e-6) if kind != "top" else np.float32(s)
+    splat = np.where(front >= 0, np.clip(np.round(1.5 * spacing * px_per_m), 1, max_splat), 0)
+    Z, F = _splat(zbuf.reshape(height, width), front.reshape(height, width),
+                  splat.astype(np.int8).reshape(height, width))
+    rgb = np.empty((height, width, 3), np.uint8)
+    rgb[:] = PANEL_BG
+    lab = np.full((height, width), -1, np.int32)
+    hit = F >= 0
+    rgb[hit] = colors[F[hit]]
+    lab[hit] = labels[F[hit]]
+    _ink_edges(rgb, Z, 4.0 * max(spacing, 1e-6), None if kind == "top" else 1.0 / s)
+    return ViewImage(rgb, lab, project)
+
+
+def _splat(Z: np.ndarray, F: np.ndarray, K: np.ndarray):
+    """Grow each pixel's front point into a KxK square down-right, nearest depth winning (image
+    operations per offset, not per point)."""
+    Z2, F2 = Z.copy(), F.copy()
+    h, w = Z.shape
+    kmax = int(K.max(initial=0))
+    for dy in range(kmax):
+        for dx in range(kmax):
+            if not dx and not dy:
+                continue
+            src_z, src_k = Z[:h - dy, :w - dx], K[:h - dy, :w - dx]
+            tgt_z = Z2[dy:, dx:]
+            better = (src_k > max(dx, dy)) & (src_z < tgt_z)
+            tgt_z[better] = src_z[better]
+            F2[dy:, dx:][better] = F[:h - dy, :w - dx][better]
+    return Z2, F2
+
+
+def _ink_edges(rgb: np.ndarray, zbuf: np.ndarray, min_step: float, m_per_px_at_1m) -> None:
+    """Darken pixels where depth jumps (object silhouettes), in place: flat colours alone give
+    no sense of shape. Colours away from the edges stay exact."""
+    filled = np.isfinite(zbuf)
+    z = np.where(filled, zbuf, np.float32(1e30))   # empty = far away (no inf - inf)
+    thr = np.full(z.shape, min_step, np.float32)
+    if m_per_px_at_1m is not None:   # perspective: one pixel spans more metres farther away
+        thr = np.maximum(thr, 6.0 * m_per_px_at_1m * np.where(filled, z, 0))
+    edge = np.zeros(z.shape, bool)
+    for axis in (0, 1):
+        a = z.take(range(0, z.shape[axis] - 1), axis=axis)
+        b = z.take(range(1, z.shape[axis]), axis=axis)
+        near_a = (b - a) > thr.take(range(0, z.shape[axis] - 1), axis=axis)   # a in front
+        near_b = (a - b) > thr.take(range(1, z.shape[axis]), axis=axis)
+        sl_a = [slice(None)] * 2
+        sl_b = [slice(None)] * 2
+        sl_a[axis], sl_b[axis] = slice(0, -1), slice(1, None)
+        edge[tuple(sl_a)] |= near_a & filled[tuple(sl_a)]
+        edge[tuple(sl_b)] |= near_b & filled[tuple(sl_b)]
+    rgb[edge] = (rgb[edge] * 0.45).astype(np.uint8)
+
+
+def outline(view: ViewImage, instance: int, color, width: int = 2) -> None:
+    """Paint a ring of ``width`` pixels around the visible pixels of ``instance`` (in place)."""
+    mask = view.labels == instance
+    if not mask.any():
+        return
+    grown = mask.copy()
+    for _ in range(width):
+        g = grown.copy()
+        g[1:] |= grown[:-1]
+        g[:-1] |= grown[1:]
+        g[:, 1:] |= grown[:, :-1]
+        g[:, :-1] |= grown[:, 1:]
+        grown = g
+    view.rgb[grown & ~mask] = color
+
+
+def box_edges(lo, hi) -> np.ndarray:
+    """(12, 2, 3) the edges of the axis-aligned box [lo, hi]."""
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    corners = np.array([[hi[0] if i & 1 else lo[0], hi[1] if i & 2 else lo[1],
+                         hi[2] if i & 4 else lo[2]] for i in range(8)])
+    pairs = [(a, a | bit) for a in range(8) for bit in (1, 2, 4) if not a & bit]
+    return np.array([[corners[a], corners[b]] for a, b in pairs])
+
+
+# -- pictures -------------------------------------------------------------------------------------
+HEADER_H = 30
+LEGEND_W = 240
+_VIEWS = (("top", "top-down"), ("perspective", "perspective"))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:        # Pillow < 10.1: bitmap font only
+        return ImageFont.load_default()
+
+
+def _views(points, colors, labels, size) -> list[ViewImage]:
+    w, h = size
+    if not len(points):
+        raise ValueError("the map's cloud has no points: nothing to draw")
+    bounds = (points.min(axis=0), points.max(axis=0))
+    spacing = point_spacing(points, bounds)
+    return [render_view(points, colors, labels, kind, w, h, spacing, bounds=bounds)
+            for kind, _ in _VIEWS]
+
+
+def _compose(images: list, title: str, legend):
+    """Views (PIL images) side by side under a title strip, ``legend(draw, x0, y0, h)`` right."""
+    from PIL import Image, ImageDraw
+    w, h = images[0].size
+    canvas = Image.new("RGB", (w * len(images) + LEGEND_W, h + HEADER_H), PANEL_BG)
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 7), title, fill=(235, 235, 235), font=_font(15))
+    for i, (img, (_, name)) in enumerate(zip(images, _VIEWS)):
+        canvas.paste(img, (i * w, HEADER_H))
+        draw.text((i * w + 6, HEADER_H + 4), name, fill=(200, 200, 200), font=_font(12))
+        if i:
+            draw.line([(i * w, HEADER_H), (i * w, HEADER_H + h)], fill=(60, 60, 66))
+    legend(draw, w * len(images) + 10, HEADER_H + 8, h - 16)
+    return canvas
+
+
+def render_instances_picture(instance_map, size=(640, 480), title: str | None = None):
+    """PIL image: the scene coloured by instance, top-down and perspective, legend of ids."""
+    pts = np.asarray(instance_map.points, np.float32)
+    labels = point_labels(len(pts), instance_map.point_indices)
+    views = _views(pts, instance_colors(pts, labels), labels, size)
+    m = instance_map.num_instances
+    palette = instance_palette(np.arange(m))
+    sizes = [len(ix) for ix in instance_map.point_indices]
+
+    def legend(draw, x, y, height):
+        font = _font(12)
+        draw.text((x, y), f"{m} instances", fill=(235, 235, 235), font=font)
+        rows = max((height - 24) // 17, 1)
+        shown = list(range(m)) if m <= rows else list(range(rows - 1))
+        for r, k in enumerate(shown):
+            yy = y + 22 + r * 17
+            draw.rectangle([x, yy, x + 13, yy + 13], fill=tuple(int(c) for c in palette[k]))
+            draw.text((x + 20, yy), f"id {k}  ({sizes[k]} pts)", fill=(220, 220, 220), font=font)
+        if len(shown) < m:
+            draw.text((x, y + 22 + len(shown) * 17), f"+{m - len(shown)} more",
+                      fill=(180, 180, 180), font=font)
+    from PIL import Image
+    return _compose([Image.fromarray(v.rgb) for v in views], title or f"instances: {m}", legend)
+
+
+def render_query_picture(instance_map, values, hits, text: str, size=(640, 480),
+                         value_name: str = "similarity", note: str = ""):
+    """PIL image: heatmap of per-instance ``values`` for ``text`` with ``hits`` (QueryResult-like:
+    instance_id, score, bbox_min, bbox_max; best first) outlined, the best in ``HIGHLIGHT``."""
+    from PIL import Image
+    pts = np.asarray(instance_map.points, np.float32)
+    labels = point_labels(len(pts), instance_map.point_indices)
+    heat = heat_values(labels, instance_map.point_indices, values)
+    views = _views(pts, heat_colors(heat), labels, size)
+    for rank in range(len(hits) - 1, -1, -1):
+        colour = HIGHLIGHT if rank == 0 else OTHER_HIT
+        for view in views:
+            outline(view, int(hits[rank].instance_id), colour, width=2 if rank else 3)
+    finite = np.asarray(values, np.float64)
+    finite = finite[np.isfinite(finite)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 0.0)
+
+    def legend(draw, x, y, height):
+        font = _font(12)
+        draw.text((x, y), value_name, fill=(235, 235, 235), font=font)
+        bar_h = max(min(height // 2, 220), 40)
+        ramp = HEAT_LUT[np.linspace(255, 0, bar_h).round().astype(int)]
+        for r in range(bar_h):
+            draw.line([(x, y + 20 + r), (x + 18, y + 20 + r)], fill=tuple(int(c) for c in ramp[r]))
+        draw.text((x + 26, y + 16), f"{vmax:.3f}", fill=(220, 220, 220), font=font)
+        draw.text((x + 26, y + 12 + bar_h), f"{vmin:.3f}", fill=(220, 220, 220), font=font)
+        yy = y + 36 + bar_h
+        draw.text((x, yy), "hits" if hits else "no hit", fill=(235, 235, 235), font=font)
+        for rank, hit in enumerate(hits[:max((height - bar_h - 60) // 17, 0)]):
+            yy += 17
+            colour = HIGHLIGHT if rank == 0 else OTHER_HIT
+            draw.rectangle([x, yy + 2, x + 10, yy + 12], outline=colour, width=2)
+            draw.text((x + 18, yy), f"#{rank + 1}  id {hit.instance_id}  "
+                      f"{float(np.asarray(values)[hit.instance_id]):.3f}",
+                      fill=(220, 220, 220), font=font)
+    images = [Image.fromarray(v.rgb) for v in views]
+    for img, view in zip(images, views):
+        _draw_boxes(img, view, hits)
+    return _compose(images, f"query: {text!r}" + (f"  ({note})" if note else ""), legend)
+
+
+def _draw_boxes(img, view: ViewImage, hits) -> None:
+    """Projected 3D boxes and rank numbers of the hits (best drawn last, on top)."""
+    from PIL import ImageDraw
+    draw = ImageDraw.Draw(img)
+    for rank in range(len(hits) - 1, -1, -1):
+        hit = hits[rank]
+        colour = HIGHLIGHT if rank == 0 else OTHER_HIT
+        edges = box_edges(hit.bbox_min, hit.bbox_max).reshape(-1, 3)
+        px, py, ok = view.project(edges)
+        for e in range(0, len(edges), 2):
+            if ok[e] and ok[e + 1]:
+                draw.line([(int(px[e]), int(py[e])), (int(px[e + 1]), int(py[e + 1]))],
+                          fill=colour, width=1)
+        top = int(np.argmin(np.where(ok, py, np.iinfo(np.int64).max)))
+        if ok[top]:
+            draw.text((int(px[top]) + 3, max(int(py[top]) - 16, 0)), f"#{rank + 1}",
+                      fill=colour, font=_font(12))
