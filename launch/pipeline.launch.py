@@ -1,19 +1,26 @@
-"""Launch the OpenMask3D node.
+"""Launch the OpenMask3D node (and optionally RViz).
 
     ros2 launch openmask3d_ros pipeline.launch.py \
         color_topic:=/camera/color/image_raw depth_topic:=/camera/aligned_depth_to_color/image_raw \
         camera_info_topic:=/camera/color/camera_info cloud_topic:=/cloud_map \
-        params_file:=/path/to/openmask3d.yaml
+        color_transport:=compressed use_sim_time:=true rviz:=true
 
-Without ``ros2 launch`` (e.g. the PyPI-wheel install), ``openmask3d node --params
-config/openmask3d.yaml`` starts the same node with the same parameters and remappings (the
-defaults below are kept equal to openmask3d_ros/ros/params.py by the tests).
+Arguments named like node parameters (use_sim_time, autostart, scene_dir, the input topics and
+transports) override the parameter file when given; left empty, the file's value holds.
+The node (and RViz) get the shipped Fast DDS profile config/fastdds.xml unless
+FASTDDS_DEFAULT_PROFILES_FILE / FASTRTPS_DEFAULT_PROFILES_FILE is already set; give the camera
+driver the same profile (docs/ros.md).
+
+Without ``ros2 launch`` (e.g. the PyPI-wheel install), ``openmask3d node`` takes the same
+arguments as options (--use-sim-time, --color-topic, ..., --rviz); test_ros_launch_config.py
+keeps the two in step.
 """
 import os
+from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -21,42 +28,88 @@ PACKAGE = "openmask3d_ros"
 NODE_NAME = "openmask3d"
 NODE_EXECUTABLE = "openmask3d_node"
 PARAMS_FILE = "openmask3d.yaml"
+RVIZ_CONFIG = "openmask3d.rviz"
+DDS_PROFILE = "fastdds.xml"
+# Launch arguments that set the node parameter of the same name when not empty.
+PARAMETER_ARGUMENTS = ("use_sim_time", "autostart", "scene_dir", "color_topic", "depth_topic",
+                       "camera_info_topic", "cloud_topic", "pose_topic", "odom_topic",
+                       "color_transport", "depth_transport")
+BOOLEAN_ARGUMENTS = ("use_sim_time", "autostart")
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")   # these read FASTRTPS_DEFAULT_PROFILES_FILE
 
-# launch argument: (topic name inside the node, default topic it is remapped to)
-TOPIC_ARGUMENTS = {
-    "color_topic": ("color/image_raw", "/camera/color/image_raw"),
-    "depth_topic": ("depth/image_raw", "/camera/aligned_depth_to_color/image_raw"),
-    "camera_info_topic": ("color/camera_info", "/camera/color/camera_info"),
-    "cloud_topic": ("cloud", "/cloud_map"),
-    "pose_topic": ("pose", "/camera_pose"),
-    "odom_topic": ("odom", "/odom"),
-}
+
+def _config(name):
+    """config/<name> next to this launch file (installed share or a source checkout)."""
+    here = Path(globals().get("__file__", "")).resolve().parent.parent / "config" / name
+    if here.is_file():
+        return str(here)
+    return os.path.join(get_package_share_directory(PACKAGE), "config", name)
+
+
+def _profile_env():
+    """The shipped Fast DDS profile, unless the user set one."""
+    if any(os.environ.get(v) for v in PROFILE_VARIABLES):
+        return {}
+    distro = os.environ.get("ROS_DISTRO", "").lower()
+    variable = PROFILE_VARIABLES[1] if distro in FAST_DDS_2_DISTROS else PROFILE_VARIABLES[0]
+    return {variable: _config(DDS_PROFILE)}
+
+
+def _is_true(text):
+    return text.strip().lower() in ("true", "1", "yes", "on")
+
+
+def _nodes(context, *args, **kwargs):
+    def value(name):
+        return LaunchConfiguration(name).perform(context)
+
+    overrides = {}
+    for name in PARAMETER_ARGUMENTS:
+        text = value(name)
+        if text != "":
+            overrides[name] = _is_true(text) if name in BOOLEAN_ARGUMENTS else text
+    env = _profile_env()
+    actions = [Node(
+        package=PACKAGE,
+        executable=NODE_EXECUTABLE,
+        name=NODE_NAME,
+        namespace=value("namespace"),
+        parameters=[value("params_file")] + ([overrides] if overrides else []),
+        arguments=["--ros-args", "--log-level", value("log_level")],
+        additional_env=env,
+        output="screen",
+        emulate_tty=True,
+    )]
+    if _is_true(value("rviz")):
+        actions.append(Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            arguments=["-d", _config(RVIZ_CONFIG)],
+            parameters=[{"use_sim_time": _is_true(value("use_sim_time") or "false")}],
+            additional_env=env,
+            output="screen",
+        ))
+    return actions
 
 
 def generate_launch_description():
-    share = get_package_share_directory(PACKAGE)
     arguments = [
-        DeclareLaunchArgument("params_file",
-                              default_value=os.path.join(share, "config", PARAMS_FILE),
+        DeclareLaunchArgument("params_file", default_value=_config(PARAMS_FILE),
                               description="ROS 2 parameter file for the node"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="namespace of the node (services become "
                                           "<ns>/openmask3d/query, ...)"),
+        DeclareLaunchArgument("log_level", default_value="info",
+                              description="ROS log level: debug, info, warn, error or fatal"),
+        DeclareLaunchArgument("rviz", default_value="false",
+                              description=f"also start RViz with config/{RVIZ_CONFIG}"),
     ]
     arguments += [
-        DeclareLaunchArgument(name, default_value=default,
-                              description=f"topic remapped to the node's '{topic}'")
-        for name, (topic, default) in TOPIC_ARGUMENTS.items()
+        DeclareLaunchArgument(name, default_value="",
+                              description=f"node parameter {name} (empty: the parameter file's "
+                                          "value)")
+        for name in PARAMETER_ARGUMENTS
     ]
-    node = Node(
-        package=PACKAGE,
-        executable=NODE_EXECUTABLE,
-        name=NODE_NAME,
-        namespace=LaunchConfiguration("namespace"),
-        parameters=[LaunchConfiguration("params_file")],
-        remappings=[(topic, LaunchConfiguration(name))
-                    for name, (topic, _) in TOPIC_ARGUMENTS.items()],
-        output="screen",
-        emulate_tty=True,
-    )
-    return LaunchDescription(arguments + [node])
+    return LaunchDescription(arguments + [OpaqueFunction(function=_nodes)])

@@ -1,64 +1,107 @@
 """``openmask3d node``: run the ROS 2 node exactly as launch/pipeline.launch.py does (same node
-name, parameter file and default remappings), for systems without ``ros2 launch``; plus
-``openmask3d bag-record`` / ``openmask3d bag-play``."""
+name, parameter file, launch arguments and Fast DDS profile), for systems without ``ros2 launch``;
+plus ``openmask3d bag-record`` / ``openmask3d bag-play``."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from . import CliError
 
-ROOT = Path(__file__).resolve().parents[2]
+# Launch arguments that set a node parameter of the same name (empty = the parameter file's
+# value). pipeline.launch.py declares the same list (checked by test_ros_launch_config.py).
+PARAMETER_ARGUMENTS = ("use_sim_time", "autostart", "scene_dir", "color_topic", "depth_topic",
+                       "camera_info_topic", "cloud_topic", "pose_topic", "odom_topic",
+                       "color_transport", "depth_transport")
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
+# Declared by rclpy on every node, so accepted in parameter files.
+RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
+RVIZ_CONFIG = "openmask3d.rviz"
 
 
 def default_params() -> Path:
     """config/openmask3d.yaml of a source checkout, else the installed share/openmask3d_ros one."""
-    path = ROOT / "config" / "openmask3d.yaml"
-    if path.is_file():
-        return path
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory("openmask3d_ros")) / "config" / "openmask3d.yaml"
-    except Exception:   # not installed with ament: report the source path as missing
-        return path
+    from ..ros.dds import shipped_config
+    return shipped_config("openmask3d.yaml")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "node", help="run the OpenMask3D ROS 2 node (like `ros2 launch openmask3d_ros "
                      "pipeline.launch.py`)",
-        description="Run the OpenMask3D lifecycle node with a ROS parameter file. Topics are "
-                    "remapped to the same defaults as launch/pipeline.launch.py; override with "
-                    "--remap or pass raw ROS arguments after --ros-args.")
-    p.add_argument("--params", default=None,
+        description="Run the OpenMask3D lifecycle node with a ROS parameter file. The options "
+                    "below are the launch file's arguments (empty / not given = the parameter "
+                    "file's value). The shipped Fast DDS profile (config/fastdds.xml) is used "
+                    "unless FASTDDS_DEFAULT_PROFILES_FILE / FASTRTPS_DEFAULT_PROFILES_FILE is set; "
+                    "give the camera driver the same profile. --param, --remap and raw ROS "
+                    "arguments after --ros-args work as well.")
+    p.add_argument("--params", "--params-file", dest="params", default=None,
                    help="ROS 2 parameter YAML (default: config/openmask3d.yaml)")
     p.add_argument("--param", action="append", default=[], metavar="KEY:=VALUE",
                    help="override one parameter, e.g. --param pipeline.frame_step:=5 (repeatable)")
     p.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
                    help="remap a node topic, e.g. --remap color/image_raw:=/cam/rgb (repeatable)")
     p.add_argument("--name", default=None, help="node name (default: openmask3d)")
+    p.add_argument("--use-sim-time", action="store_true",
+                   help="use /clock (e.g. from `openmask3d bag-play --clock`) as ROS time")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="ROS log level")
+    p.add_argument("--autostart", choices=("true", "false"), default=None,
+                   help="configure + activate at start-up")
+    p.add_argument("--scene-dir", default=None, help="folder keyframes and maps are written to")
+    for arg in PARAMETER_ARGUMENTS[3:9]:
+        p.add_argument("--" + arg.replace("_", "-"), dest=arg, default=None, metavar="TOPIC",
+                       help=f"parameter {arg}")
+    p.add_argument("--color-transport", choices=("raw", "compressed"), default=None,
+                   help="colour input: sensor_msgs/Image or CompressedImage on <color_topic>/"
+                        "compressed")
+    p.add_argument("--depth-transport", choices=("raw", "compressedDepth"), default=None,
+                   help="depth input: sensor_msgs/Image or compressedDepth on <depth_topic>/"
+                        "compressedDepth")
+    p.add_argument("--rviz", action="store_true",
+                   help=f"also start rviz2 with config/{RVIZ_CONFIG}")
     p.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],
                    help="everything after this is passed to ROS unchanged")
     p.set_defaults(func=run_node)
 
     r = subparsers.add_parser("bag-record", help="record a scene folder as a ROS 2 bag",
                               description="Write a scene folder's frames (colour, depth, "
-                                          "camera_info), poses (/tf, /tf_static), cloud and a "
-                                          "map-complete trigger as a ROS 2 bag (rosbags).")
+                                          "camera_info), poses (/tf, /tf_static and/or a "
+                                          "PoseStamped topic), cloud and a map-complete trigger "
+                                          "as a ROS 2 bag (rosbags).")
     r.add_argument("scene", help="scene folder")
     r.add_argument("bag", help="output bag directory (must not exist)")
     r.add_argument("--rate", type=float, default=10.0, help="frame rate of the stamps (Hz)")
     r.add_argument("--depth-encoding", choices=("16UC1", "32FC1"), default="16UC1")
     r.add_argument("--color-encoding", choices=("rgb8", "bgr8", "rgba8", "bgra8", "mono8"),
                    default="rgb8")
+    r.add_argument("--color-format", choices=("raw", "jpeg", "png"), default="raw",
+                   help="jpeg/png: sensor_msgs/CompressedImage on <colour topic>/compressed")
+    r.add_argument("--depth-format", choices=("raw", "compressedDepth"), default="raw",
+                   help="compressedDepth: image_transport's format on <depth topic>/"
+                        "compressedDepth")
+    r.add_argument("--poses", choices=("tf", "pose", "both"), default="tf",
+                   help="camera poses as /tf, as geometry_msgs/PoseStamped on /camera_pose, or both")
+    r.add_argument("--pose-delay", type=float, default=0.0,
+                   help="seconds the pose messages follow their frame (as from a SLAM system)")
     r.add_argument("--no-trigger", action="store_true", help="leave out the map-complete message")
     r.add_argument("--max-frames", type=int, default=None)
     r.set_defaults(func=run_bag_record)
 
     b = subparsers.add_parser("bag-play", help="replay a ROS 2 bag with rclpy",
-                              description="Publish a bag's messages with their recorded timing.")
+                              description="Publish a bag's messages with their recorded timing "
+                                          "(with the shipped Fast DDS profile unless one is set).")
     b.add_argument("bag", help="bag directory")
-    b.add_argument("--rate", type=float, default=1.0, help="speed factor (0 = as fast as possible)")
+    b.add_argument("--rate", type=float, default=1.0,
+                   help="speed factor: 1 = real time, 0 = as fast as possible")
+    b.add_argument("--clock", action="store_true",
+                   help="publish /clock from the bag stamps (for --use-sim-time nodes)")
+    b.add_argument("--clock-hz", type=float, default=40.0, help="/clock ticks per second")
+    b.add_argument("--qos", choices=("reliable", "best-effort"), default="reliable",
+                   help="camera topics' reliability (best-effort: like a camera driver)")
+    b.add_argument("--compress", action="store_true",
+                   help="publish raw colour images as JPEG on <topic>/compressed and depth as "
+                        "compressedDepth on <topic>/compressedDepth")
     b.add_argument("--exclude", action="append", default=[], metavar="TOPIC",
                    help="do not publish this topic (repeatable), e.g. /openmask3d/map_complete")
     b.add_argument("--wait", type=float, default=5.0,
@@ -83,26 +126,49 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 def ros_arguments(params: str | Path, overrides: dict[str, str] | None = None,
                   remaps: dict[str, str] | None = None, name: str | None = None,
-                  extra: list[str] | None = None) -> list[str]:
-    """The argv the node is started with (what launch_ros passes for pipeline.launch.py)."""
-    from ..ros.params import DEFAULT_REMAPPINGS
+                  extra: list[str] | None = None, log_level: str | None = None) -> list[str]:
+    """The argv the node is started with (what launch_ros passes for pipeline.launch.py):
+    the parameter file, then ``-p`` overrides (topics, transports, use_sim_time, ...), remaps
+    and the log level."""
     args = ["openmask3d_node", "--ros-args", "--params-file", str(params)]
     if name:
         args += ["-r", f"__node:={name}"]
-    for key, value in {**DEFAULT_REMAPPINGS, **(remaps or {})}.items():
+    for key, value in (remaps or {}).items():
         args += ["-r", f"{key}:={value}"]
     for key, value in (overrides or {}).items():
         args += ["-p", f"{key}:={value}"]
+    if log_level:
+        args += ["--log-level", log_level]
     extra = list(extra or [])
     if extra and extra[0] == "--ros-args":
         extra = extra[1:]
     return args + extra
 
 
+def argument_overrides(args) -> dict[str, str]:
+    """Parameter overrides from the launch-argument options (only those given)."""
+    out = {}
+    if getattr(args, "use_sim_time", False):
+        out["use_sim_time"] = "true"
+    for name in PARAMETER_ARGUMENTS[1:]:
+        value = getattr(args, name, None)
+        if value not in (None, ""):
+            out[name] = value
+    return out
+
+
+def known_parameters() -> set[str]:
+    from ..ros.params import all_defaults
+    return set(all_defaults()) | set(RCLPY_PARAMETERS)
+
+
+def _is_known(key: str, known: set[str]) -> bool:
+    return key in known or key.startswith("qos_overrides.")
+
+
 def check_params_file(path: Path) -> list[str]:
     """Parse the parameter file; returns warnings (unknown keys). Raises CliError on bad files."""
     import yaml
-    from ..ros.params import all_defaults
     if not path.is_file():
         raise CliError(f"parameter file not found: {path}")
     try:
@@ -111,14 +177,14 @@ def check_params_file(path: Path) -> list[str]:
         raise CliError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise CliError(f"{path}: expected `<node name>: {{ros__parameters: ...}}`")
-    known = set(all_defaults())
+    known = known_parameters()
     warnings = []
     for node, section in data.items():
         if not isinstance(section, dict) or "ros__parameters" not in section:
             raise CliError(f"{path}: '{node}' has no ros__parameters mapping")
         flat = _flatten(section["ros__parameters"] or {})
         warnings += [f"{path}: unknown parameter '{k}' for node '{node}'"
-                     for k in flat if k not in known]
+                     for k in flat if not _is_known(k, known)]
     return warnings
 
 
@@ -134,15 +200,43 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def run_node(args) -> int:
     import logging
+    from ..ros.dds import apply_profile, shipped_config
+    log = logging.getLogger("openmask3d.node")
     params = Path(args.params).expanduser().resolve() if args.params else default_params()
     for warning in check_params_file(params):
-        logging.getLogger("openmask3d.node").warning(warning)
+        log.warning(warning)
+    overrides = {**argument_overrides(args), **_pairs(args.param, "param")}
+    known = known_parameters()
+    for key in overrides:
+        if not _is_known(key, known):
+            log.warning("--param: unknown parameter '%s'", key)
     if args.name:
         params = _renamed_params(params, args.name)
-    argv = ros_arguments(params, _pairs(args.param, "param"), _pairs(args.remap, "remap"),
-                         args.name, args.ros_args)
+    argv = ros_arguments(params, overrides, _pairs(args.remap, "remap"), args.name,
+                         args.ros_args, args.log_level)
+    profile = apply_profile()          # before rclpy creates the DDS participant
+    if profile:
+        log.info("Fast DDS profile: %s (give the camera driver the same file)", profile)
+    rviz = _start_rviz(shipped_config(RVIZ_CONFIG)) if args.rviz else None
     from ..ros.node import main as node_main
-    return node_main(argv)
+    try:
+        return node_main(argv)
+    finally:
+        if rviz is not None and rviz.poll() is None:
+            rviz.terminate()
+
+
+def _start_rviz(config: Path):
+    """rviz2 with the shipped display config, as a child process (same ROS environment)."""
+    import shutil
+    import subprocess
+    exe = shutil.which("rviz2")
+    if exe is None:
+        raise CliError("--rviz: rviz2 is not on PATH (it comes with a ROS 2 desktop install, "
+                       "not with the PyPI wheels); start without --rviz")
+    if not config.is_file():
+        raise CliError(f"--rviz: display config not found: {config}")
+    return subprocess.Popen([exe, "-d", str(config)], env=dict(os.environ))
 
 
 def _renamed_params(path: Path, name: str) -> Path:
@@ -163,9 +257,11 @@ def _renamed_params(path: Path, name: str) -> Path:
 
 def run_bag_record(args) -> int:
     from ..ros.bag import bag_summary, record_scene
+    poses = ("tf", "pose") if args.poses == "both" else (args.poses,)
     out = record_scene(args.scene, args.bag, rate_hz=args.rate, depth_encoding=args.depth_encoding,
-                       color_encoding=args.color_encoding, trigger=not args.no_trigger,
-                       max_frames=args.max_frames)
+                       color_encoding=args.color_encoding, color_format=args.color_format,
+                       depth_format=args.depth_format, poses=poses, pose_delay=args.pose_delay,
+                       trigger=not args.no_trigger, max_frames=args.max_frames)
     for topic, (msgtype, count) in bag_summary(out).items():
         print(f"{topic:45s} {msgtype:32s} {count}")
     return 0
@@ -174,7 +270,9 @@ def run_bag_record(args) -> int:
 def run_bag_play(args) -> int:
     from ..ros.bag import play_bag
     counts = play_bag(args.bag, rate=args.rate, exclude=args.exclude,
-                      wait_for_subscribers=args.wait, start_delay=args.delay)
+                      wait_for_subscribers=args.wait, start_delay=args.delay, clock=args.clock,
+                      clock_hz=args.clock_hz, camera_qos=args.qos.replace("-", "_"),
+                      compress=args.compress)
     for topic, count in sorted(counts.items()):
         print(f"{topic:45s} {count}")
     return 0

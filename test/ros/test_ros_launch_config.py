@@ -1,4 +1,5 @@
 """The launch file, the parameter YAML, the runner and the package metadata agree."""
+import argparse
 import ast
 import re
 import sys
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from openmask3d_ros.cli import node_cmd
 from openmask3d_ros.cli.node_cmd import check_params_file, ros_arguments
 from openmask3d_ros.core.config import PipelineConfig, load_config
+from openmask3d_ros.ros import dds
 from openmask3d_ros.ros import params as P
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,64 +52,149 @@ def test_yaml_holds_every_parameter_with_its_default():
     assert check_params_file(YAML) == []
 
 
-def test_launch_file_matches_node_names_topics_and_yaml():
+def test_launch_file_matches_node_names_arguments_and_yaml():
     const = _launch_constants()
     assert const["PACKAGE"] == "openmask3d_ros"
     assert const["NODE_NAME"] == P.NODE_NAME
     assert const["PARAMS_FILE"] == YAML.name
-    assert {k: tuple(v) for k, v in const["TOPIC_ARGUMENTS"].items()} == P.TOPIC_ARGUMENTS
-    # the node subscribes to exactly the topics the launch file remaps
-    node_topics = {P.COLOR_TOPIC, P.DEPTH_TOPIC, P.INFO_TOPIC, P.CLOUD_TOPIC, P.POSE_TOPIC,
-                   P.ODOM_TOPIC}
-    assert {topic for topic, _ in const["TOPIC_ARGUMENTS"].values()} == node_topics
-    # the executable is the one CMakeLists.txt installs into lib/openmask3d_ros
+    # the launch arguments that set parameters are the runner's options, and all are parameters
+    assert tuple(const["PARAMETER_ARGUMENTS"]) == node_cmd.PARAMETER_ARGUMENTS
+    declared = set(P.NODE_PARAMETERS) | set(node_cmd.RCLPY_PARAMETERS)
+    assert set(const["PARAMETER_ARGUMENTS"]) <= declared
+    for name in ("color_topic", "depth_topic", "camera_info_topic", "cloud_topic", "pose_topic",
+                 "odom_topic", "color_transport", "depth_transport", "use_sim_time",
+                 "autostart", "scene_dir"):
+        assert name in const["PARAMETER_ARGUMENTS"], name
+    booleans = {n for n in const["PARAMETER_ARGUMENTS"]
+                if isinstance(P.NODE_PARAMETERS.get(n, (False,))[0], bool)}
+    assert set(const["BOOLEAN_ARGUMENTS"]) == booleans
+    # the Fast DDS profile is chosen the same way as by the runner and bag-play
+    assert tuple(const["PROFILE_VARIABLES"]) == dds.PROFILE_VARIABLES
+    assert tuple(const["FAST_DDS_2_DISTROS"]) == dds._FAST_DDS_2_DISTROS
+    assert const["DDS_PROFILE"] == dds.PROFILE_NAME and (ROOT / "config" / "fastdds.xml").is_file()
+    assert const["RVIZ_CONFIG"] == node_cmd.RVIZ_CONFIG
+    # the executable is the one CMakeLists.txt installs into lib/openmask3d_ros, and config/
+    # (parameters, DDS profile, RViz file) is installed next to launch/
     cmake = (ROOT / "CMakeLists.txt").read_text()
     assert f"scripts/{const['NODE_EXECUTABLE']}" in cmake
     assert (ROOT / "scripts" / const["NODE_EXECUTABLE"]).is_file()
     assert re.search(r"install\(DIRECTORY launch config DESTINATION share", cmake)
 
 
-def test_launch_description_builds_with_stub_launch_modules(monkeypatch):
-    """Run generate_launch_description() against minimal stand-ins of launch / launch_ros
-    (not installable from PyPI) and check what it passes to the Node action."""
-    recorded = {}
+class _Action:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
 
-    class Action:
-        def __init__(self, *args, **kwargs):
-            self.args, self.kwargs = args, kwargs
 
-    class Node(Action):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            recorded["node"] = kwargs
-
+def _run_launch_file(monkeypatch, arguments: dict, environ: dict):
+    """generate_launch_description() against minimal stand-ins of launch / launch_ros (not
+    installable from PyPI), then its OpaqueFunction with ``arguments`` as the launch
+    configuration and ``environ`` as the environment. Returns (declared defaults, Node kwargs)."""
     class LaunchConfiguration:
         def __init__(self, name):
             self.name = name
 
+        def perform(self, context):
+            return context[self.name]
+
     mods = {
         "launch": types.SimpleNamespace(LaunchDescription=lambda actions: list(actions)),
-        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=Action),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=_Action,
+                                                OpaqueFunction=_Action),
         "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration),
         "launch_ros": types.SimpleNamespace(),
-        "launch_ros.actions": types.SimpleNamespace(Node=Node),
+        "launch_ros.actions": types.SimpleNamespace(Node=_Action),
         "ament_index_python.packages": types.SimpleNamespace(
             get_package_share_directory=lambda pkg: f"/opt/share/{pkg}"),
     }
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    namespace: dict = {}
+    for var in ("ROS_DISTRO", *dds.PROFILE_VARIABLES):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in environ.items():
+        monkeypatch.setenv(var, value)
+    namespace: dict = {"__file__": str(LAUNCH)}
     exec(compile(LAUNCH.read_text(), str(LAUNCH), "exec"), namespace)
     actions = namespace["generate_launch_description"]()
-    declared = {a.args[0]: a.kwargs.get("default_value") for a in actions if not isinstance(a, Node)}
-    assert declared["params_file"] == "/opt/share/openmask3d_ros/config/openmask3d.yaml"
-    for arg, (topic, default) in P.TOPIC_ARGUMENTS.items():
-        assert declared[arg] == default
-    node = recorded["node"]
+    declared = {a.args[0]: a.kwargs.get("default_value") for a in actions
+                if a.args and isinstance(a.args[0], str)}
+    opaque = next(a for a in actions if "function" in a.kwargs)
+    nodes = opaque.kwargs["function"]({**declared, **arguments})
+    return declared, [n.kwargs for n in nodes]
+
+
+def test_launch_defaults_leave_the_parameter_file_in_charge(monkeypatch):
+    declared, nodes = _run_launch_file(monkeypatch, {}, {})
+    assert declared["params_file"] == str(YAML)     # next to the launch file (source or share)
+    assert declared["rviz"] == "false" and declared["log_level"] == "info"
+    assert all(declared[name] == "" for name in node_cmd.PARAMETER_ARGUMENTS)
+    (node,) = nodes                                  # no RViz unless asked
     assert node["name"] == P.NODE_NAME and node["package"] == "openmask3d_ros"
-    assert [p.name for p in node["parameters"]] == ["params_file"]
-    assert {t: c.name for t, c in node["remappings"]} == {
-        topic: arg for arg, (topic, _) in P.TOPIC_ARGUMENTS.items()}
+    assert node["parameters"] == [str(YAML)]
+    assert node["arguments"] == ["--ros-args", "--log-level", "info"]
+    assert "remappings" not in node                  # topics are parameters now
+    assert node["additional_env"] == {"FASTDDS_DEFAULT_PROFILES_FILE":
+                                      str(ROOT / "config" / "fastdds.xml")}
+
+
+def test_launch_arguments_and_runner_options_give_the_same_node(monkeypatch):
+    given = {"use_sim_time": "true", "autostart": "false", "color_topic": "/cam/rgb",
+             "color_transport": "compressed", "depth_transport": "compressedDepth",
+             "scene_dir": "/data/scene", "log_level": "debug", "rviz": "true"}
+    _, nodes = _run_launch_file(monkeypatch, given, {"ROS_DISTRO": "humble"})
+    node, rviz = nodes
+    overrides = node["parameters"][1]
+    assert overrides == {"use_sim_time": True, "autostart": False, "color_topic": "/cam/rgb",
+                         "color_transport": "compressed", "depth_transport": "compressedDepth",
+                         "scene_dir": "/data/scene"}
+    assert node["arguments"][-2:] == ["--log-level", "debug"]
+    # Fast DDS 2 distributions read the older variable
+    assert list(node["additional_env"]) == ["FASTRTPS_DEFAULT_PROFILES_FILE"]
+    assert rviz["executable"] == "rviz2"
+    rviz_file = ROOT / "config" / "openmask3d.rviz"
+    assert rviz["arguments"] == ["-d", str(rviz_file) if rviz_file.is_file()
+                                 else "/opt/share/openmask3d_ros/config/openmask3d.rviz"]
+    assert rviz["additional_env"] == node["additional_env"]
+
+    parser = argparse.ArgumentParser()
+    node_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["node", "--use-sim-time", "--autostart", "false",
+                              "--color-topic", "/cam/rgb", "--color-transport", "compressed",
+                              "--depth-transport", "compressedDepth", "--scene-dir",
+                              "/data/scene", "--log-level", "debug"])
+    runner = node_cmd.argument_overrides(args)
+    assert {k: (v == "true" if k in ("use_sim_time", "autostart") else v)
+            for k, v in runner.items()} == overrides
+    argv = ros_arguments(YAML, runner, None, None, [], args.log_level)
+    assert argv[-2:] == ["--log-level", "debug"] and "use_sim_time:=true" in argv
+
+
+def test_a_profile_set_by_the_user_is_kept(monkeypatch):
+    _, (node,) = _run_launch_file(monkeypatch, {}, {"FASTRTPS_DEFAULT_PROFILES_FILE": "/my.xml"})
+    assert node["additional_env"] == {}
+    env = {"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}
+    assert dds.apply_profile(env) == "/mine.xml"
+    assert env == {"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}
+    env = {}
+    assert dds.apply_profile(env) == str(ROOT / "config" / "fastdds.xml")
+    env = {"ROS_DISTRO": "jazzy"}
+    dds.apply_profile(env)
+    assert env["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(ROOT / "config" / "fastdds.xml")
+
+
+def test_fastdds_profile_has_a_large_shm_segment_and_no_builtin_transports():
+    root = ET.parse(ROOT / "config" / "fastdds.xml").getroot()
+    ns = {"d": "http://www.eprosima.com"}
+    descriptors = list(root.iterfind(".//d:transport_descriptor", ns))
+    shm = [t for t in descriptors if t.findtext("d:type", namespaces=ns) == "SHM"]
+    udp = [t for t in descriptors if t.findtext("d:type", namespaces=ns) == "UDPv4"]
+    assert shm and int(shm[0].findtext("d:segment_size", namespaces=ns)) >= 32 * 1024 * 1024
+    assert udp and int(udp[0].findtext("d:receiveBufferSize", namespaces=ns)) >= 4 * 1024 * 1024
+    participant = root.find(".//d:participant", ns)
+    assert participant.get("is_default_profile") == "true"
+    assert participant.findtext(".//d:useBuiltinTransports", namespaces=ns) == "false"
+    used = {t.text for t in participant.iterfind(".//d:userTransports/d:transport_id", ns)}
+    assert used == {t.findtext("d:transport_id", namespaces=ns) for t in shm + udp}
 
 
 def test_runner_passes_the_same_parameters_and_remappings():
@@ -114,8 +202,15 @@ def test_runner_passes_the_same_parameters_and_remappings():
                          ["--ros-args", "--log-level", "debug"])
     assert argv[:4] == ["openmask3d_node", "--ros-args", "--params-file", str(YAML)]
     remaps = dict(argv[i + 1].split(":=") for i, a in enumerate(argv) if a == "-r")
-    assert remaps == {**P.DEFAULT_REMAPPINGS, "cloud": "/my/cloud"}
+    assert remaps == {"cloud": "/my/cloud"}          # --remap keeps working
     assert "scene_dir:=/tmp/x" in argv and argv[-2:] == ["--log-level", "debug"]
+
+
+def test_use_sim_time_is_a_known_parameter(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("openmask3d:\n  ros__parameters:\n    use_sim_time: true\n"
+                 "    qos_overrides:\n      /tf:\n        subscription:\n          depth: 5\n")
+    assert check_params_file(f) == []
 
 
 def test_unknown_parameters_are_reported(tmp_path):
