@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,9 @@ def _frame_key(path: Path):
 def read_matrix(path: Path, shape: tuple[int, int] = (4, 4)) -> np.ndarray:
     """Read a whitespace-separated matrix file, checking its shape and finiteness."""
     try:
-        M = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")        # an empty file: reported below by shape
+            M = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except Exception as exc:      # OSError, ValueError, decoding errors of a damaged file
         raise SceneError(f"cannot read matrix {path}: {exc}", path) from exc
     if M.shape != shape:
