@@ -58,16 +58,16 @@ def test_map_records_models_and_reuses_frames(built):
 
 def test_cli_query_json_gives_indices_into_cloud(built, capsys):
     root, _ = built
-    assert cli(["query", str(root), "red", "--json", "--top-k", "2"]) == 0
+    assert cli(["query", str(root), "red", "--json", "--top-k", "2", "--all"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["query"] == "red" and len(out["instances"]) == 2
     inst = out["instances"][0]
-    assert set(inst) == {"id", "score", "centroid", "bbox_min", "bbox_max", "n_points",
-                         "point_indices"}
+    assert set(inst) == {"id", "score", "relevance", "structure", "centroid", "bbox_min",
+                         "bbox_max", "n_points", "point_indices"}
     pts = SceneFolder(root).cloud()[0][inst["point_indices"]]
     assert np.allclose(pts.mean(axis=0), inst["centroid"], atol=1e-4)
     assert inst["n_points"] == len(inst["point_indices"])
-    assert out["instances"][0]["score"] >= out["instances"][1]["score"]
+    assert out["instances"][0]["relevance"] >= out["instances"][1]["relevance"]
 
 
 def test_precomputed_masks_replace_proposals(built, tmp_path):

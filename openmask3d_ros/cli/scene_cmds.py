@@ -76,26 +76,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_results(text: str, results, as_json: bool) -> None:
+def print_answer(answer, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"query": text, "instances": [r.to_dict() for r in results]}))
+        print(json.dumps(answer.to_dict()))
         return
-    print(f"query: {text!r}")
-    if not results:
-        print("  no instance matches")
-    for rank, r in enumerate(results, 1):
+    print(f"query: {answer.query!r}  (min relevance {answer.min_relevance:.2f}"
+          f"{', structure included' if answer.include_structure else ''})")
+    if not answer.results:
+        print(f"  {answer.message()}")
+    for rank, r in enumerate(answer.results, 1):
         c = r.centroid
-        print(f"  {rank}. instance {r.instance_id:4d}  score {r.score:.3f}  "
-              f"centroid ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f})  {r.n_points} points")
+        print(f"  {rank}. instance {r.instance_id:4d}  relevance {r.relevance:.3f}  "
+              f"score {r.score:.3f}  centroid ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f})  "
+              f"{r.n_points} points" + (f"  [structure: {r.structure}]" if r.structure else ""))
+
+
+def read_query_image(path: str):
+    """RGB uint8 array of an image file; ValueError naming the file when unreadable."""
+    import cv2
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError(f"--image {path}: not a readable image file")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     from ..core.query import open_map
+    if not args.text and not args.image:
+        raise ValueError("give query text(s) or --image FILE")
     cfg = load_config(args.config) if args.config else None
     engine = open_map(args.map, cfg)
+    options = dict(top_k=args.top_k, min_score=args.min_score,
+                   min_relevance=0.0 if args.all else args.min_relevance,
+                   include_structure=True if (args.all or args.include_structure) else None)
+    if args.image:
+        print_answer(engine.ask(image=read_query_image(args.image), **options), args.json)
     for text in args.text:
-        print_results(text, engine.query(text, top_k=args.top_k, min_score=args.min_score),
-                      args.json)
+        print_answer(engine.ask(text, **options), args.json)
     return 0
 
 
@@ -150,11 +167,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("query", help="rank the instances of a map for free text")
+    p = sub.add_parser("query", help="find the instances of a map relevant to text or an image")
     p.add_argument("map", help="map folder or scene folder holding one")
-    p.add_argument("text", nargs="+", help="query text(s)")
+    p.add_argument("text", nargs="*", help="query text(s)")
+    p.add_argument("--image", help="an image file (e.g. a crop of the object) as the query")
     p.add_argument("--top-k", type=int, default=5, help="results per query (0 = all)")
-    p.add_argument("--min-score", type=float, default=-1.0)
+    p.add_argument("--min-relevance", type=float, default=None,
+                   help="relevance in [0, 1] an instance needs (default: the map's "
+                        "query.min_relevance, 0.55; 0.5 = no more like the query than a "
+                        "generic thing)")
+    p.add_argument("--all", action="store_true",
+                   help="list every instance, structure included (min relevance 0)")
+    p.add_argument("--include-structure", action="store_true",
+                   help="let floor, walls and table tops answer (default: only when the text "
+                        "names them)")
+    p.add_argument("--min-score", type=float, default=-1.0, help="minimum raw cosine score")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--config", help="override the recorded encoder config (e.g. moved checkpoint)")
     p.set_defaults(func=cmd_query)

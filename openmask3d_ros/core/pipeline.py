@@ -18,6 +18,7 @@ from .instance_map import MAP_DIRNAME, InstanceMap
 from .models import Models, build_models
 from .proposals.precomputed import load_masks
 from .scene import SceneError, SceneFolder, check_cloud
+from .structure import structure_meta
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +91,23 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
 
     t0 = time.perf_counter()
     stage("proposals")
+    scores = None
     if masks is None:
+        if hasattr(models.proposals, "segments"):    # Mask3D: ScanNet superpoint voting
+            from .proposals.mask3d.segments import find_segments
+            models.proposals.segments = find_segments(scene.root, len(points)) \
+                if cloud is None else None
         raw = models.proposals.propose(points, colors)
         proposal_name = models.proposals.name
+        scores = getattr(models.proposals, "last_scores", None)
     else:
         raw = _read_masks(masks, len(points))
         proposal_name = "precomputed"
     p = cfg.proposals
-    split = split_masks(points, raw, p.dbscan_eps, p.dbscan_min_points, p.min_mask_points)
+    if scores is not None:      # official Mask3D post-processing: split, scored, sorted already
+        split = raw
+    else:
+        split = split_masks(points, raw, p.dbscan_eps, p.dbscan_min_points, p.min_mask_points)
     timings["proposals_s"] = time.perf_counter() - t0
     stage("proposals", 1, 1)
     log.info("proposals: %d masks from %s, %d after DBSCAN split (%.1f s)", raw.shape[1],
@@ -134,7 +144,12 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
                       for v, f, n in zip(report.views, report.fallbacks, split.sum(axis=0))],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if scores is not None:      # Mask3D scores, highest first; equal features keep this order
+        for inst, score in zip(meta["instances"], scores):
+            inst["proposal_score"] = float(score)
     imap = InstanceMap.from_masks(points, split, features, meta)
+    # floor, walls, table tops: tagged once here, left out of object queries (core/structure.py)
+    imap.meta["structure"] = structure_meta(points, imap.point_indices, cfg.structure)
     out = Path(out_dir) if out_dir else scene.root / MAP_DIRNAME
     gen = imap.save(out, keep=cfg.keep_generations, colors=colors)
     imap.meta.update(map_dir=str(gen), generation=gen.name)

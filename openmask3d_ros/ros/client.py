@@ -9,8 +9,13 @@ node = rclpy.create_node("planner")
 om3d = OpenMask3DClient(node)             # the node's services under /openmask3d
 om3d.map_complete()                       # -> (accepted, message)
 om3d.wait_until_ready(timeout=300)
-for obj in om3d.query("a mug", top_k=3):
-    print(obj.id, obj.score, obj.centroid, obj.points.shape)
+reply = om3d.ask("a mug")                  # found / instances / message / best_relevance
+if reply.found:
+    for obj in reply.instances:           # relevance >= min_relevance, best first
+        print(obj.id, obj.relevance, obj.score, obj.centroid, obj.points.shape)
+else:
+    print("no mug here:", reply.message)
+om3d.ask(image=crop_rgb)                  # an image exemplar (RGB uint8 array) instead of text
 ```
 The client spins ``node`` itself while it waits (pass ``spin=False`` when the node is already
 spun by an executor in another thread).
@@ -18,7 +23,7 @@ spun by an executor in another thread).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from rclpy.executors import SingleThreadedExecutor
@@ -47,16 +52,32 @@ class Instance:
     bbox_min: np.ndarray        # (3,)
     bbox_max: np.ndarray        # (3,)
     num_points: int
-    points: np.ndarray          # (n, 3) float32
+    points: np.ndarray          # (n, 3) float32 (empty unless points_mode all / voxel)
     frame_id: str
+    relevance: float = 0.0      # [0, 1]; 0.5 = no more like the query than a generic thing
+    structure: str = ""         # why it is floor/wall/table top; empty for objects
+    point_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @staticmethod
     def from_msg(msg) -> "Instance":
-        pts, _ = cloud_to_arrays(msg.points)
+        pts = (cloud_to_arrays(msg.points)[0] if msg.points.width * msg.points.height
+               else np.zeros((0, 3), np.float32))
         vec = lambda p: np.array([p.x, p.y, p.z], dtype=np.float64)  # noqa: E731
         return Instance(int(msg.id), float(msg.score), msg.label, vec(msg.centroid),
                         vec(msg.bbox_min), vec(msg.bbox_max), int(msg.num_points), pts,
-                        msg.header.frame_id)
+                        msg.header.frame_id, float(msg.relevance), msg.structure,
+                        np.asarray(msg.point_indices, dtype=np.int64))
+
+
+@dataclass
+class QueryReply:
+    """A successful answer: ``found`` False means nothing in the map is relevant."""
+
+    found: bool
+    instances: list[Instance]
+    message: str
+    best_id: int                # best candidate, relevant or not (-1: none)
+    best_relevance: float
 
 
 class OpenMask3DClient:
@@ -142,20 +163,39 @@ class OpenMask3DClient:
             self.last_status = None
         return bool(resp.success), resp.message
 
-    def query_raw(self, text: str, top_k: int = 0, min_score: float = -1.0,
-                  timeout: float = 30.0) -> QueryObjects.Response:
-        """The service response as is (success may be false)."""
-        req = QueryObjects.Request(query=text, top_k=int(top_k), min_score=float(min_score))
+    def query_raw(self, text: str = "", top_k: int = 0, min_score: float = -1.0,
+                  timeout: float = 30.0, *, min_relevance: float = -1.0,
+                  include_structure: bool = False, image: np.ndarray | None = None,
+                  points_mode: int = QueryObjects.Request.POINTS_ALL,
+                  voxel_size: float = 0.0) -> QueryObjects.Response:
+        """The service response as is (success may be false). ``image``: RGB uint8 (h, w, 3)
+        exemplar instead of text; ``min_relevance`` < 0: the node's default."""
+        req = QueryObjects.Request(query=text, top_k=int(top_k), min_score=float(min_score),
+                                   min_relevance=float(min_relevance),
+                                   include_structure=bool(include_structure),
+                                   points_mode=int(points_mode), voxel_size=float(voxel_size))
+        if image is not None:
+            from .conversions import rgb_to_image
+            rgb_to_image(np.asarray(image), msg=req.image)
         return self._call(self._query, req, timeout)
 
-    def query(self, text: str, top_k: int = 0, min_score: float = -1.0,
-              timeout: float = 30.0) -> list[Instance]:
-        """Instances matching ``text``, best first (top_k = 0: the node's default_top_k).
-        Raises OpenMask3DError when the node refuses (no map yet, empty text, ...)."""
-        resp = self.query_raw(text, top_k, min_score, timeout)
+    def ask(self, text: str = "", top_k: int = 0, min_relevance: float = -1.0,
+            timeout: float = 30.0, **options) -> QueryReply:
+        """Relevant instances for ``text`` (or ``image=...``), with ``found`` and the best
+        candidate. Raises OpenMask3DError when the node refuses (no map yet, empty text, ...).
+        ``options``: min_score, include_structure, image, points_mode, voxel_size."""
+        resp = self.query_raw(text, top_k, timeout=timeout, min_relevance=min_relevance,
+                              **options)
         if not resp.success:
             raise OpenMask3DError(resp.message)
-        return [Instance.from_msg(m) for m in resp.instances]
+        return QueryReply(bool(resp.found), [Instance.from_msg(m) for m in resp.instances],
+                          resp.message, int(resp.best_id), float(resp.best_relevance))
+
+    def query(self, text: str, top_k: int = 0, min_score: float = -1.0,
+              timeout: float = 30.0, **options) -> list[Instance]:
+        """Instances relevant to ``text``, best first (top_k = 0: the node's default_top_k);
+        an empty list when nothing is. Raises OpenMask3DError when the node refuses."""
+        return self.ask(text, top_k, timeout=timeout, min_score=min_score, **options).instances
 
     def destroy(self) -> None:
         self.node.destroy_client(self._query)

@@ -3,6 +3,10 @@
 An image crop embeds as the centre-weighted histogram of its pixels' colour names; a text embeds as
 the colour words it contains. This lets the whole pipeline run and be asserted on without CLIP
 weights; it understands colours only and is never presented as CLIP.
+
+Texts naming no colour but a generic noun ("object", "things", "stuff", ...: the canonical
+negatives of the relevance score) embed as the flat histogram, a thing of no particular colour;
+any other text embeds as the zero vector (the stand-in knows nothing about it).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ COLOUR_NAMES = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "p
                 "white", "grey", "black")
 SYNONYMS = {"gray": "grey", "violet": "purple", "magenta": "pink", "teal": "cyan",
             "colour": None, "color": None}
+GENERIC_WORDS = frozenset({"object", "objects", "thing", "things", "stuff", "texture",
+                           "textures", "something", "item", "items"})
 # Hue bins on OpenCV's 0..180 scale: (upper bound, name); red wraps around.
 HUE_BINS = ((8, "red"), (20, "orange"), (34, "yellow"), (85, "green"), (100, "cyan"),
             (130, "blue"), (150, "purple"), (170, "pink"), (181, "red"))
@@ -37,7 +43,8 @@ def colour_index(hsv: np.ndarray) -> np.ndarray:
     idx[brownish & (v < 0.6) & (s < 0.85)] = COLOUR_NAMES.index("brown")
     achromatic = s < 0.25
     idx[achromatic] = COLOUR_NAMES.index("grey")
-    idx[achromatic & (v > 0.75)] = COLOUR_NAMES.index("white")
+    # white surfaces turned away from the light render at v ~ 0.7; mid grey stays below ~0.55
+    idx[achromatic & (v > 0.62)] = COLOUR_NAMES.index("white")
     idx[v < 0.18] = COLOUR_NAMES.index("black")
     return idx
 
@@ -68,8 +75,12 @@ class ColourEncoder:
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
+            generic = False
             for word in re.findall(r"[a-z]+", text.lower()):
+                generic |= word in GENERIC_WORDS
                 word = SYNONYMS.get(word, word)
                 if word in COLOUR_NAMES:
                     out[i, COLOUR_NAMES.index(word)] = 1.0
+            if generic and not out[i].any():
+                out[i] = 1.0
         return l2_normalize(out)
