@@ -134,3 +134,105 @@ def test_garbage_and_unknown_type(tmp_path, checkpoint):
         SamSegmenter(model_type="vit_b", checkpoint=str(bad))
     with pytest.raises(ValueError, match="unknown SAM model type"):
         SamSegmenter(model_type="vit_x", checkpoint=str(checkpoint))
+
+
+def reference_rounds(seg, pts):
+    """The official loop: each round through segment-anything's predict_torch on its own, at full
+    resolution; returns per-round scores and masks."""
+    p = seg.predictor
+    scores, masks = [], []
+    with torch.inference_mode():
+        for r in range(len(pts)):
+            coords = p.transform.apply_coords_torch(torch.from_numpy(pts[r:r + 1]), (H, W))
+            labels = torch.ones((1, pts.shape[1]), dtype=torch.int)
+            m, iou, _ = p.predict_torch(coords, labels, multimask_output=False)
+            scores.append(float(iou[0, 0]))
+            masks.append(m[0, 0].numpy())
+    return np.asarray(scores, np.float32), masks
+
+
+@pytest.mark.parametrize("prompt_batch", [1, 7])
+def test_split_decoder_matches_official_round_by_round_loop(seg, prompt_batch):
+    """Every batching gives the official loop's scores, winner (first of equal) and mask."""
+    sets = [prompts(10 + i, rounds=4, k=5 if i % 3 else 3) for i in range(5)]
+    before = (seg.decoder_calls, seg.rounds_decoded, seg.masks_upscaled)
+    seg.prompt_batch = prompt_batch
+    try:
+        got = seg.predict_many(sets)
+    finally:
+        seg.prompt_batch = 1
+    for pts, (mask, scores) in zip(sets, got):
+        ref_scores, ref_masks = reference_rounds(seg, pts)
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-5)
+        best = int(np.argmax(ref_scores))
+        assert int(np.argmax(scores)) == best
+        assert (mask == ref_masks[best]).mean() > 0.999
+    calls, rounds, upscaled = (a - b for a, b in zip(
+        (seg.decoder_calls, seg.rounds_decoded, seg.masks_upscaled), before))
+    assert rounds == 20 and upscaled == 5              # every round decoded, one mask upscaled
+    # rounds of different K never share a call: 2 masks with K=3 (8 rounds), 3 with K=5 (12)
+    assert calls == {1: 20, 7: 2 + 2}[prompt_batch]
+    assert seg.encoder_calls == 1
+
+
+def test_predict_many_equals_predict_per_mask(seg):
+    sets = [prompts(30 + i) for i in range(3)]
+    many = seg.predict_many(sets)
+    for pts, (mask, scores) in zip(sets, many):
+        m1, s1 = seg.predict(pts)
+        np.testing.assert_array_equal(scores, s1)
+        np.testing.assert_array_equal(mask, m1)
+
+
+def test_early_stop_decodes_fewer_rounds_and_keeps_the_first_good_round(seg):
+    pts = prompts(40)
+    full_mask, full_scores = seg.predict(pts)
+    threshold = float(np.sort(full_scores)[-3])        # reached by 3 of the 10 rounds
+    first = int(np.flatnonzero(full_scores >= threshold)[0])
+    rounds0 = seg.rounds_decoded
+    seg.early_stop_iou = threshold
+    try:
+        mask, scores = seg.predict(pts)
+    finally:
+        seg.early_stop_iou = 0.0
+    assert seg.rounds_decoded - rounds0 == first + 1 == len(scores)
+    np.testing.assert_allclose(scores, full_scores[:first + 1], rtol=1e-5, atol=1e-6)
+    _, ref_masks = reference_rounds(seg, pts)
+    assert (mask == ref_masks[first]).mean() > 0.999
+
+
+def test_bf16_decoder_stays_close_to_fp32(seg):
+    sets = [prompts(50 + i) for i in range(3)]
+    fp32 = seg.predict_many(sets)
+    seg.precision = "bf16"
+    try:
+        bf16 = seg.predict_many(sets)
+    finally:
+        seg.precision = "fp32"
+    for (m32, s32), (m16, s16) in zip(fp32, bf16):
+        assert s16.dtype == np.float32 and s16.shape == s32.shape
+        assert np.abs(s16 - s32).max() < 0.05 * max(1.0, np.abs(s32).max())
+        assert not np.array_equal(s16, s32)            # bf16 really ran
+
+
+def test_option_errors_name_the_key(checkpoint):
+    for kwargs, key in [({"precision": "int4"}, "precision"), ({"precision": "fp16"}, "fp16"),
+                        ({"prompt_batch": -1}, "prompt_batch"),
+                        ({"early_stop_iou": -0.5}, "early_stop_iou")]:
+        with pytest.raises(ValueError, match=key):
+            SamSegmenter(model_type="vit_b", checkpoint=str(checkpoint), **kwargs)
+
+
+def test_int8_decoder_answers_with_the_same_embedding(seg, checkpoint, image):
+    q = SamSegmenter(model_type="vit_b", checkpoint=str(checkpoint), quantize=True)
+    linear = type(q.model.mask_decoder.transformer.layers[0].mlp.lin1)
+    assert "quantized" in linear.__module__             # the decoder's linear layers are int8
+    # reuse the fixture's embedding (same weights) instead of a second 10 s image embedding
+    for attr in ("features", "input_size", "original_size", "is_image_set"):
+        setattr(q.predictor, attr, getattr(seg.predictor, attr))
+    q._image_shape = (H, W)
+    pts = prompts(60, rounds=4)
+    qmask, qscores = q.predict(pts)
+    mask, scores = seg.predict(pts)
+    assert qscores.shape == scores.shape and qmask.shape == mask.shape
+    assert np.abs(qscores - scores).max() < 0.1 * max(1.0, np.abs(scores).max())

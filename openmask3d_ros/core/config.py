@@ -53,6 +53,11 @@ class SegmenterConfig:
     min_score: float = 0.0               # best round must score above this, else box fallback
     sam_model: str = "vit_h"
     sam_checkpoint: str = ""
+    # speed (core/segmenters/sam.py); the defaults keep the paper's results
+    prompt_batch: int = 0                # prompts a decoder call, 0 = auto (GPU 512, CPU 1)
+    early_stop_iou: float = 0.0          # opt-in: stop a mask's rounds at this predicted IoU
+    precision: str = "fp32"              # fp32 | bf16 (CPU/GPU) | fp16 (GPU), opt-in
+    quantize: bool = False               # opt-in: dynamic int8 decoder (CPU)
 
 
 @dataclass
@@ -69,6 +74,8 @@ class EncoderConfig:
     batch_size: int = 64
     prompt_template: str = "a {} in a scene"
     text_cache_size: int = 1024
+    precision: str = "fp32"              # fp32 | bf16 (CPU/GPU); GPU always uses fp16 autocast
+    quantize: bool = False               # opt-in: dynamic int8 image tower (CPU)
 
 
 @dataclass

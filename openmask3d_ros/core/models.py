@@ -73,7 +73,9 @@ def build_proposals(cfg: PipelineConfig, device: str, notes: list[str]) -> Propo
             from .proposals.mask3d import Mask3DBackend
             return Mask3DBackend(checkpoint=p.mask3d_checkpoint, device=device,
                                  num_queries=p.mask3d_num_queries, voxel_size=p.mask3d_voxel_size,
-                                 mask_threshold=p.mask3d_mask_threshold)
+                                 mask_threshold=p.mask3d_mask_threshold,
+                                 fidelity=cfg.fidelity, dbscan_eps=p.dbscan_eps,
+                                 dbscan_min_points=p.dbscan_min_points)
         except (ImportError, FileNotFoundError, ValueError) as exc:
             note = f"Mask3D unavailable ({exc}); falling back to the geometric proposal backend"
             _note(notes, note, logging.WARNING)
@@ -88,7 +90,9 @@ def build_segmenter(cfg: PipelineConfig, device: str, notes: list[str]) -> Segme
     s = cfg.segmenter
     if s.backend == "sam":
         from .segmenters.sam import SamSegmenter
-        return SamSegmenter(model_type=s.sam_model, checkpoint=s.sam_checkpoint, device=device)
+        return SamSegmenter(model_type=s.sam_model, checkpoint=s.sam_checkpoint, device=device,
+                            prompt_batch=s.prompt_batch, early_stop_iou=s.early_stop_iou,
+                            precision=s.precision, quantize=s.quantize)
     if s.backend != "hull":
         raise ValueError(f"segmenter.backend must be hull or sam, got '{s.backend}'")
     from .segmenters.hull import HullSegmenter

@@ -1,14 +1,19 @@
-"""Segment Anything behind the Segmenter interface: one image embedding per frame, batched rounds.
+"""Segment Anything behind the Segmenter interface: one image embedding per frame, decoder work cut.
 
-The official OpenMask3D code calls ``set_image`` for every (mask, view) pair and upsamples every
-candidate mask to full resolution. Here the caller sets each frame once and asks for all masks that
-chose it; all R prompt rounds of a mask go through the decoder in one batch, the winner is picked
-by SAM's predicted IoU on the 256x256 low-resolution output, and only that one mask is upsampled.
+The official OpenMask3D code calls ``set_image`` for every (mask, view) pair, decodes each of the
+k_rounds prompt rounds separately and upsamples each to full resolution. Here the caller sets each
+frame once and asks for all masks that chose it (``predict_many``):
 
-Measured (benchmarks/bench_feature_models.py, vit_b, 640x480, 2 CPU threads): upsampling all 10
-rounds costs 35 ms of a 1.1 s batched decoder pass, so upsampling only the winner saves memory
-(no R x H x W float stack) and ~3 % of the time; the decoder pass itself (two-way transformer and
-mask upscaling, per round) is what costs. The big saving is the one embedding per frame.
+* the decoder runs in two halves (sam_decode.py): the transformer for every round gives the
+  predicted IoU that picks the winner; only the winner's mask is upscaled and upsampled;
+* ``prompt_batch`` rounds go through one decoder call. On a GPU batched prompts are nearly free
+  (vit_h: 10 rounds 5.8 ms, 50 rounds 17.7 ms), so the default sends all rounds of all masks of a
+  frame at once (up to 512); on a CPU the decoder repeats the image embedding per prompt and a
+  batch of 10 was slower than 10 single calls (cache), so the default there is 1;
+* opt-in, changing results (each measured against the faithful path in benchmarks/RESULTS.md):
+  ``early_stop_iou`` (stop a mask's rounds once one reaches this predicted IoU), ``precision``
+  bf16 (CPU with AVX512-BF16/AMX, or GPU) or fp16 (GPU) autocast, ``quantize`` (dynamic int8 of
+  the decoder's linear layers, CPU).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..interfaces import configured_path
+from .sam_decode import SplitDecoder
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +104,21 @@ def _guess_type(state: dict) -> str | None:
 class SamSegmenter:
     """SAM (vit_h / vit_l / vit_b, or MobileSAM vit_t if installed) answering point prompts.
 
-    ``set_image`` embeds a frame once (``encoder_calls`` counts it); ``predict`` answers any number
-    of prompt batches on that embedding.
+    ``set_image`` embeds a frame once (``encoder_calls`` counts it); ``predict`` / ``predict_many``
+    answer any number of prompt batches on that embedding (``decoder_calls`` counts transformer
+    passes, ``rounds_decoded`` the prompt rounds they held, ``masks_upscaled`` the winners).
     """
 
-    def __init__(self, model_type: str = "vit_h", checkpoint: str = "", device: str = "cpu"):
+    def __init__(self, model_type: str = "vit_h", checkpoint: str = "", device: str = "cpu",
+                 prompt_batch: int = 0, early_stop_iou: float = 0.0, precision: str = "fp32",
+                 quantize: bool = False):
         import torch
 
         builder = _registry(model_type)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        on_gpu = str(device).startswith("cuda")
+        _check_options(prompt_batch, early_stop_iou, precision, quantize, on_gpu)
         hint = (f"expected a SAM {model_type} checkpoint; obtain {where_to_get(model_type)} "
                 f"and set segmenter.sam_checkpoint to the file")
         path = configured_path(checkpoint, "SAM", "segmenter.sam_checkpoint", hint)
@@ -133,16 +144,29 @@ class SamSegmenter:
             raise ValueError(f"SAM checkpoint {path} does not match model type {model_type} "
                              f"(wrong architecture?): {'; '.join(lines)}") from exc
         del state
-        self.model = model.to(device).eval()
+        model = model.eval()
+        if quantize:
+            model.mask_decoder = _quantize_int8(model.mask_decoder)
+        self.model = model.to(device)
         self.predictor = _predictor_class(model_type)(self.model)
+        self.decoder = SplitDecoder(self.model)
         self.device = device
         self.model_type = model_type
         self.checkpoint = str(path)
         self.name = f"sam:{model_type}"
+        self.prompt_batch = int(prompt_batch) or (512 if on_gpu else 1)
+        self.early_stop_iou = float(early_stop_iou)
+        self.precision = precision
+        self.quantize = bool(quantize)
         self.encoder_calls = 0      # image embeddings computed (one per set_image)
-        self.decoder_calls = 0      # batched prompt-decoder passes
+        self.decoder_calls = 0      # transformer passes (each holds up to prompt_batch rounds)
+        self.rounds_decoded = 0     # prompt rounds through the transformer
+        self.masks_upscaled = 0     # winning rounds upscaled to a mask
         self._image_shape: tuple[int, int] | None = None
-        log.info("SAM %s loaded from %s on %s (fp32) in %.1f s", model_type, path, device,
+        log.info("SAM %s loaded from %s on %s (%s%s, %d prompt%s a decoder call%s) in %.1f s",
+                 model_type, path, device, precision, ", int8 decoder" if quantize else "",
+                 self.prompt_batch, "" if self.prompt_batch == 1 else "s",
+                 f", early stop at IoU {early_stop_iou}" if early_stop_iou > 0 else "",
                  time.perf_counter() - t0)
 
     def set_image(self, image: np.ndarray) -> None:
@@ -154,56 +178,153 @@ class SamSegmenter:
             raise ValueError(f"SAM expects an RGB (H, W, 3) image, got shape {image.shape}")
         if image.dtype != np.uint8:
             raise ValueError(f"SAM expects a uint8 image, got {image.dtype}")
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             self.predictor.set_image(np.ascontiguousarray(image), image_format="RGB")
         self.encoder_calls += 1
         self._image_shape = (int(image.shape[0]), int(image.shape[1]))
 
     def predict(self, prompt_sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Answer R rounds of K positive points ``(R, K, 2)`` (pixel x, y) in one decoder pass.
+        """Answer R rounds of K positive points ``(R, K, 2)`` (pixel x, y).
 
-        Returns the highest-scoring round's mask at full resolution, (H, W) bool, and the R
-        predicted-IoU scores (float32). Only the winning mask is upsampled.
+        Returns the highest-scoring round's mask at full resolution, (H, W) bool (the first of
+        equal scores), and the predicted-IoU scores (float32) of the rounds decoded: all R, or
+        fewer when ``early_stop_iou`` stopped early. Only the winning mask is upscaled.
+        """
+        return self.predict_many([prompt_sets])[0]
+
+    def predict_many(self, prompt_list) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``predict`` for several masks' prompt rounds on the current image, in order.
+
+        Rounds of all masks share decoder calls of up to ``prompt_batch`` prompts (rounds with
+        the same number of points K; prompts are never padded, which would change SAM's answer).
         """
         import torch
 
         if self._image_shape is None:
             raise RuntimeError("SamSegmenter.predict called before set_image")
-        pts = np.asarray(prompt_sets, dtype=np.float32)
-        if pts.ndim == 2 and pts.shape[-1] == 2:
-            pts = pts[None]
-        if pts.ndim != 3 or pts.shape[-1] != 2 or pts.shape[0] == 0 or pts.shape[1] == 0:
-            raise ValueError(f"prompt_sets must have shape (R, K, 2) with R, K >= 1, "
-                             f"got {np.asarray(prompt_sets).shape}")
-        if not np.isfinite(pts).all():
-            raise ValueError("prompt_sets holds non-finite coordinates")
+        sets = [_check_prompts(p) for p in prompt_list]
+        winners: dict[int, tuple[float, object, object]] = {}     # i -> (score, src, token)
+        scores: list[list[float]] = [[] for _ in sets]
+        remaining = [len(p) for p in sets]
+        masks: dict[int, np.ndarray] = {}
+        pending: list[int] = []
         p = self.predictor
-        with torch.inference_mode():
-            coords = p.transform.apply_coords_torch(
-                torch.from_numpy(pts).to(self.device), self._image_shape)
-            labels = torch.ones(pts.shape[:2], dtype=torch.int, device=self.device)
-            low_res, iou = self._decode(coords, labels)
-            scores = iou[:, 0].float()
-            best = torch.argmax(scores).view(1)          # stays on the device: no sync here
-            full = self.model.postprocess_masks(low_res.index_select(0, best), p.input_size,
-                                                p.original_size)
-            mask = (full[0, 0] > self.model.mask_threshold).cpu().numpy()
-        self.decoder_calls += 1
-        return mask, scores.cpu().numpy().astype(np.float32)
+        with torch.inference_mode(), self._autocast():
+            features = p.get_image_embedding()
+            for batch in self._batches(sets, remaining):
+                pts = np.stack([sets[i][r] for i, r in batch])
+                coords = p.transform.apply_coords_torch(
+                    torch.from_numpy(pts).to(self.device), self._image_shape)
+                labels = torch.ones(pts.shape[:2], dtype=torch.int, device=self.device)
+                out = self.decoder.transformer(features, coords, labels)
+                self.decoder_calls += 1
+                self.rounds_decoded += len(batch)
+                iou = out.iou.float().cpu().numpy()
+                for b, (i, _) in enumerate(batch):
+                    if remaining[i] == 0:        # stopped early earlier in this batch
+                        continue
+                    score = float(iou[b])
+                    scores[i].append(score)
+                    remaining[i] -= 1
+                    if i not in winners or score > winners[i][0]:
+                        winners[i] = (score, out.src[b], out.token[b])
+                    if self.early_stop_iou > 0 and score >= self.early_stop_iou:
+                        remaining[i] = 0
+                    if remaining[i] == 0:
+                        pending.append(i)
+                if len(pending) >= self.prompt_batch:
+                    self._upscale(pending, winners, masks)
+            self._upscale(pending, winners, masks)
+        return [(masks[i], np.asarray(scores[i], dtype=np.float32)) for i in range(len(sets))]
 
-    def _decode(self, coords, labels):
-        """One batched prompt-encoder + mask-decoder pass: (R, 1, 256, 256) logits, (R, 1) IoU."""
-        model = self.model
-        sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        return model.mask_decoder(
-            image_embeddings=self.predictor.features,
-            image_pe=model.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
+    def _batches(self, sets, remaining):
+        """Decoder batches of (mask, round), same K in a batch, skipping early-stopped masks."""
+        by_k: dict[int, list[tuple[int, int]]] = {}
+        for i, pts in enumerate(sets):
+            by_k.setdefault(pts.shape[1], []).extend((i, r) for r in range(len(pts)))
+        for entries in by_k.values():
+            batch: list[tuple[int, int]] = []
+            for i, r in entries:
+                if remaining[i] == 0:            # stopped early (checked as batches complete)
+                    continue
+                batch.append((i, r))
+                if len(batch) == self.prompt_batch:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+    def _upscale(self, pending: list[int], winners, masks: dict[int, np.ndarray]) -> None:
+        """Upscale and upsample the winners of finished masks (one batch), then forget them."""
+        import torch
+
+        if not pending:
+            return
+        p = self.predictor
+        src = torch.stack([winners[i][1] for i in pending])
+        token = torch.stack([winners[i][2] for i in pending])
+        low_res = self.decoder.masks(src, token)
+        full = self.model.postprocess_masks(low_res.float(), p.input_size, p.original_size)
+        binary = (full[:, 0] > self.model.mask_threshold).cpu().numpy()
+        for k, i in enumerate(pending):
+            masks[i] = binary[k]
+            del winners[i]                        # frees its image tokens
+        self.masks_upscaled += len(pending)
+        pending.clear()
 
     def reset_image(self) -> None:
         """Drop the current embedding (frees memory between frames)."""
         self.predictor.reset_image()
         self._image_shape = None
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast("cuda" if str(self.device).startswith("cuda") else "cpu",
+                              dtype=dtype)
+
+
+def _check_prompts(prompt_sets) -> np.ndarray:
+    pts = np.asarray(prompt_sets, dtype=np.float32)
+    if pts.ndim == 2 and pts.shape[-1] == 2:
+        pts = pts[None]
+    if pts.ndim != 3 or pts.shape[-1] != 2 or pts.shape[0] == 0 or pts.shape[1] == 0:
+        raise ValueError(f"prompt_sets must have shape (R, K, 2) with R, K >= 1, "
+                         f"got {np.asarray(prompt_sets).shape}")
+    if not np.isfinite(pts).all():
+        raise ValueError("prompt_sets holds non-finite coordinates")
+    return pts
+
+
+def _check_options(prompt_batch: int, early_stop_iou: float, precision: str, quantize: bool,
+                   on_gpu: bool) -> None:
+    if prompt_batch < 0:
+        raise ValueError(f"segmenter.prompt_batch must be >= 0 (0 = automatic), got {prompt_batch}")
+    if not 0.0 <= early_stop_iou <= 1.5:
+        raise ValueError(f"segmenter.early_stop_iou must be 0 (off) or a predicted IoU in "
+                         f"(0, 1.5], got {early_stop_iou}")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"segmenter.precision must be fp32, bf16 or fp16, got '{precision}'")
+    if precision == "fp16" and not on_gpu:
+        raise ValueError("segmenter.precision fp16 needs a CUDA device; use bf16 on a CPU")
+    if quantize and on_gpu:
+        raise ValueError("segmenter.quantize (dynamic int8) runs on the CPU only; use "
+                         "precision fp16/bf16 on a GPU")
+
+
+def _quantize_int8(module):
+    """Dynamic int8 quantization of the linear layers (weights int8, activations at run time)."""
+    import warnings
+
+    import torch
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as exc:
+        raise ValueError(f"segmenter.quantize needs torch.ao.quantization: {exc}") from exc
+    with warnings.catch_warnings():       # deprecated in favour of torchao, still working
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
