@@ -1,0 +1,216 @@
+"""What the node shows in RViz: the map's instances and each query's answer, all latched.
+
+``MapPublishers(node, frame)`` creates the publishers on a node; then
+
+* ``publish_map(map_or_engine)`` when a map becomes ready: ``~/instances_cloud`` (the scene, one
+  colour per instance) and ``~/instance_markers`` (a box and an "id (N pts)" label per instance);
+* ``publish_query(text, results, values)`` after each query: ``~/detections``
+  (vision_msgs/Detection3DArray, one Detection3D per hit), ``~/heatmap`` (the scene coloured by
+  each instance's value for the query, the best hottest), ``~/markers`` (a box and label per hit)
+  and ``~/query_points`` (the hits' points, the best in ``HIGHLIGHT``).
+
+Colours are those of ``openmask3d render`` (core/render.py), so RViz and the PNGs agree.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+from visualization_msgs.msg import Marker, MarkerArray
+
+from ..core import render
+from .conversions import arrays_to_cloud
+
+INSTANCES_CLOUD_TOPIC = "~/instances_cloud"     # sensor_msgs/PointCloud2 (x y z rgb)
+INSTANCE_MARKERS_TOPIC = "~/instance_markers"   # visualization_msgs/MarkerArray
+DETECTIONS_TOPIC = "~/detections"               # vision_msgs/Detection3DArray
+HEATMAP_TOPIC = "~/heatmap"                     # sensor_msgs/PointCloud2 (x y z rgb)
+MARKERS_TOPIC = "~/markers"                     # visualization_msgs/MarkerArray
+QUERY_POINTS_TOPIC = "~/query_points"           # sensor_msgs/PointCloud2 (x y z rgb)
+
+
+def latched_qos(depth: int = 1) -> QoSProfile:
+    """Reliable + transient local: a display started later still gets the last message."""
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+
+
+def _rgba(rgb, alpha: float = 1.0):
+    from std_msgs.msg import ColorRGBA
+    r, g, b = (float(c) / 255.0 for c in rgb)
+    return ColorRGBA(r=r, g=g, b=b, a=float(alpha))
+
+
+def hit_value(result) -> float:
+    """The [0, 1] confidence of a hit when the engine computes one (relevance), else its cosine."""
+    rel = float(getattr(result, "relevance", float("nan")))
+    return rel if np.isfinite(rel) else float(result.score)
+
+
+class MapPublishers:
+    """The visualisation publishers of one node (plain, latched publishers: a map loaded while
+    the lifecycle node is still inactive must reach RViz too).
+
+    ``frame``: the map frame, or a callable returning it (read at every publish, so a changed
+    ``map_frame`` parameter applies). ``hits=False`` leaves out ``~/markers`` and
+    ``~/query_points`` (for a node that publishes those itself).
+    """
+
+    def __init__(self, node, frame: str | Callable[[], str] = "map", hits: bool = True):
+        from vision_msgs.msg import Detection3DArray
+        self._node = node
+        self._frame = frame if callable(frame) else (lambda: frame)
+        qos = latched_qos()
+        self._pubs = {
+            INSTANCES_CLOUD_TOPIC: node.create_publisher(PointCloud2, INSTANCES_CLOUD_TOPIC, qos),
+            INSTANCE_MARKERS_TOPIC: node.create_publisher(MarkerArray, INSTANCE_MARKERS_TOPIC, qos),
+            DETECTIONS_TOPIC: node.create_publisher(Detection3DArray, DETECTIONS_TOPIC, qos),
+            HEATMAP_TOPIC: node.create_publisher(PointCloud2, HEATMAP_TOPIC, qos),
+        }
+        if hits:
+            self._pubs[MARKERS_TOPIC] = node.create_publisher(MarkerArray, MARKERS_TOPIC, qos)
+            self._pubs[QUERY_POINTS_TOPIC] = node.create_publisher(PointCloud2,
+                                                                   QUERY_POINTS_TOPIC, qos)
+        self._map = None
+        self._labels: np.ndarray | None = None
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics published (relative names, ``~/...``)."""
+        return list(self._pubs)
+
+    def destroy(self) -> None:
+        for pub in self._pubs.values():
+            self._node.destroy_publisher(pub)
+        self._pubs.clear()
+
+    def _header(self, stamp):
+        from std_msgs.msg import Header
+        return Header(frame_id=self._frame(),
+                      stamp=stamp if stamp is not None else self._node.get_clock().now().to_msg())
+
+    # -- the map ---------------------------------------------------------------------------------
+    def publish_map(self, source, stamp=None) -> None:
+        """Publish ``~/instances_cloud`` and ``~/instance_markers`` of an InstanceMap (or of an
+        object holding one as ``.map``, e.g. a QueryEngine); kept for ``publish_query``."""
+        imap = getattr(source, "map", source)
+        header = self._header(stamp)
+        points = np.asarray(imap.points, np.float32)
+        self._map = imap
+        self._labels = render.point_labels(len(points), imap.point_indices)
+        colors = render.instance_colors(points, self._labels)
+        self._pubs[INSTANCES_CLOUD_TOPIC].publish(
+            arrays_to_cloud(points, colors, frame_id=header.frame_id, stamp=header.stamp))
+        markers = MarkerArray(markers=[_delete_all(header)])
+        if imap.num_instances:
+            lo, hi = imap.boxes()
+            palette = render.instance_palette(np.arange(imap.num_instances))
+            for m in range(imap.num_instances):
+                n = len(imap.point_indices[m])
+                box = _box_lines(header, "openmask3d/instances", m, lo[m], hi[m],
+                                 _rgba(palette[m]))
+                label = _text(header, "openmask3d/instance_labels", m, lo[m], hi[m],
+                              f"{m} ({n} pts)", _rgba(palette[m]))
+                markers.markers += [box, label]
+        self._pubs[INSTANCE_MARKERS_TOPIC].publish(markers)
+
+    # -- a query ---------------------------------------------------------------------------------
+    def publish_query(self, text: str, results, values=None, stamp=None) -> None:
+        """Publish the answer to ``text``: ``results`` are QueryResult-like (instance_id, score,
+        centroid, bbox_min, bbox_max, points), best first; ``values`` (M,) the per-instance
+        value the ranking used (``core.render.instance_values``) for the heatmap, which covers
+        only the hits when None. The heatmap needs a map from ``publish_map``."""
+        header = self._header(stamp)
+        self._pubs[DETECTIONS_TOPIC].publish(_detections(header, text, results))
+        if self._map is not None:
+            if values is None:
+                values = np.full(self._map.num_instances, np.nan)
+                for r in results:
+                    values[r.instance_id] = hit_value(r)
+            heat = render.heat_values(self._labels, self._map.point_indices, values)
+            self._pubs[HEATMAP_TOPIC].publish(arrays_to_cloud(
+                self._map.points, render.heat_colors(heat), frame_id=header.frame_id,
+                stamp=header.stamp))
+        if MARKERS_TOPIC in self._pubs:
+            self._pubs[MARKERS_TOPIC].publish(_hit_markers(header, text, results))
+            self._pubs[QUERY_POINTS_TOPIC].publish(_hit_points(header, results))
+
+
+# -- message builders ------------------------------------------------------------------------------
+def _delete_all(header) -> Marker:
+    return Marker(header=header, action=Marker.DELETEALL)
+
+
+def _box_lines(header, ns: str, mid: int, lo, hi, color) -> Marker:
+    from geometry_msgs.msg import Point
+    marker = Marker(header=header, ns=ns, id=int(mid), type=Marker.LINE_LIST, action=Marker.ADD,
+                    color=color)
+    marker.pose.orientation.w = 1.0
+    marker.scale.x = 0.01
+    marker.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
+                     for p in render.box_edges(lo, hi).reshape(-1, 3)]
+    return marker
+
+
+def _text(header, ns: str, mid: int, lo, hi, text: str, color) -> Marker:
+    marker = Marker(header=header, ns=ns, id=int(mid), type=Marker.TEXT_VIEW_FACING,
+                    action=Marker.ADD, text=text, color=color)
+    c = (np.asarray(lo, float) + np.asarray(hi, float)) / 2
+    marker.pose.position.x, marker.pose.position.y = float(c[0]), float(c[1])
+    marker.pose.position.z = float(hi[2]) + 0.05
+    marker.pose.orientation.w = 1.0
+    marker.scale.z = 0.05
+    return marker
+
+
+def _detections(header, text: str, results):
+    from vision_msgs.msg import (Detection3D, Detection3DArray, ObjectHypothesis,
+                                 ObjectHypothesisWithPose)
+    out = Detection3DArray(header=header)
+    for r in results:
+        lo, hi = np.asarray(r.bbox_min, float), np.asarray(r.bbox_max, float)
+        det = Detection3D(header=header, id=str(int(r.instance_id)))
+        c = (lo + hi) / 2
+        det.bbox.center.position.x, det.bbox.center.position.y, det.bbox.center.position.z = (
+            float(v) for v in c)
+        det.bbox.center.orientation.w = 1.0
+        det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = (float(v) for v in hi - lo)
+        hyp = ObjectHypothesisWithPose(
+            hypothesis=ObjectHypothesis(class_id=text, score=hit_value(r)))
+        cen = np.asarray(r.centroid, float)
+        hyp.pose.pose.position.x, hyp.pose.pose.position.y, hyp.pose.pose.position.z = (
+            float(v) for v in cen)
+        hyp.pose.pose.orientation.w = 1.0
+        det.results = [hyp]
+        out.detections.append(det)
+    return out
+
+
+def _hit_markers(header, text: str, results) -> MarkerArray:
+    markers = MarkerArray(markers=[_delete_all(header)])
+    for rank, r in enumerate(results):
+        lo, hi = np.asarray(r.bbox_min, float), np.asarray(r.bbox_max, float)
+        rgb = render.HIGHLIGHT if rank == 0 else render.OTHER_HIT
+        box = Marker(header=header, ns="openmask3d/boxes", id=rank, type=Marker.CUBE,
+                     action=Marker.ADD, color=_rgba(rgb, 0.35))
+        c = (lo + hi) / 2
+        box.pose.position.x, box.pose.position.y, box.pose.position.z = (float(v) for v in c)
+        box.pose.orientation.w = 1.0
+        box.scale.x, box.scale.y, box.scale.z = (float(v) for v in np.maximum(hi - lo, 0.01))
+        label = _text(header, "openmask3d/labels", rank, lo, hi,
+                      f"{text} #{rank + 1} ({hit_value(r):.2f})", _rgba((255, 255, 255)))
+        markers.markers += [box, label]
+    return markers
+
+
+def _hit_points(header, results) -> PointCloud2:
+    if not results:
+        return arrays_to_cloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8),
+                               frame_id=header.frame_id, stamp=header.stamp)
+    pts = [np.asarray(r.points, np.float32).reshape(-1, 3) for r in results]
+    cols = [np.tile(np.array(render.HIGHLIGHT if k == 0 else render.OTHER_HIT, np.uint8),
+                    (len(p), 1)) for k, p in enumerate(pts)]
+    return arrays_to_cloud(np.concatenate(pts), np.concatenate(cols), frame_id=header.frame_id,
+                           stamp=header.stamp)
