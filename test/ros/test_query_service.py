@@ -1,0 +1,138 @@
+"""QueryObjects v2 over DDS: relevance and `found`, image exemplars, point payload options.
+
+A service node answers with ros/query_service.py on a map of a generated scene; the planner side
+is OpenMask3DClient in another node (and executor thread).
+"""
+import threading
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+
+pytest.importorskip("pybullet")
+
+from openmask3d_ros.core.pipeline import run_pipeline  # noqa: E402
+from openmask3d_ros.core.query import open_map  # noqa: E402
+from openmask3d_ros.core.scene import SceneFolder  # noqa: E402
+from openmask3d_ros.ros.client import OpenMask3DClient, OpenMask3DError  # noqa: E402
+from openmask3d_ros.ros.query_service import answer_query, handle_query  # noqa: E402
+from openmask3d_ros.srv import QueryObjects  # noqa: E402
+
+REQ = QueryObjects.Request
+
+
+class Settings:
+    map_frame = "map"
+    default_top_k = 5
+    max_points_per_instance = 0
+    publish_markers = False
+    min_relevance = 0.55
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from openmask3d_ros.core.synthetic import make_scene
+    root = make_scene(tmp_path_factory.mktemp("qs"), seed=4, num_frames=40, width=256,
+                      height=192)
+    run_pipeline(root)
+    engine = open_map(root)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    server = rclpy.create_node("openmask3d", context=ctx)
+
+    def on_query(request, response):
+        stamp = server.get_clock().now().to_msg()
+        return handle_query(request, response, lambda rq, rs: answer_query(
+            engine, rq, rs, Settings, None, stamp, "no map"), server.get_logger())
+
+    server.create_service(QueryObjects, "/openmask3d/query", on_query)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(server)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    planner = rclpy.create_node("planner", context=ctx)
+    client = OpenMask3DClient(planner)
+    assert client._query.wait_for_service(timeout_sec=10)
+    yield root, engine, client
+    client.destroy()
+    executor.shutdown()
+    planner.destroy_node()
+    server.destroy_node()
+    rclpy.shutdown(context=ctx)
+
+
+def test_absent_object_is_success_without_instances(service):
+    _, _, client = service
+    for text in ("a mug", "purple", "x" * 10000):
+        reply = client.ask(text)
+        assert not reply.found and reply.instances == [], reply.message
+        assert "best candidate" in reply.message and reply.best_id >= 0
+        assert 0.0 <= reply.best_relevance < 0.55
+        assert client.query(text) == []
+
+
+def test_present_colour_found_with_relevance(service):
+    root, engine, client = service
+    gt = SceneFolder(root).ground_truth()
+    for info in gt.labels.values():
+        if info["label"] in ("table", "floor"):
+            continue
+        reply = client.ask(info["color"])
+        assert reply.found, reply.message
+        top = reply.instances[0]
+        assert top.relevance >= 0.55 and top.structure == "" and top.label == info["color"]
+        assert top.points.shape == (top.num_points, 3)
+        assert top.id == engine.ask(info["color"]).results[0].instance_id
+
+
+def test_image_exemplar_over_the_service(service):
+    root, engine, client = service
+    gt = SceneFolder(root).ground_truth()
+    gid = next(g for g, i in gt.labels.items() if i["label"] not in ("table", "floor"))
+    frame = max(range(40), key=lambda i: int((cv2.imread(
+        str(root / "ground_truth" / "instance_masks" / f"{i}.png"),
+        cv2.IMREAD_UNCHANGED) == gid).sum()))
+    mask = cv2.imread(str(root / "ground_truth" / "instance_masks" / f"{frame}.png"),
+                      cv2.IMREAD_UNCHANGED) == gid
+    ys, xs = np.nonzero(mask)
+    crop = SceneFolder(root).color(str(frame))[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    reply = client.ask(image=crop)
+    assert reply.found, reply.message
+    truth = np.flatnonzero(gt.instance_ids == gid)
+    got = engine.map.point_indices[reply.instances[0].id]
+    assert len(np.intersect1d(truth, got)) / len(np.union1d(truth, got)) >= 0.5
+    assert reply.instances[0].label.startswith("image ")
+
+
+def test_point_payload_options(service):
+    _, engine, client = service
+    everything = dict(top_k=1000, min_relevance=0.0, include_structure=True)
+    full = client.ask("red", **everything)
+    idx = client.ask("red", points_mode=REQ.POINTS_INDICES, **everything)
+    vox = client.ask("red", points_mode=REQ.POINTS_VOXEL, voxel_size=0.05, **everything)
+    none = client.ask("red", points_mode=REQ.POINTS_NONE, **everything)
+    assert len(full.instances) == int(engine.map.valid.sum())
+    for f, i, v, n in zip(full.instances, idx.instances, vox.instances, none.instances):
+        assert f.id == i.id == v.id == n.id and f.num_points == n.num_points
+        np.testing.assert_array_equal(i.point_indices, engine.map.point_indices[f.id])
+        assert len(i.points) == 0 and len(n.points) == 0 and len(n.point_indices) == 0
+        np.testing.assert_allclose(engine.map.points[i.point_indices], f.points, atol=1e-6)
+        assert 0 < len(v.points) <= len(f.points)
+        assert np.all(v.points >= f.bbox_min - 1e-4) and np.all(v.points <= f.bbox_max + 1e-4)
+    # a floor-sized instance shrinks a lot at 5 cm voxels
+    big = max(full.instances, key=lambda i: i.num_points)
+    assert len(next(v for v in vox.instances if v.id == big.id).points) < big.num_points / 5
+
+
+def test_bad_requests_are_refused(service):
+    _, _, client = service
+    for kwargs, word in ((dict(text="red", image=np.zeros((4, 4, 3), np.uint8)), "either"),
+                         (dict(text="red", min_relevance=1.5), "min_relevance"),
+                         (dict(text="red", points_mode=9), "points_mode"),
+                         (dict(text=""), "empty")):
+        resp = client.query_raw(kwargs.pop("text"), **kwargs)
+        assert not resp.success and word in resp.message and not resp.instances
+    with pytest.raises(OpenMask3DError, match="empty"):
+        client.ask("   ")
