@@ -50,29 +50,34 @@ def hit_value(result) -> float:
 
 
 class MapPublishers:
-    """The visualisation publishers of one node (plain, latched publishers: a map loaded while
-    the lifecycle node is still inactive must reach RViz too).
+    """The visualisation publishers of one node, all latched.
 
     ``frame``: the map frame, or a callable returning it (read at every publish, so a changed
     ``map_frame`` parameter applies). ``hits=False`` leaves out ``~/markers`` and
-    ``~/query_points`` (for a node that publishes those itself).
+    ``~/query_points`` (for a node that publishes those itself). ``lifecycle=True`` makes the
+    query topics lifecycle publishers of a LifecycleNode (silent while inactive; create this
+    object in on_configure so that activation enables them); the map topics stay plain, so a map
+    loaded while the node is still inactive reaches RViz too.
     """
 
-    def __init__(self, node, frame: str | Callable[[], str] = "map", hits: bool = True):
+    def __init__(self, node, frame: str | Callable[[], str] = "map", hits: bool = True,
+                 lifecycle: bool = False):
         from vision_msgs.msg import Detection3DArray
         self._node = node
         self._frame = frame if callable(frame) else (lambda: frame)
         qos = latched_qos()
+        answer = (node.create_lifecycle_publisher
+                  if lifecycle and hasattr(node, "create_lifecycle_publisher")
+                  else node.create_publisher)
         self._pubs = {
             INSTANCES_CLOUD_TOPIC: node.create_publisher(PointCloud2, INSTANCES_CLOUD_TOPIC, qos),
             INSTANCE_MARKERS_TOPIC: node.create_publisher(MarkerArray, INSTANCE_MARKERS_TOPIC, qos),
-            DETECTIONS_TOPIC: node.create_publisher(Detection3DArray, DETECTIONS_TOPIC, qos),
-            HEATMAP_TOPIC: node.create_publisher(PointCloud2, HEATMAP_TOPIC, qos),
+            DETECTIONS_TOPIC: answer(Detection3DArray, DETECTIONS_TOPIC, qos),
+            HEATMAP_TOPIC: answer(PointCloud2, HEATMAP_TOPIC, qos),
         }
         if hits:
-            self._pubs[MARKERS_TOPIC] = node.create_publisher(MarkerArray, MARKERS_TOPIC, qos)
-            self._pubs[QUERY_POINTS_TOPIC] = node.create_publisher(PointCloud2,
-                                                                   QUERY_POINTS_TOPIC, qos)
+            self._pubs[MARKERS_TOPIC] = answer(MarkerArray, MARKERS_TOPIC, qos)
+            self._pubs[QUERY_POINTS_TOPIC] = answer(PointCloud2, QUERY_POINTS_TOPIC, qos)
         self._map = None
         self._labels: np.ndarray | None = None
 

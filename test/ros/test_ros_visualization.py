@@ -184,3 +184,30 @@ def test_rviz_config_names_published_topics(context, tmp_path):
     finally:
         viz.destroy()
         node.destroy_node()
+
+
+def test_lifecycle_query_topics_wait_for_activation(context):
+    from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+    imap = _scene()
+    node = LifecycleNode("openmask3d", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    viz = MapPublishers(node, "map", lifecycle=True)
+    listener = Listener(context, executor)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        viz.publish_map(imap)                   # map views: published while inactive too
+        listener.wait(["instances_cloud", "instance_markers"], {})
+        hits = [_result(imap, 1, 0.5)]
+        viz.publish_query("box", hits, np.arange(4.0))
+        with pytest.raises(AssertionError):     # inactive: the answer topics stay silent
+            listener.wait(["detections"], {}, timeout=1.5)
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        viz.publish_query("box", hits, np.arange(4.0))
+        got = listener.wait(["detections", "heatmap", "markers", "query_points"], {})
+        assert [d.id for d in got["detections"].detections] == ["1"]
+    finally:
+        viz.destroy()
+        executor.shutdown()
+        listener.node.destroy_node()
+        node.destroy_node()
