@@ -74,8 +74,8 @@ cmake_install() {  # SRC_DIR NAME [cmake args...]
 
 # -- 2. message packages that have no PyPI wheel ------------------------------------------------
 # msg_package NAME DEPENDENCIES DESCRIPTION: builds the .msg files found in $MSG_SRC/msg as the
-# interface package NAME (messages only; each message's definition is the upstream one, so the
-# type hashes match a real ROS install's and the messages interoperate with it).
+# interface package NAME (messages only). The fields are the upstream definitions', so the type
+# hashes should match a real ROS install's.
 msg_package() {
   local name="$1" deps="$2" desc="$3" src="$MSG_SRC" dep depend_xml="" find_cmake="" files=""
   for dep in $deps; do

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-command install into .venv at the repository root (idempotent: finished steps are skipped).
 # Installs: torch/torchvision, the model libraries, the ROS 2 (Kilted) PyPI wheels, our msg/srv
-# interfaces (built with cmake into the venv), MinkowskiEngine (CPU build; CUDA build when nvcc and a
-# GPU are present), and this package in editable mode.
+# interfaces and, where they do not import, tf2_msgs and vision_msgs (built with cmake into the
+# venv), MinkowskiEngine (CPU build; CUDA build when nvcc and a GPU are present), and this
+# package in editable mode.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${OPENMASK3D_VENV:-$ROOT/.venv}"
