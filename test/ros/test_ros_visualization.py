@@ -211,3 +211,42 @@ def test_lifecycle_query_topics_wait_for_activation(context):
         executor.shutdown()
         listener.node.destroy_node()
         node.destroy_node()
+
+
+def test_synthetic_map_query_hottest_is_the_match(context, tmp_path):
+    """A map built by the pipeline (stand-ins) and a colour query: the top detection is the
+    ground-truth object of that colour and its points are the heatmap's hottest."""
+    from openmask3d_ros.core.pipeline import run_pipeline
+    from openmask3d_ros.core.query import open_map
+    from openmask3d_ros.core.render import instance_values
+    from openmask3d_ros.core.scene import SceneFolder
+    from openmask3d_ros.core.synthetic import make_scene
+    scene = make_scene(tmp_path / "scene", seed=1, num_frames=30, width=160, height=120)
+    run_pipeline(scene)
+    engine = open_map(scene)
+    gt = SceneFolder(scene).ground_truth()
+    colours = {info.get("color"): g for g, info in gt.labels.items()}
+    word = next(c for c in ("red", "green", "blue", "yellow") if c in colours)
+    truth = set(np.flatnonzero(gt.instance_ids == colours[word]).tolist())
+
+    node = Node("openmask3d", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    viz = MapPublishers(node, "map")
+    listener = Listener(context, executor)
+    try:
+        viz.publish_map(engine)
+        hits = engine.query(word, top_k=3)
+        viz.publish_query(word, hits, instance_values(engine, word))
+        got = listener.wait(["instances_cloud", "detections", "heatmap"], {})
+        top = int(got["detections"].detections[0].id)
+        mine = set(engine.map.point_indices[top].tolist())
+        assert len(mine & truth) / len(mine | truth) >= 0.5        # the object of that colour
+        _, hcols = cloud_to_arrays(got["heatmap"])
+        hottest = np.flatnonzero((hcols == render.HEAT_LUT[-1]).all(axis=1))
+        assert len(hottest) and set(hottest.tolist()) <= mine
+    finally:
+        viz.destroy()
+        executor.shutdown()
+        listener.node.destroy_node()
+        node.destroy_node()
