@@ -1,4 +1,4 @@
-"""The presence benchmark runs (tiny scene, colour stand-in) and skips CLIP cleanly without weights."""
+"""The presence benchmark runs (tiny scene, colour stand-in); without CLIP weights it skips."""
 import json
 import subprocess
 import sys

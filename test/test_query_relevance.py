@@ -90,7 +90,7 @@ def test_floor_never_answers_an_object_query(scene):
 
 
 def _object_crop(root, gid):
-    """The tightest crop (plus a few pixels) of object ``gid`` in the frame that shows most of it."""
+    """The tight crop (+2 px) of object ``gid`` in the frame that shows most of it."""
     folder = SceneFolder(root)
     masks = sorted((root / "ground_truth" / "instance_masks").glob("*.png"),
                    key=lambda p: int(p.stem))

@@ -3,7 +3,7 @@
 As in LERF (Kerr et al., 2023): with instance feature f, query embedding q and the embeddings
 n_1..n_K of canonical negative phrases ("object", "things", "stuff", "texture"),
 
-    relevance(f) = min_k  exp(t f.q) / (exp(t f.q) + exp(t f.n_k))  =  min_k sigmoid(t (f.q - f.n_k))
+    relevance(f) = min_k exp(t f.q) / (exp(t f.q) + exp(t f.n_k)) = min_k sigmoid(t (f.q - f.n_k))
 
 so 0.5 means "no more like the query than like a generic thing", and a threshold on it means the
 same for every query. The raw cosine f.q is kept beside it as the score.
@@ -11,7 +11,7 @@ same for every query. The raw cosine f.q is kept beside it as the score.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,7 +27,7 @@ class RelevanceSettings:
     prompt_template: str = QueryConfig.prompt_template
 
     @staticmethod
-    def from_config(cfg: QueryConfig) -> "RelevanceSettings":
+    def from_config(cfg: QueryConfig) -> RelevanceSettings:
         if not cfg.negatives:
             raise ValueError("query.negatives must name at least one phrase")
         if not cfg.temperature > 0:

@@ -14,7 +14,7 @@ queries leave these instances out unless the query asks for structure.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

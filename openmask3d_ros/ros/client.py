@@ -59,7 +59,7 @@ class Instance:
     point_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @staticmethod
-    def from_msg(msg) -> "Instance":
+    def from_msg(msg) -> Instance:
         pts = (cloud_to_arrays(msg.points)[0] if msg.points.width * msg.points.height
                else np.zeros((0, 3), np.float32))
         vec = lambda p: np.array([p.x, p.y, p.z], dtype=np.float64)  # noqa: E731

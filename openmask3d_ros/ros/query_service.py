@@ -18,7 +18,7 @@ import array
 import math
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from visualization_msgs.msg import Marker, MarkerArray

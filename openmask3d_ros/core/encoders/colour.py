@@ -11,7 +11,7 @@ any other text embeds as the zero vector (the stand-in knows nothing about it).
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
