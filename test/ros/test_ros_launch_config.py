@@ -250,3 +250,21 @@ def test_interfaces_import():
     assert (req.query, req.top_k, req.min_score) == ("", 0, -1.0)
     assert PipelineStatus.STATE_READY == "ready"
     assert ObjectInstance().points.height == 0
+
+
+def test_installed_share_path_is_used_outside_a_source_checkout(monkeypatch, tmp_path):
+    """Installed with colcon, config/ lives in share/openmask3d_ros: the runner finds the
+    parameter file and the DDS profile there."""
+    share = tmp_path / "share" / "openmask3d_ros"
+    (share / "config").mkdir(parents=True)
+    (share / "config" / "fastdds.xml").write_text("<dds/>")
+    monkeypatch.setattr(dds, "_SOURCE_CONFIG", tmp_path / "no_checkout" / "config")
+    monkeypatch.setitem(sys.modules, "ament_index_python.packages", types.SimpleNamespace(
+        get_package_share_directory=lambda pkg: str(share)))
+    assert dds.profile_path() == share / "config" / "fastdds.xml"
+    assert node_cmd.default_params() == share / "config" / "openmask3d.yaml"
+    env = {}
+    assert dds.apply_profile(env) == str(share / "config" / "fastdds.xml")
+    (share / "config" / "fastdds.xml").unlink()      # no profile anywhere: nothing is set
+    env = {}
+    assert dds.apply_profile(env) is None and env == {}
