@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--size", default="640x480", help="each view, WIDTHxHEIGHT")
     args = ap.parse_args()
     from openmask3d_ros.core.instance_map import InstanceMap
-    from openmask3d_ros.core.render import render_instances_picture, render_query_picture
+    from openmask3d_ros.core.picture import render_instances_picture, render_query_picture
 
     size = tuple(int(v) for v in args.size.split("x"))
     points, indices = synthetic_room(args.points, args.boxes)

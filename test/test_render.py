@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openmask3d_ros.core import render
+from openmask3d_ros.core import picture, render
 from openmask3d_ros.core.instance_map import InstanceMap
 
 W, H = 320, 240
@@ -27,8 +27,8 @@ def cli(*args, check=True):
 def panels(png):
     """The two view panels (top-down, perspective) of a rendered PNG as (H, W, 3) arrays."""
     img = np.asarray(Image.open(png).convert("RGB"))
-    assert img.shape == (H + render.HEADER_H, 2 * W + render.LEGEND_W, 3)
-    views = img[render.HEADER_H:]
+    assert img.shape == (H + picture.HEADER_H, 2 * W + picture.LEGEND_W, 3)
+    views = img[picture.HEADER_H:]
     return views[:, :W], views[:, W:2 * W]
 
 

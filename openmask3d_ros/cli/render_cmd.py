@@ -21,7 +21,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from ..core import render
+    from ..core import picture, render
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {out}: the picture is written as PNG; name it *.png")
@@ -32,7 +32,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         values = render.instance_values(engine, args.query)
         hits = engine.query(args.query, top_k=args.top_k)
         has_relevance = bool(hits) and hasattr(hits[0], "relevance")
-        picture = render.render_query_picture(
+        image = picture.render_query_picture(
             engine.map, values, hits, args.query, size=args.size,
             value_name="relevance" if has_relevance else "cosine similarity",
             note=f"text encoder {engine.text_encoder.name}")
@@ -40,13 +40,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     else:
         from ..core.instance_map import InstanceMap
         imap = InstanceMap.load(args.scene)
-        picture = render.render_instances_picture(imap, size=args.size,
+        image = picture.render_instances_picture(imap, size=args.size,
                                                   title=f"{Path(args.scene).name}: "
                                                         f"{imap.num_instances} instances")
         summary = f"{imap.num_instances} instances"
     out.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(out, format="PNG", optimize=True)
-    print(f"{summary}; wrote {out} ({picture.size[0]}x{picture.size[1]}) in "
+    image.save(out, format="PNG", optimize=True)
+    print(f"{summary}; wrote {out} ({image.size[0]}x{image.size[1]}) in "
           f"{time.perf_counter() - t0:.2f} s")
     return 0
 
