@@ -100,16 +100,22 @@ def heat_colors(heat: np.ndarray) -> np.ndarray:
     return HEAT_LUT[np.clip(np.round(np.asarray(heat) * 255), 0, 255).astype(np.int64)]
 
 
-def instance_values(engine, text: str) -> np.ndarray:
-    """(M,) the value a query ranks instances by: relevance when the engine computes one (the
-    ranking key), else the cosine score; NaN for instances the query cannot return."""
+def instance_values(engine, text: str | None = None, image=None,
+                    include_structure: bool | None = None) -> np.ndarray:
+    """(M,) what a query (``text`` or an exemplar ``image``) ranks instances by: relevance when
+    the engine computes one (the ranking key), else the cosine score; NaN for instances the
+    query cannot return (no feature; scene structure unless ``include_structure``)."""
     m = engine.map.num_instances
     if hasattr(engine, "ask"):
         out = np.full(m, np.nan)
-        for r in engine.ask(text, top_k=0, min_relevance=0.0).results:
+        answer = engine.ask(text, image=image, top_k=0, min_relevance=0.0,
+                            include_structure=include_structure)
+        for r in answer.results:
             rel = getattr(r, "relevance", float("nan"))
             out[r.instance_id] = rel if np.isfinite(rel) else r.score
         return out
+    if image is not None:
+        raise ValueError("this query engine answers text only")
     s = np.asarray(engine.scores(text), np.float64)
     return np.where(np.isfinite(s), s, np.nan)
 
