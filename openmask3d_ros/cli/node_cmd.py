@@ -81,7 +81,8 @@ def register(subparsers) -> None:
                    help="compressedDepth: image_transport's format on <depth topic>/"
                         "compressedDepth")
     r.add_argument("--poses", choices=("tf", "pose", "both"), default="tf",
-                   help="camera poses as /tf, as geometry_msgs/PoseStamped on /camera_pose, or both")
+                   help="camera poses as /tf, as geometry_msgs/PoseStamped on /camera_pose, "
+                        "or both")
     r.add_argument("--pose-delay", type=float, default=0.0,
                    help="seconds the pose messages follow their frame (as from a SLAM system)")
     r.add_argument("--no-trigger", action="store_true", help="leave out the map-complete message")

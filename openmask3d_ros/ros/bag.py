@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -88,7 +88,8 @@ def record_scene(scene_dir: str | Path, bag_path: str | Path, *, rate_hz: float 
     image_type = "sensor_msgs/msg/Image"
     color_type = depth_type = image_type
     if color_format != "raw":
-        names["color"], color_type = names["color"] + "/compressed", "sensor_msgs/msg/CompressedImage"
+        names["color"] += "/compressed"
+        color_type = "sensor_msgs/msg/CompressedImage"
     if depth_format != "raw":
         names["depth"] += "/compressedDepth"
         depth_type = "sensor_msgs/msg/CompressedImage"

@@ -11,7 +11,7 @@ import importlib
 import logging
 import time
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from .dds import apply_profile
 

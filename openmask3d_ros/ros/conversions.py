@@ -187,7 +187,8 @@ def arrays_to_cloud(points: np.ndarray, colors: np.ndarray | None = None, frame_
         fields.append(("rgb", 12))
     dtype = np.dtype({"names": [f for f, _ in fields],
                       "formats": ["<f4"] * 3 + (["<u4"] if colors is not None else []),
-                      "offsets": [o for _, o in fields], "itemsize": 16 if colors is not None else 12})
+                      "offsets": [o for _, o in fields],
+                      "itemsize": 16 if colors is not None else 12})
     rec = np.zeros(n, dtype=dtype)
     rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
     if colors is not None:
@@ -199,7 +200,8 @@ def arrays_to_cloud(points: np.ndarray, colors: np.ndarray | None = None, frame_
     if stamp is not None:
         msg.header.stamp = stamp
     msg.height, msg.width = 1, n
-    msg.fields = [field_cls(name=name, offset=off, datatype=FLOAT32, count=1) for name, off in fields]
+    msg.fields = [field_cls(name=name, offset=off, datatype=FLOAT32, count=1)
+                  for name, off in fields]
     msg.is_bigendian = False
     msg.point_step = dtype.itemsize
     msg.row_step = dtype.itemsize * n
@@ -208,7 +210,7 @@ def arrays_to_cloud(points: np.ndarray, colors: np.ndarray | None = None, frame_
     return msg
 
 
-# -- time and transforms -----------------------------------------------------------------------------
+# -- time and transforms ---------------------------------------------------------------------------
 def stamp_to_ns(stamp) -> int:
     """builtin_interfaces/Time -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(getattr(stamp, "nanosec", 0))

@@ -30,7 +30,7 @@ FRAME_STEP = 10
 
 
 def start_node(tmp_path: Path, name: str, *params: str) -> tuple[subprocess.Popen, Path]:
-    """`python -m openmask3d_ros.cli node --params config/openmask3d.yaml ...` from the repo root."""
+    """`python -m openmask3d_ros.cli node --params config/openmask3d.yaml ...` (repo root)."""
     log = tmp_path / f"{name}.log"
     cmd = [sys.executable, "-m", "openmask3d_ros.cli", "node", "--params",
            "config/openmask3d.yaml", "--param", "qos_reliability:=reliable",
@@ -103,7 +103,8 @@ def test_bag_contents(recorded):
     from rosbags.typesys import Stores, get_typestore
     store = get_typestore(Stores.ROS2_KILTED)
     with Reader(bag) as reader:
-        conn = next(c for c in reader.connections if c.topic == DEFAULT_REMAPPINGS["depth/image_raw"])
+        conn = next(c for c in reader.connections
+                    if c.topic == DEFAULT_REMAPPINGS["depth/image_raw"])
         _, _, raw = next(reader.messages(connections=[conn]))
         msg = store.deserialize_cdr(raw, conn.msgtype)
     assert (msg.encoding, msg.width, msg.height) == ("16UC1", 160, 120)
