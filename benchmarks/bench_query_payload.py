@@ -1,0 +1,105 @@
+"""Query round trip over DDS: QueryObjects answered by ros/query_service.py, called by the client.
+
+A map of ``--instances`` instances over a synthetic scene cloud (the cloud split into contiguous
+chunks; colour stand-in features) is served by one node and queried from another (same process,
+separate executors, real DDS transport on localhost). For each ``points_mode`` it prints p50/p95
+of the client's round trip for top_k = all instances, and the points returned.
+
+    python benchmarks/bench_query_payload.py                  # 150 instances, 60k points
+    python benchmarks/bench_query_payload.py --points 1000000 --repeats 10
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--instances", type=int, default=150)
+    p.add_argument("--points", type=int, default=60000)
+    p.add_argument("--repeats", type=int, default=30)
+    args = p.parse_args(argv)
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from openmask3d_ros.core.encoders.colour import ColourEncoder
+    from openmask3d_ros.core.instance_map import InstanceMap
+    from openmask3d_ros.core.query import QueryEngine
+    from openmask3d_ros.ros.client import OpenMask3DClient
+    from openmask3d_ros.ros.query_service import answer_query, handle_query
+    from openmask3d_ros.srv import QueryObjects
+
+    rng = np.random.default_rng(0)
+    # a 4 x 4 m, 5 cm thick layer: surface-like density, as a fused scan (~1 cm spacing at 160k)
+    pts = (rng.uniform(0, 1, (args.points, 3)) * [4.0, 4.0, 0.05]).astype(np.float32)
+    pts = pts[np.argsort(pts[:, 0], kind="stable")]          # chunks = slabs along x
+    bounds = np.linspace(0, len(pts), args.instances + 1).astype(np.int64)
+    indices = [np.arange(bounds[i], bounds[i + 1]) for i in range(args.instances)]
+    enc = ColourEncoder()
+    feats = enc.encode_text([["red", "green", "blue", "yellow"][i % 4] + " white"
+                             for i in range(args.instances)])
+    imap = InstanceMap(pts, indices, feats, {"models": {"image_encoder": enc.name}})
+    engine = QueryEngine(imap, enc)
+
+    class Settings:
+        map_frame, default_top_k, max_points_per_instance, publish_markers = "map", 5, 0, False
+        min_relevance = 0.55
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    server = rclpy.create_node("openmask3d", context=ctx)
+
+    def on_query(request, response):
+        stamp = server.get_clock().now().to_msg()
+        return handle_query(request, response, lambda rq, rs: answer_query(
+            engine, rq, rs, Settings, None, stamp, "no map"), server.get_logger())
+
+    server.create_service(QueryObjects, "/openmask3d/query", on_query)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(server)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    planner = rclpy.create_node("planner", context=ctx)
+    client = OpenMask3DClient(planner)
+    if not client._query.wait_for_service(timeout_sec=20):
+        print("service did not appear")
+        return 1
+    R = QueryObjects.Request
+    print(f"{args.instances} instances, {args.points} points, {args.repeats} calls per row")
+    print("| points_mode | p50 ms | p95 ms | instances | points returned |")
+    print("|---|---|---|---|---|")
+    for name, mode in (("all", R.POINTS_ALL), ("indices", R.POINTS_INDICES),
+                       ("voxel 0.05 m", R.POINTS_VOXEL), ("none", R.POINTS_NONE)):
+        times, resp = [], None
+        for i in range(args.repeats + 2):
+            t = time.perf_counter()
+            resp = client.query_raw("white", top_k=args.instances, min_relevance=0.0,
+                                    include_structure=True, points_mode=mode, voxel_size=0.05)
+            if i >= 2:                       # the first calls warm up discovery and caches
+                times.append(time.perf_counter() - t)
+        n_pts = sum(m.points.width for m in resp.instances)
+        print(f"| {name} | {np.percentile(times, 50) * 1e3:.1f} | "
+              f"{np.percentile(times, 95) * 1e3:.1f} | {len(resp.instances)} | {n_pts} |")
+    client.destroy()
+    executor.shutdown()
+    spinner.join(timeout=5)
+    planner.destroy_node()
+    server.destroy_node()
+    rclpy.shutdown(context=ctx)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
