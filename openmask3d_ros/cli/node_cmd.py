@@ -263,8 +263,10 @@ def run_bag_record(args) -> int:
                        color_encoding=args.color_encoding, color_format=args.color_format,
                        depth_format=args.depth_format, poses=poses, pose_delay=args.pose_delay,
                        trigger=not args.no_trigger, max_frames=args.max_frames)
-    for topic, (msgtype, count) in bag_summary(out).items():
-        print(f"{topic:45s} {msgtype:32s} {count}")
+    summary = bag_summary(out)
+    width = max(map(len, summary), default=0)
+    for topic, (msgtype, count) in summary.items():
+        print(f"{topic:{width}s}  {msgtype:32s} {count}")
     return 0
 
 
@@ -274,6 +276,7 @@ def run_bag_play(args) -> int:
                       wait_for_subscribers=args.wait, start_delay=args.delay, clock=args.clock,
                       clock_hz=args.clock_hz, camera_qos=args.qos.replace("-", "_"),
                       compress=args.compress)
+    width = max(map(len, counts), default=0)
     for topic, count in sorted(counts.items()):
-        print(f"{topic:45s} {count}")
+        print(f"{topic:{width}s}  {count}")
     return 0
