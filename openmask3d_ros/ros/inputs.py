@@ -58,6 +58,7 @@ class Inputs:
         self._lock = threading.Lock()
         self.latest_cloud: PointCloud2 | None = None
         self.camera_frame_seen = ""
+        self._first_logged = False
         self.pose_lookup = None
         self.pose_history: TransformHistory | None = None
         self._subs = []
@@ -112,6 +113,10 @@ class Inputs:
         if isinstance(depth, Image) and depth.encoding not in DEPTH_ENCODINGS:
             return self._on_reject(f"unsupported depth encoding '{depth.encoding}' (16UC1 mm or "
                                    "32FC1 m)")
+        if not self._first_logged:
+            self._first_logged = True
+            self.node.get_logger().info(f"first synchronised frame (colour frame "
+                                        f"'{color.header.frame_id}')")
         self.camera_frame_seen = color.header.frame_id
         self._on_frame_cb(stamp_to_ns(color.header.stamp), (color, depth, info))
 

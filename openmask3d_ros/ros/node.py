@@ -129,6 +129,8 @@ class OpenMask3DNode(LifecycleNode):
         live = {p.name: p.value for p in params if p.name in P.LIVE_PARAMETERS}
         if result.successful and live and self.settings is not None:
             self.settings = self.settings.with_live(live)
+            if self.inputs is not None:
+                self.inputs.s = self.settings
             self.get_logger().info(f"parameters changed: {live}")
         return result
 

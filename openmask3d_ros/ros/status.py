@@ -14,7 +14,7 @@ DROP_FIELDS = {"stamp_gap": "frames_missed", "queue_overflow": "frames_overflow"
                "no_pose": "frames_without_pose", "rejected": "frames_rejected"}
 ADVICE = {
     "stamp_gap": "frames are lost before they reach the node: give the camera driver AND this "
-                 "node the Fast DDS profile config/fastdds.xml (FASTRTPS_DEFAULT_PROFILES_FILE), "
+                 "node the Fast DDS profile config/fastdds.xml (FASTDDS_DEFAULT_PROFILES_FILE), "
                  "or publish the camera reliable and set qos_reliability: reliable",
     "queue_overflow": "too many keyframe candidates wait for their pose: the pose source lags "
                       "the images; raise keyframe_queue_size or fix the pose source's rate",
