@@ -53,10 +53,9 @@ def register(subparsers) -> None:
 def _overrides(args: argparse.Namespace) -> dict:
     out: dict = {}
     if args.config is not None:
+        from ..core.config import load_config, pipeline_section
         import yaml
-        from ..core.config import pipeline_section
-        if not args.config.is_file():
-            raise FileNotFoundError(f"config file not found: {args.config}")
+        load_config(args.config)     # checks syntax, keys, types and ranges (InputError)
         out.update(pipeline_section(yaml.safe_load(args.config.read_text()) or {}))
     if args.device:
         out["device"] = args.device

@@ -219,7 +219,12 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise FileNotFoundError(f"config file not found: {path}")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise InputError(f"not a readable YAML file{where}: "
+                             f"{getattr(exc, 'problem', None) or exc}", path) from exc
+        except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"not a readable YAML file: {exc}", path) from exc
         if not isinstance(data, Mapping):
             raise InputError("a config file must hold a mapping", path)
