@@ -20,7 +20,7 @@ from .config import PipelineConfig
 from .crops import crop_boxes, cut
 from .interfaces import ImageEncoder, Segmenter, l2_normalize
 from .prompt_plan import plan_official_prompts
-from .refine import refine, refine_prompts
+from .refine import points_box, refine_many, sample_prompts
 from .scene import SceneError, SceneFolder
 from .visibility import (count_pixels, count_visible, frame_visibility,
                          mask_matrix, projection_intrinsics, select_views)
@@ -161,19 +161,24 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
         segmenter.set_image(image)
         report.segmenter_images += 1
         report.frames_used.append(fid)
+        # all masks of this frame are prompted together: a segmenter with predict_many shares
+        # decoder calls between them (on a GPU, one call for every round of every mask)
+        jobs: list[tuple[int, np.ndarray, tuple[int, int, int, int]]] = []
         for m in by_frame[j]:
             if plan is not None:
                 if (m, j) not in plan.prompts:
                     continue
-                result = refine_prompts(segmenter, plan.prompts[(m, j)], plan.boxes[(m, j)],
-                                        s.min_score)
+                jobs.append((m, plan.prompts[(m, j)], plan.boxes[(m, j)]))
             else:
                 idx = np.flatnonzero(masks[:, m] & seen)
                 uv, _ = project(points[idx], pose, K_color.K)
                 uv = np.clip(uv, 0, [K_color.width - 1, K_color.height - 1])
                 rng = np.random.default_rng([cfg.seed, m, j])
-                result = refine(segmenter, uv, K_color.width, K_color.height, s.k_rounds,
-                                s.k_sample, rng, s.min_score)
+                jobs.append((m, sample_prompts(uv, s.k_rounds, s.k_sample, rng),
+                             points_box(uv, K_color.width, K_color.height)))
+        results = refine_many(segmenter, [p for _, p, _ in jobs], [b for _, _, b in jobs],
+                              s.min_score)
+        for (m, _, _), result in zip(jobs, results):
             report.fallbacks[m] += int(result.fallback)
             for box in crop_boxes(result.box, K_color.width, K_color.height, c.levels, c.k_exp,
                                   cfg.fidelity):

@@ -75,6 +75,25 @@ def refine_prompts(segmenter: Segmenter, prompts: np.ndarray,
     as the official ``scores[0] > best_score`` loop), or ``fallback_box`` when no round scores
     above ``min_score`` or the mask is empty (the official code crashes there)."""
     mask, scores = segmenter.predict(np.asarray(prompts, dtype=np.float32))
+    return best_box(mask, scores, fallback_box, min_score)
+
+
+def refine_many(segmenter: Segmenter, prompt_list: list[np.ndarray],
+                fallback_boxes: list[tuple[int, int, int, int]], min_score: float = 0.0
+                ) -> list[Refined2D]:
+    """``refine_prompts`` for several masks on the current image, in order. A segmenter with
+    ``predict_many`` (SAM) answers them together, sharing decoder calls."""
+    prompt_list = [np.asarray(p, dtype=np.float32) for p in prompt_list]
+    many = getattr(segmenter, "predict_many", None)
+    answers = many(prompt_list) if many else [segmenter.predict(p) for p in prompt_list]
+    return [best_box(mask, scores, box, min_score)
+            for (mask, scores), box in zip(answers, fallback_boxes)]
+
+
+def best_box(mask: np.ndarray, scores: np.ndarray, fallback_box: tuple[int, int, int, int],
+             min_score: float = 0.0) -> Refined2D:
+    """The winning mask's box, or ``fallback_box`` when no score beats ``min_score`` or the mask
+    is empty."""
     best = float(np.max(scores)) if len(scores) else float("-inf")
     box = mask_box(mask) if best > min_score else None
     if box is None:
