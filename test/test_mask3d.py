@@ -78,7 +78,9 @@ def synthetic_scene(n: int = 6000, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 @pytest.fixture(scope="module")
 def backend():
     from openmask3d_ros.core.proposals.mask3d import Mask3DBackend
-    torch.manual_seed(0)
+    # random weights: seed 2 gives positive mask logits with both colour inputs (official
+    # [0, 1] and ScanNet-normalised), so both post-processing paths have masks to work on
+    torch.manual_seed(2)
     return Mask3DBackend(checkpoint=None, device="cpu", num_queries=8)
 
 
@@ -314,3 +316,113 @@ def test_openmask3d_run_with_mask3d_checkpoint_on_a_synthetic_scene(backend, tmp
     assert meta["models"]["proposals"] == "mask3d"
     assert meta["config"]["proposals"]["mask3d_num_queries"] == 150
     assert len(meta["instances"]) >= 1
+    # official post-processing (the default): every instance keeps its Mask3D score, best first
+    scores = [inst["proposal_score"] for inst in meta["instances"]]
+    assert scores == sorted(scores, reverse=True) and all(0 <= x <= 1 for x in scores)
+
+
+# ------------------------------------------------------------------ official post-processing
+
+def _reference_official(class_logits, voxel_logits, xyz, inverse):
+    """The official eval_instance_step steps written out naively (numpy, per pair)."""
+    from sklearn.cluster import DBSCAN
+    e = np.exp(class_logits - class_logits.max(axis=1, keepdims=True))
+    probs = (e / e.sum(axis=1, keepdims=True))[:, :-1]
+    masks, mprobs = [], []
+    for q in range(voxel_logits.shape[1]):
+        cur = voxel_logits[:, q] > 0
+        if cur.any():
+            lab = DBSCAN(eps=0.95, min_samples=1).fit(xyz[cur]).labels_
+            for c in np.unique(lab):
+                m = np.zeros(len(cur))
+                m[np.flatnonzero(cur)[lab == c]] = 1
+                masks.append(voxel_logits[:, q] * m)
+                mprobs.append(probs[q])
+    pairs = sorted(((p, i, c) for i, pr in enumerate(mprobs) for c, p in enumerate(pr)),
+                   key=lambda t: -t[0])[:len(masks)]
+    out = []
+    for p, i, c in pairs:
+        lg = masks[i]
+        inside = lg > 0
+        sig = 1 / (1 + np.exp(-lg))
+        out.append((p * (sig * inside).sum() / (inside.sum() + 1e-6), inside[inverse], c))
+    out.sort(key=lambda t: -t[0])
+    return out
+
+
+def test_official_postprocess_matches_the_official_steps():
+    from openmask3d_ros.core.proposals.mask3d.postprocess import official_masks
+    rng = np.random.default_rng(0)
+    xyz = np.vstack([rng.uniform(0, 0.5, (30, 3)), rng.uniform(0, 0.5, (30, 3)) + [4, 0, 0]])
+    V, Q, C = len(xyz), 4, 5
+    logits = rng.normal(0, 2, (V, Q)).astype(np.float32)
+    logits[:, 3] = -1.0                                  # an empty query: no mask
+    # query 0 likely for two classes, query 1 for one; no tie straddles the top-6 cut
+    class_logits = np.zeros((Q, C + 1), np.float32)
+    class_logits[0, :2] = [6.0, 5.5]
+    class_logits[1, 3] = 4.0
+    class_logits[2, 4] = 1.0
+    inverse = rng.integers(0, V, 200)
+    got = official_masks(class_logits, logits, xyz, inverse)
+    ref = _reference_official(class_logits, logits, xyz.astype(np.float32), inverse)
+    # queries 0-2 each split into the two blobs 4 m apart -> 6 masks, top-6 of 6 x 5 pairs
+    assert got.masks.shape == (200, 6) and len(got.scores) == 6
+    np.testing.assert_allclose(got.scores, [r[0] for r in ref], rtol=1e-5)
+    for j, r in enumerate(ref):
+        assert np.array_equal(got.masks[:, j], r[1]) and got.classes[j] == r[2]
+    assert np.all(np.diff(got.scores) <= 0)
+    # the same cluster appears once per likely class (query 0: classes 0 and 1)
+    cols = {got.masks[:, j].tobytes() for j in range(6)}
+    assert len(cols) < 6
+
+
+def test_segment_voting_takes_the_majority_of_each_segment():
+    from openmask3d_ros.core.proposals.mask3d.postprocess import segment_vote
+    seg = np.array([7, 7, 7, 2, 2, 2, 9])
+    masks = np.array([[1, 0], [1, 0], [0, 0], [1, 1], [0, 1], [0, 1], [1, 0]], bool)
+    out = segment_vote(masks, seg)
+    assert out[:, 0].tolist() == [True, True, True, False, False, False, True]
+    assert out[:, 1].tolist() == [False, False, False, True, True, True, False]
+
+
+def test_segments_file_is_found_and_checked(tmp_path):
+    import json
+
+    from openmask3d_ros.core.errors import InputError
+    from openmask3d_ros.core.proposals.mask3d.segments import find_segments
+    assert find_segments(tmp_path, 3) is None
+    path = tmp_path / "scene0011_00_vh_clean_2.0.010000.segs.json"
+    path.write_text(json.dumps({"sceneId": "scene0011_00", "segIndices": [5, 5, 9]}))
+    assert find_segments(tmp_path, 3).tolist() == [5, 5, 9]
+    with pytest.raises(InputError, match="segs.json.*4 points"):
+        find_segments(tmp_path, 4)
+    path.write_text("{not json")
+    with pytest.raises(InputError, match="segs.json"):
+        find_segments(tmp_path, 3)
+
+
+def test_official_colours_are_unit_range_as_the_single_scene_script():
+    from openmask3d_ros.core.proposals.mask3d.preprocess import unit_colors
+    rgb = np.array([[0, 128, 255]], np.uint8)
+    np.testing.assert_array_equal(unit_colors(rgb), (rgb / 255.0).astype(np.float32))
+    np.testing.assert_allclose(unit_colors(rgb.astype(float)), rgb / 255.0, rtol=1e-6)
+
+
+@needs_me
+def test_official_backend_scores_and_colour_mode(backend):
+    from openmask3d_ros.core.proposals.mask3d import Mask3DBackend
+    from openmask3d_ros.core.proposals.mask3d.postprocess import official_masks
+    points, colors = synthetic_scene(4000, seed=2)
+    assert backend.fidelity == "official"
+    masks = backend.propose(points, colors)
+    assert len(backend.last_scores) == masks.shape[1] >= 1
+    assert np.all(np.diff(backend.last_scores) <= 0)
+    class_logits, voxel_logits, inverse = backend.predict_logits(points, colors)
+    ref = official_masks(class_logits, voxel_logits, backend._last_voxel_xyz, inverse)
+    assert np.array_equal(ref.masks, masks)
+    paper = Mask3DBackend(checkpoint=None, device="cpu", num_queries=8, fidelity="paper")
+    paper.model.load_state_dict(backend.model.state_dict())
+    paper_masks = paper.propose(points, colors)
+    assert paper.last_scores is None and paper_masks.shape[1] <= 8
+    # the two modes feed the network different colours: different logits
+    assert not np.allclose(paper.predict_logits(points, colors)[1], voxel_logits)

@@ -16,11 +16,16 @@ log = logging.getLogger(__name__)
 class Mask3DBackend:
     """Class-agnostic 3D instance masks from the released Mask3D ScanNet200 model.
 
-    Inference follows OpenMask3D's mask stage: ScanNet colour normalisation, 2 cm voxels,
-    the last decoder layer's mask logits, ``logit > mask_threshold`` per voxel (0.0, i.e.
-    sigmoid > 0.5, as the official ``get_mask_and_scores``), mapped back to every input point.
-    One mask per query; classes and scores are discarded (no score filtering), empty masks and
-    exact duplicates are dropped. DBSCAN splitting is left to the pipeline.
+    ``fidelity="official"`` (default) is OpenMask3D's mask stage: colours in [0, 1] as its
+    single-scene script feeds them, 2 cm voxels, the last decoder layer, then its
+    post-processing (postprocess.py: per-query DBSCAN on voxels, top-N over masks x classes,
+    score = class probability x mean mask sigmoid, superpoint voting when ``segments`` is set,
+    sorted by score). ``propose`` returns those masks; ``last_scores`` holds their scores, and
+    the pipeline skips its own DBSCAN split.
+
+    ``fidelity="paper"``: ScanNet colour normalisation (the training pipeline), one mask per
+    query with ``logit > mask_threshold``, unscored (``last_scores`` None), empty masks and exact
+    duplicates dropped; DBSCAN splitting is left to the pipeline.
 
     ``checkpoint=None`` builds the network with random weights (tests, benchmarks only).
     """
@@ -28,7 +33,9 @@ class Mask3DBackend:
     name = "mask3d"
 
     def __init__(self, checkpoint: str | Path | None, device: str = "cpu", num_queries: int = 150,
-                 voxel_size: float = 0.02, mask_threshold: float = 0.0):
+                 voxel_size: float = 0.02, mask_threshold: float = 0.0,
+                 fidelity: str = "official", dbscan_eps: float = 0.95,
+                 dbscan_min_points: int = 1):
         from .checkpoint import load_into, read_checkpoint, require_file
         if checkpoint is not None:
             require_file(checkpoint)  # a missing file is reported even without MinkowskiEngine
@@ -51,6 +58,14 @@ class Mask3DBackend:
         self.num_queries = int(num_queries)
         self.voxel_size = float(voxel_size)
         self.mask_threshold = float(mask_threshold)
+        if fidelity not in ("official", "paper"):
+            raise ValueError(f"fidelity must be official or paper, got {fidelity!r}")
+        self.fidelity = fidelity
+        self.dbscan_eps, self.dbscan_min_points = float(dbscan_eps), int(dbscan_min_points)
+        self.segments: np.ndarray | None = None       # per-point superpoint ids (ScanNet)
+        self.last_scores: np.ndarray | None = None
+        self.last_classes: np.ndarray | None = None
+        self._last_voxel_xyz: np.ndarray | None = None
         self.model = Mask3D(Mask3DConfig(num_queries=self.num_queries))
         if state is not None:
             load_into(self.model, state, source=f"checkpoint '{checkpoint}'")
@@ -69,7 +84,8 @@ class Mask3DBackend:
         from .preprocess import voxelize
         ME = import_minkowski()
         t0 = time.perf_counter()
-        scene = voxelize(points, colors, self.voxel_size)
+        scene = voxelize(points, colors, self.voxel_size,
+                         normalize=self.fidelity == "paper")
         x = ME.SparseTensor(features=scene.features.to(self.device),
                             coordinates=scene.coordinates.to(self.device), device=self.device)
         raw = scene.raw_coordinates.to(self.device)
@@ -81,6 +97,7 @@ class Mask3DBackend:
             row_of_voxel = torch.empty_like(order)
             row_of_voxel[order] = torch.arange(len(order))
             inverse = row_of_voxel.numpy()[inverse]
+        self._last_voxel_xyz = raw.float().cpu().numpy()
         t1 = time.perf_counter()
         logits, masks = self.model(x, raw)
         t2 = time.perf_counter()
@@ -89,11 +106,17 @@ class Mask3DBackend:
         return logits.float().cpu().numpy(), masks.float().cpu().numpy(), inverse
 
     def propose(self, points: np.ndarray, colors: np.ndarray) -> np.ndarray:
-        """Boolean (P, M) masks, one per query with at least one point (M <= num_queries)."""
+        """Boolean (P, M) masks: official, the scored post-processed masks (``last_scores``);
+        paper, one per query with at least one point (M <= num_queries)."""
         points = np.asarray(points, dtype=np.float64)
+        self.last_scores = self.last_classes = None
         if len(points) == 0:
+            if self.fidelity == "official":
+                self.last_scores = np.zeros(0, np.float32)
             return np.zeros((0, 0), dtype=bool)
-        _, voxel_logits, inverse = self.predict_logits(points, colors)
+        class_logits, voxel_logits, inverse = self.predict_logits(points, colors)
+        if self.fidelity == "official":
+            return self._official(class_logits, voxel_logits, inverse, len(points))
         voxel_masks = voxel_logits > self.mask_threshold          # (V, Q)
         keep = voxel_masks.any(axis=0)
         voxel_masks = voxel_masks[:, keep]
@@ -106,6 +129,21 @@ class Mask3DBackend:
                  len(points), voxel_logits.shape[0], masks.shape[1], self.num_queries,
                  sum(v for k, v in self.last_timing.items() if k.endswith("_s")))
         return masks
+
+    def _official(self, class_logits, voxel_logits, inverse, num_points) -> np.ndarray:
+        from .postprocess import official_masks
+        seg = self.segments
+        if seg is not None and len(seg) != num_points:
+            log.warning("Mask3D: %d segment ids for %d points; segment voting off",
+                        len(seg), num_points)
+            seg = None
+        out = official_masks(class_logits, voxel_logits, self._last_voxel_xyz, inverse,
+                             self.dbscan_eps, self.dbscan_min_points, seg)
+        self.last_scores, self.last_classes = out.scores, out.classes
+        log.info("Mask3D (official post-processing%s): %d points, %d voxels -> %d scored masks",
+                 ", segment voting" if seg is not None else "", num_points,
+                 voxel_logits.shape[0], out.masks.shape[1])
+        return out.masks
 
 
 def _row_order(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,9 @@ Official facts (OpenMask3D/openmask3d class_agnostic_mask_computation, = Mask3D)
   features of its ``unique_map`` point; predictions return to points through ``inverse_map``.
 
 OpenMask3D's ``get_masks_single_scene.py`` feeds Open3D colours in [0, 1] *without* this
-normalisation, unlike the ScanNet200 pipeline the checkpoint was trained and evaluated with; we
-follow the training pipeline.
+normalisation, unlike the ScanNet200 pipeline the checkpoint was trained and evaluated with.
+``fidelity: official`` (default) does what the single-scene script does (``unit_colors``);
+``paper`` follows the training pipeline (``normalize_colors``).
 """
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def normalize_colors(colors: np.ndarray) -> np.ndarray:
     return ((rgb - mean) / std).astype(np.float32)
 
 
+def unit_colors(colors: np.ndarray) -> np.ndarray:
+    """RGB -> float32 in [0, 1] as Open3D reads a .ply (uint8 / 255 in float64, then float32),
+    the features OpenMask3D's single-scene mask script feeds the network."""
+    colors = np.asarray(colors)
+    if colors.ndim != 2 or colors.shape[1] != 3:
+        raise ValueError(f"colors must be (P, 3), got {colors.shape}")
+    if colors.dtype == np.uint8:
+        return (colors.astype(np.float64) / 255.0).astype(np.float32)
+    c = colors.astype(np.float64)
+    if c.size and float(c.max()) > 1.0:       # 0-255 floats
+        c = np.clip(np.rint(c), 0, 255) / 255.0
+    return c.astype(np.float32)
+
+
 @dataclass
 class VoxelizedScene:
     """One scene ready for the network."""
@@ -54,8 +69,10 @@ class VoxelizedScene:
     inverse_map: np.ndarray        # (P,) int64, voxel row of every input point
 
 
-def voxelize(points: np.ndarray, colors: np.ndarray, voxel_size: float = 0.02) -> VoxelizedScene:
-    """Quantise a cloud like the official ``voxelize`` collate (batch of one)."""
+def voxelize(points: np.ndarray, colors: np.ndarray, voxel_size: float = 0.02,
+             normalize: bool = True) -> VoxelizedScene:
+    """Quantise a cloud like the official ``voxelize`` collate (batch of one). ``normalize``:
+    ScanNet colour statistics (training pipeline); False: colours in [0, 1] (single-scene)."""
     from .compat import import_minkowski
     ME = import_minkowski()
     points = np.asarray(points)
@@ -63,7 +80,7 @@ def voxelize(points: np.ndarray, colors: np.ndarray, voxel_size: float = 0.02) -
         raise ValueError(f"points must be (P, 3), got {points.shape}")
     if len(colors) != len(points):
         raise ValueError(f"{len(points)} points but {len(colors)} colours")
-    feats = normalize_colors(colors)
+    feats = normalize_colors(colors) if normalize else unit_colors(colors)
     grid = np.floor(points / voxel_size)
     _, _, unique_map, inverse_map = ME.utils.sparse_quantize(
         coordinates=torch.from_numpy(grid).contiguous(), features=feats,
