@@ -144,7 +144,7 @@ class Inputs:
         self.pose_history.add(stamp_to_ns(header.stamp), M)
         self._wake()
 
-    # -- used by the worker ---------------------------------------------------------------------------
+    # -- used by the worker ------------------------------------------------------------------------
     def camera_pose(self, settings, stamp_ns: int, strict: bool) -> np.ndarray:
         """map_T_camera at ``stamp_ns``; ``strict``: only an interpolated or exact pose."""
         tol = 0.0 if strict else settings.tf_tolerance

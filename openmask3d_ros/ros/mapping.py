@@ -7,7 +7,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from openmask3d_ros.msg import PipelineStatus
 
@@ -30,7 +30,7 @@ class MapBuilder:
         self._worker: threading.Thread | None = None
         self._t0 = 0.0
 
-    # -- models and saved maps ----------------------------------------------------------------------
+    # -- models and saved maps ---------------------------------------------------------------------
     def start_loading(self, maps: list[Path]) -> None:
         """Build the models in the background, then load the first of ``maps`` that holds a map."""
         self.board.update(models="loading")
@@ -88,7 +88,7 @@ class MapBuilder:
         """True when the models are built (False: still loading or failed)."""
         return self._models_ready.wait(timeout) and self.models is not None
 
-    # -- building ------------------------------------------------------------------------------------
+    # -- building ----------------------------------------------------------------------------------
     def busy(self) -> bool:
         return self._worker is not None and self._worker.is_alive()
 

@@ -10,6 +10,7 @@ decodes and writes keyframes; poses, services and timers have their own callback
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -38,6 +39,16 @@ from .query_service import answer_query, handle_query, hits_to_messages
 from .settings import NodeSettings, check_live_change, declare_parameters, read_settings
 from .status import (ADVICE, StatusBoard, diagnostics, forward_core_logging,
                      restore_core_logging, status_message)
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), None where unknown."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")     # field 22: starttime
+        return float(Path("/proc/uptime").read_text().split()[0]) - start
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _latched(depth: int = 1) -> QoSProfile:
@@ -81,7 +92,7 @@ class OpenMask3DNode(LifecycleNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._markers_pub = self._points_pub = None
 
-    # -- status -------------------------------------------------------------------------------------
+    # -- status ------------------------------------------------------------------------------------
     def status(self) -> dict:
         """A copy of the current status fields (recorder counters merged in)."""
         if self.recorder is not None:
@@ -123,7 +134,7 @@ class OpenMask3DNode(LifecycleNode):
         self._publish_status()
         return TransitionCallbackReturn.FAILURE
 
-    # -- parameters ---------------------------------------------------------------------------------
+    # -- parameters --------------------------------------------------------------------------------
     def _on_set_parameters(self, params):
         result = check_live_change(params)
         live = {p.name: p.value for p in params if p.name in P.LIVE_PARAMETERS}
@@ -134,7 +145,7 @@ class OpenMask3DNode(LifecycleNode):
             self.get_logger().info(f"parameters changed: {live}")
         return result
 
-    # -- lifecycle ------------------------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             s = self.settings = read_settings(self)
@@ -188,9 +199,11 @@ class OpenMask3DNode(LifecycleNode):
         self._record_thread = threading.Thread(target=self._record_loop, daemon=True,
                                                name="openmask3d-recorder")
         self._record_thread.start()
+        age = process_age()
         self.get_logger().info(
             f"active: services {self.resolve_service_name(P.TRIGGER_SERVICE)}, "
-            f"{self.resolve_service_name(P.QUERY_SERVICE)}")
+            f"{self.resolve_service_name(P.QUERY_SERVICE)}" +
+            (f" ({age:.2f} s after the process started)" if age is not None else ""))
         self._publish_status()
         return super().on_activate(state)
 
@@ -246,7 +259,7 @@ class OpenMask3DNode(LifecycleNode):
             self._log_state = None
         return super().destroy_node()
 
-    # -- recording ------------------------------------------------------------------------------------
+    # -- recording ---------------------------------------------------------------------------------
     def _on_frame(self, stamp_ns: int, payload) -> None:
         if self.recorder.offer(stamp_ns, payload):
             self._wake.set()
@@ -269,7 +282,7 @@ class OpenMask3DNode(LifecycleNode):
                 self.get_logger().error(f"keyframe recording failed: {exc}",
                                         throttle_duration_sec=5.0)
 
-    # -- map complete ---------------------------------------------------------------------------------
+    # -- map complete ------------------------------------------------------------------------------
     def _on_trigger_topic(self, msg: Empty) -> None:
         ok, text = self.start_processing()
         (self.get_logger().info if ok else self.get_logger().warning)(f"map_complete topic: {text}")
@@ -311,7 +324,7 @@ class OpenMask3DNode(LifecycleNode):
             text = f"processing {c['keyframes'] + c['pending']} keyframes and {n} ({text})"
         return ok, text
 
-    # -- queries --------------------------------------------------------------------------------------
+    # -- queries -----------------------------------------------------------------------------------
     def _on_query(self, request, response):
         builder, settings = self.builder, self.settings
         engine = builder.engine if builder is not None else None

@@ -21,7 +21,8 @@ NODE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "color_topic": ("/camera/color/image_raw", "colour image topic (sensor_msgs/Image; with "
                     "color_transport compressed: <color_topic>/compressed)"),
     "depth_topic": ("/camera/aligned_depth_to_color/image_raw", "depth image topic registered "
-                    "to colour (with depth_transport compressedDepth: <depth_topic>/compressedDepth)"),
+                    "to colour (with depth_transport compressedDepth: "
+                    "<depth_topic>/compressedDepth)"),
     "camera_info_topic": ("/camera/color/camera_info", "camera_info of the colour camera"),
     "cloud_topic": ("/cloud_map", "reconstructed cloud (sensor_msgs/PointCloud2)"),
     "pose_topic": ("/camera_pose", "geometry_msgs/PoseStamped topic (pose_source pose)"),

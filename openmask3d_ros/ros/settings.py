@@ -49,7 +49,7 @@ class NodeSettings:
     pipeline: PipelineConfig
 
     @staticmethod
-    def from_values(values: dict[str, Any]) -> "NodeSettings":
+    def from_values(values: dict[str, Any]) -> NodeSettings:
         """Check and convert parameter values (``pipeline.*`` keys included); ValueError names
         the parameter."""
         node = {}
@@ -66,7 +66,7 @@ class NodeSettings:
             raise ValueError(f"pipeline.frame_step must be >= 1, got {cfg.frame_step}")
         return NodeSettings(pipeline=cfg, **node)
 
-    def with_live(self, changes: dict[str, Any]) -> "NodeSettings":
+    def with_live(self, changes: dict[str, Any]) -> NodeSettings:
         """A copy with live parameters changed."""
         conv = {k: float(v) if isinstance(P.NODE_PARAMETERS[k][0], float) else v
                 for k, v in changes.items()}

@@ -8,7 +8,7 @@ everything older is dropped. ``make_synchronizer`` uses message_filters when ins
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .conversions import stamp_to_ns
 

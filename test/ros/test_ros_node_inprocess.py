@@ -14,7 +14,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
-from openmask3d_ros.core.instance_map import InstanceMap, has_map
+from openmask3d_ros.core.instance_map import InstanceMap
 from openmask3d_ros.core.scene import SceneFolder
 from openmask3d_ros.msg import PipelineStatus
 from openmask3d_ros.ros.conversions import (BODY_T_OPTICAL, arrays_to_cloud, depth_to_image,
@@ -224,7 +224,7 @@ def test_pose_topic_source_and_32fc1_depth(context, tmp_path, scene):
         time.sleep(0.2)
         assert node.status()["keyframes"] == 0
         body_pose = scene.pose(fid) @ np.linalg.inv(BODY_T_OPTICAL)
-        for k, t in enumerate((9 * S, 11 * S)):
+        for t in (9 * S, 11 * S):
             msg = PoseStamped()
             msg.header.frame_id, msg.header.stamp = "map", ns_to_stamp(t)
             matrix_to_pose(body_pose, msg.pose)
@@ -282,7 +282,8 @@ def test_node_builds_its_map_with_clip_and_sam(context, tmp_path, scene):
     node = run.node
     try:
         st = run.wait_status(lambda s: s["models"] not in ("", "loading"), 120)
-        assert "segmenter=sam:vit_b" in st["models"] and "image_encoder=clip:ViT-B-32" in st["models"]
+        assert "segmenter=sam:vit_b" in st["models"]
+        assert "image_encoder=clip:ViT-B-32" in st["models"]
         for i, fid in enumerate(scene.frame_ids[:10]):
             t = 100 * S + i * S // 10
             _set_tf(node, "map", OPTICAL, t, scene.pose(fid))

@@ -2,10 +2,10 @@
 node, start-up time, /diagnostics, live parameters, and a restart on a folder with keyframes.
 The node is started the way users start it (`python -m openmask3d_ros.cli node`)."""
 import os
+import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -156,8 +156,11 @@ def test_lifecycle_and_parameter_services(tmp_path, client):
         assert client.spin_until(
             lambda: client.node.count_subscribers("/camera/color/image_raw") > 0, 20)
         startup = time.monotonic() - t0
-        print(f"camera subscription {startup:.2f} s after the process started")
-        assert startup < 4.0, f"subscriptions after {startup:.1f} s"   # 2 s budget + CI load
+        print(f"camera subscription seen by another process {startup:.2f} s after start")
+        assert startup < 6.0, f"subscriptions after {startup:.1f} s"   # + discovery, CI load
+        found = re.search(r"active: .* \((\d+\.\d+) s after the process started\)",
+                          (tmp_path / "node.log").read_text())
+        assert found and float(found.group(1)) < 2.0, (tmp_path / "node.log").read_text()
         assert client.state() == "active"
 
         names = client.call("list_parameters", ListParameters.Request()).result.names
