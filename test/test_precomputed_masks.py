@@ -78,3 +78,32 @@ def test_bad_npy_files_name_the_file(tmp_path):
     np.save(flat, np.ones(50, bool))
     with pytest.raises(InputError, match="flat.npy.*2-D"):
         load_masks(flat, 50)
+
+
+def test_official_masks_file_runs_column_for_column(tmp_path):
+    """`openmask3d run --masks x_masks.pt`: official mode uses the file's masks as they are (the
+    official feature stage neither splits nor filters them); paper mode splits with DBSCAN and
+    drops parts under proposals.min_mask_points."""
+    from openmask3d_ros.cli import main as cli
+    from openmask3d_ros.core.instance_map import InstanceMap
+    from openmask3d_ros.core.synthetic import make_scene
+    root = make_scene(tmp_path / "scene", seed=1, num_frames=8, width=96, height=72)
+    ids = np.load(root / "ground_truth" / "instance_ids.npy")
+    objects = [ids == i for i in np.unique(ids) if i > 0]
+    two_parts = objects[0] | objects[1]                   # one mask, two separate objects
+    small = np.zeros(len(ids), bool)
+    small[np.flatnonzero(objects[2])[:5]] = True           # 5 points: under min_mask_points
+    empty = np.zeros(len(ids), bool)
+    masks = np.stack([two_parts, empty, small] + objects[3:], axis=1).astype(np.float16)
+    torch.save(masks, tmp_path / "scene_masks.pt")
+    assert cli(["run", str(root), "--masks", str(tmp_path / "scene_masks.pt"),
+                "--frame-step", "2"]) == 0
+    meta = InstanceMap.load(root).meta
+    assert [i["mask_column"] for i in meta["instances"]] == [0] + list(range(2, masks.shape[1]))
+    assert [i["num_points"] for i in meta["instances"]][:2] == [int(two_parts.sum()), 5]
+    (tmp_path / "paper.yaml").write_text("fidelity: paper\n")
+    assert cli(["run", str(root), "--masks", str(tmp_path / "scene_masks.pt"),
+                "--frame-step", "2", "--config", str(tmp_path / "paper.yaml")]) == 0
+    meta = InstanceMap.load(root).meta
+    sizes = [i["num_points"] for i in meta["instances"]]
+    assert 5 not in sizes and len(sizes) == masks.shape[1] - 2    # small part dropped

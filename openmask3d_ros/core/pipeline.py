@@ -91,7 +91,7 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
 
     t0 = time.perf_counter()
     stage("proposals")
-    scores = None
+    scores = source_columns = None
     if masks is None:
         if hasattr(models.proposals, "segments"):    # Mask3D: ScanNet superpoint voting
             from .proposals.mask3d.segments import find_segments
@@ -106,6 +106,11 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     p = cfg.proposals
     if scores is not None:      # official Mask3D post-processing: split, scored, sorted already
         split = raw
+    elif proposal_name == "precomputed" and cfg.fidelity == "official":
+        # the official feature stage takes a masks file as it is (no split, no size filter);
+        # only empty columns go (a map instance needs points); each keeps its file column
+        source_columns = np.flatnonzero(raw.any(axis=0))
+        split = raw[:, source_columns]
     else:
         split = split_masks(points, raw, p.dbscan_eps, p.dbscan_min_points, p.min_mask_points)
     timings["proposals_s"] = time.perf_counter() - t0
@@ -147,6 +152,9 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     if scores is not None:      # Mask3D scores, highest first; equal features keep this order
         for inst, score in zip(meta["instances"], scores):
             inst["proposal_score"] = float(score)
+    if source_columns is not None:
+        for inst, col in zip(meta["instances"], source_columns):
+            inst["mask_column"] = int(col)
     imap = InstanceMap.from_masks(points, split, features, meta)
     # floor, walls, table tops: tagged once here, left out of object queries (core/structure.py)
     imap.meta["structure"] = structure_meta(points, imap.point_indices, cfg.structure)
