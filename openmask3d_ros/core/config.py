@@ -74,7 +74,8 @@ class EncoderConfig:
     batch_size: int = 64
     prompt_template: str = "a {} in a scene"
     text_cache_size: int = 1024
-    precision: str = "fp32"              # fp32 | bf16 (CPU/GPU); GPU always uses fp16 autocast
+    preprocess: str = "tensor"           # tensor (batched, on the device) | pil (open_clip's)
+    precision: str = "fp32"              # fp32 (fp16 autocast on GPU) | bf16 | fp16 (GPU)
     quantize: bool = False               # opt-in: dynamic int8 image tower (CPU)
 
 

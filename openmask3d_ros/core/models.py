@@ -106,7 +106,9 @@ def build_encoders(cfg: PipelineConfig, device: str, notes: list[str]
     if e.backend == "clip":
         from .encoders.clip import ClipEncoder
         enc = ClipEncoder(model_name=e.clip_model, checkpoint=e.clip_checkpoint, device=device,
-                          batch_size=e.batch_size, cache_size=e.text_cache_size)
+                          batch_size=e.batch_size, cache_size=e.text_cache_size,
+                          preprocess_mode=e.preprocess, precision=e.precision,
+                          quantize=e.quantize)
         return enc, enc
     if e.backend != "colour":
         raise ValueError(f"encoder.backend must be colour or clip, got '{e.backend}'")

@@ -109,7 +109,8 @@ class ClipEncoder:
 
     def __init__(self, model_name: str = DEFAULT_MODEL, checkpoint: str = "",
                  device: str = "cpu", batch_size: int = 64, cache_size: int = 1024,
-                 prompt_template: str = "a {} in a scene"):
+                 prompt_template: str = "a {} in a scene", preprocess_mode: str = "tensor",
+                 precision: str = "fp32", quantize: bool = False):
         import open_clip
         import torch
 
@@ -120,6 +121,7 @@ class ClipEncoder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        _check_speed_options(preprocess_mode, precision, quantize, str(device).startswith("cuda"))
         path = resolve_clip_checkpoint(checkpoint, model_name)
         quick_gelu = _wants_quick_gelu(path, model_name)
 
@@ -136,8 +138,13 @@ class ClipEncoder:
         state_dict = self._read_state_dict(path, model_name)
         self._load_weights(model, state_dict, path, model_name)
         del state_dict
-        self.model = model.to(device).eval()
+        model = model.eval()
+        if quantize:
+            model.visual = _quantize_int8(model.visual)
+        self.model = model.to(device)
         self.preprocess = preprocess
+        self.tensor_preprocess = (TensorPreprocess(model.visual.preprocess_cfg, device)
+                                  if preprocess_mode == "tensor" else None)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self.device = device
         self.model_name = model_name
@@ -148,13 +155,14 @@ class ClipEncoder:
         self.name = f"clip:{model_name}"
         self.dim = int(open_clip.get_model_config(model_name)["embed_dim"])
         self._use_amp = str(device).startswith("cuda")
+        self.precision = "fp16" if self._use_amp and precision == "fp32" else precision
         self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
         # counters for tests and benchmarks
         self.image_batches = 0
         self.text_model_calls = 0
         self.text_cache_hits = 0
         log.info("CLIP %s loaded from %s on %s (%s%s) in %.1f s", model_name, path, device,
-                 "fp16 autocast" if self._use_amp else "fp32",
+                 f"{self.precision} autocast" if self.precision != "fp32" else "fp32",
                  ", QuickGELU" if quick_gelu else "", time.perf_counter() - t0)
 
     # -- loading -----------------------------------------------------------------------------
@@ -216,8 +224,11 @@ class ClipEncoder:
         out = []
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start:start + self.batch_size]
-            pixels = torch.stack([self.preprocess(Image.fromarray(_check_crop(c, start + i)))
-                                  for i, c in enumerate(chunk)])
+            checked = [_check_crop(c, start + i) for i, c in enumerate(chunk)]
+            if self.tensor_preprocess is not None:
+                pixels = self.tensor_preprocess(checked)
+            else:   # open_clip's own PIL pipeline, one crop at a time
+                pixels = torch.stack([self.preprocess(Image.fromarray(c)) for c in checked])
             with torch.inference_mode(), self._autocast():
                 feats = self.model.encode_image(pixels.to(self.device))
             self.image_batches += 1
@@ -279,9 +290,10 @@ class ClipEncoder:
         import contextlib
 
         import torch
-        if self._use_amp:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast("cuda" if self._use_amp else "cpu", dtype=dtype)
 
 
 class _DropMessage(logging.Filter):
@@ -301,3 +313,68 @@ def _check_crop(crop: np.ndarray, index: int) -> np.ndarray:
     if crop.dtype != np.uint8:
         raise ValueError(f"crop {index} must be uint8, got {crop.dtype}")
     return np.ascontiguousarray(crop)
+
+
+class TensorPreprocess:
+    """open_clip's image transform (resize the short side, bicubic with antialias; centre crop;
+    normalise) on uint8 tensors, batched, on the model's device: no PIL image per crop.
+
+    torchvision's uint8 bicubic antialias kernel follows PIL's; the pixels differ from PIL's by
+    rounding only (feature cosine to the PIL path in benchmarks/RESULTS.md).
+    """
+
+    def __init__(self, cfg: dict, device: str):
+        import torch
+
+        size = cfg.get("size", 224)
+        size = size if isinstance(size, int) else tuple(size)
+        if cfg.get("resize_mode", "shortest") != "shortest" or \
+                (not isinstance(size, int) and size[0] != size[1]):
+            raise ValueError(f"tensor preprocessing supports square 'shortest' resizing only, "
+                             f"got {cfg}; set encoder.preprocess: pil")
+        if cfg.get("interpolation", "bicubic") != "bicubic":
+            raise ValueError(f"tensor preprocessing supports bicubic only, got {cfg}; "
+                             f"set encoder.preprocess: pil")
+        self.size = size if isinstance(size, int) else size[0]
+        self.device = device
+        self.mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1) * 255.0
+
+    def __call__(self, crops: Sequence[np.ndarray]):
+        import torch
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
+        out = torch.empty((len(crops), 3, self.size, self.size), dtype=torch.uint8,
+                          device=self.device)
+        for k, crop in enumerate(crops):
+            t = torch.from_numpy(crop).permute(2, 0, 1).to(self.device, non_blocking=True)
+            t = TF.resize(t, [self.size], interpolation=InterpolationMode.BICUBIC,
+                          antialias=True)
+            out[k] = TF.center_crop(t, [self.size, self.size])
+        return (out.float() - self.mean) / self.std
+
+
+def _check_speed_options(preprocess: str, precision: str, quantize: bool, on_gpu: bool) -> None:
+    if preprocess not in ("tensor", "pil"):
+        raise ValueError(f"encoder.preprocess must be tensor or pil, got '{preprocess}'")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"encoder.precision must be fp32, bf16 or fp16, got '{precision}'")
+    if precision == "fp16" and not on_gpu:
+        raise ValueError("encoder.precision fp16 needs a CUDA device; use bf16 on a CPU")
+    if quantize and on_gpu:
+        raise ValueError("encoder.quantize (dynamic int8) runs on the CPU only")
+
+
+def _quantize_int8(module):
+    """Dynamic int8 quantization of the linear layers (weights int8, activations at run time)."""
+    import warnings
+
+    import torch
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as exc:
+        raise ValueError(f"encoder.quantize needs torch.ao.quantization: {exc}") from exc
+    with warnings.catch_warnings():       # deprecated in favour of torchao, still working
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)

@@ -1,0 +1,65 @@
+"""CLIP speed options against open_clip's own PIL preprocessing in fp32 (ViT-B-32, random
+weights from a checkpoint file): tensor preprocessing keeps the features, the opt-in bf16 and
+int8 CPU paths stay close, bad options are named."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+open_clip = pytest.importorskip("open_clip")
+
+from openmask3d_ros.core.encoders.clip import ClipEncoder  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "b32.pt"
+    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def crops():
+    rng = np.random.default_rng(0)
+    out = []
+    for h, w in [(37, 300), (224, 224), (301, 90), (120, 160), (9, 11)]:
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 128 / (h + w)], -1)
+        out.append(np.clip(img + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8))
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt, crops):
+    return ClipEncoder("ViT-B-32", str(ckpt), preprocess_mode="pil").encode_images(crops)
+
+
+def test_tensor_preprocessing_matches_open_clip_pipeline(ckpt, crops, reference):
+    enc = ClipEncoder("ViT-B-32", str(ckpt))                    # the default
+    assert enc.tensor_preprocess is not None
+    pil = torch.stack([enc.preprocess(__import__("PIL.Image").Image.fromarray(c)) for c in crops])
+    ten = enc.tensor_preprocess(crops)
+    assert ten.shape == pil.shape == (5, 3, 224, 224)
+    # uint8 rounding of the resized pixels only: about one grey level after normalisation
+    assert (ten - pil).abs().mean() < 0.02
+    got = enc.encode_images(crops)
+    assert (got * reference).sum(axis=1).min() > 0.9999
+
+
+@pytest.mark.parametrize("kwargs", [{"precision": "bf16"}, {"quantize": True}])
+def test_cpu_opt_ins_stay_close(ckpt, crops, reference, kwargs):
+    enc = ClipEncoder("ViT-B-32", str(ckpt), **kwargs)
+    got = enc.encode_images(crops)
+    cos = (got * reference).sum(axis=1)
+    assert cos.min() > 0.99
+    assert cos.min() < 0.999999                                 # the option really changed it
+    if kwargs.get("quantize"):
+        assert "quantized" in type(enc.model.visual.transformer.resblocks[0].mlp.c_fc).__module__
+
+
+@pytest.mark.parametrize("kwargs,key", [({"preprocess_mode": "cv2"}, "preprocess"),
+                                        ({"precision": "fp8"}, "precision"),
+                                        ({"precision": "fp16"}, "fp16")])
+def test_bad_options_are_named(ckpt, kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        ClipEncoder("ViT-B-32", str(ckpt), **kwargs)
