@@ -43,6 +43,8 @@ class VisibilityConfig:
     k_view: int = 5                      # top views per mask
     min_visible_points: int = 1          # a view must see at least this many points (official: pixels)
     two_sided: bool = True               # occluded when |d - w| > k (official); false: w - d > k
+    share_fraction: float = 0.0          # opt-in (core/view_sharing.py): prefer frames other
+                                         # masks chose when within this fraction; 0 = paper top-k
 
 
 @dataclass

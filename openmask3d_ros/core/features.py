@@ -21,6 +21,7 @@ from .crops import crop_boxes, cut
 from .interfaces import ImageEncoder, Segmenter, l2_normalize
 from .prompt_plan import plan_official_prompts
 from .refine import points_box, refine_many, sample_prompts
+from .view_sharing import share_views
 from .scene import SceneError, SceneFolder
 from .visibility import (count_pixels, count_visible, frame_visibility,
                          mask_matrix, projection_intrinsics, select_views)
@@ -39,6 +40,7 @@ class FeatureReport:
     fallbacks: list[int] = field(default_factory=list)            # per instance: point-box views
     segmenter_images: int = 0
     crops_encoded: int = 0
+    view_sharing: dict = field(default_factory=dict)             # SharingReport, when enabled
 
 
 class _CropBatcher:
@@ -128,6 +130,14 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
                                cfg.visibility.two_sided)
     views = select_views(counts, cfg.visibility.k_view, cfg.visibility.min_visible_points,
                          "official" if official else "stable")
+    if cfg.visibility.share_fraction > 0:             # opt-in: fewer frames for SAM to embed
+        views, sharing = share_views(counts, views, cfg.visibility.share_fraction,
+                                     cfg.visibility.min_visible_points)
+        report.view_sharing = sharing.to_dict()
+        log.info("view sharing (fraction %.2f): %d frames to embed instead of %d, visible points "
+                 "lost %.1f%% mean, %.1f%% max", sharing.fraction, sharing.frames_shared,
+                 sharing.frames_topk, 100 * sharing.visibility_lost_mean,
+                 100 * sharing.visibility_lost_max)
     report.views = [[frame_ids[j] for j in row if j >= 0] for row in views]
     report.fallbacks = [0] * M
     by_frame: dict[int, list[int]] = defaultdict(list)
