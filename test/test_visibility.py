@@ -139,3 +139,17 @@ def test_tie_breaks():
     official_order = np.argsort(-counts, axis=0)[:5, 0].tolist()            # the official call
     assert select_views(counts, 5, tie_break="official")[0].tolist() == official_order
     assert sorted(official_order) == [1, 2, 3, 4, 5]
+
+
+def test_config_fidelity_is_checked_on_load(tmp_path):
+    from openmask3d_ros.core.config import PipelineConfig, load_config
+    from openmask3d_ros.core.errors import InputError
+    cfg = PipelineConfig()
+    assert cfg.fidelity == "official" and cfg.visibility.two_sided is True
+    path = tmp_path / "c.yaml"
+    path.write_text("fidelity: exact\n")
+    with pytest.raises(InputError, match="fidelity.*official, paper"):
+        load_config(path)
+    path.write_text("fidelity: paper\nvisibility: {two_sided: false}\n")
+    cfg = load_config(path)
+    assert cfg.fidelity == "paper" and cfg.visibility.two_sided is False

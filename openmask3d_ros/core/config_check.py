@@ -37,6 +37,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "device": lambda v: None if _DEVICE.match(v) else "must be auto, cpu, cuda or cuda:N",
     "threads": _ge(0),
     "keep_generations": _ge(1),
+    "fidelity": _one_of("official", "paper"),
     "proposals.backend": _one_of("geometric", "mask3d", "precomputed"),
     "proposals.dbscan_eps": _gt(0),
     "proposals.dbscan_min_points": _ge(1),
