@@ -227,9 +227,10 @@ def prepare(args, tmp: Path) -> None:
 def compare(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_features_"))
     prepare(args, tmp)
+    models = "stand-ins" if args.stand_ins else f"{args.sam} + {args.clip}"
     print(f"scene {args.scene}: {len(np.load(tmp / 'points.npy'))} points, frame step "
-          f"{args.frame_step}; models {'stand-ins' if args.stand_ins else args.sam + ' + ' + args.clip}"
-          f", device {args.device}, threads {args.threads or 'auto'}; load {os.getloadavg()[0]:.2f}")
+          f"{args.frame_step}; models {models}, device {args.device}, threads "
+          f"{args.threads or 'auto'}; load {os.getloadavg()[0]:.2f}")
     for n in args.masks:
         rows = {}
         for run in args.runs:

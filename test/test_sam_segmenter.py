@@ -209,7 +209,7 @@ def test_bf16_decoder_stays_close_to_fp32(seg):
         bf16 = seg.predict_many(sets)
     finally:
         seg.precision = "fp32"
-    for (m32, s32), (m16, s16) in zip(fp32, bf16):
+    for (_, s32), (_, s16) in zip(fp32, bf16):
         assert s16.dtype == np.float32 and s16.shape == s32.shape
         assert np.abs(s16 - s32).max() < 0.05 * max(1.0, np.abs(s32).max())
         assert not np.array_equal(s16, s32)            # bf16 really ran
