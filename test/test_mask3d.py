@@ -196,7 +196,8 @@ def test_wrong_shape_is_reported(backend, tmp_path):
     state["model.class_embed_head.weight"] = torch.zeros(19, 128)   # a ScanNet20 head
     state["model.class_embed_head.bias"] = torch.zeros(19)
     torch.save({"state_dict": state}, tmp_path / "scannet20.ckpt")
-    with pytest.raises(ValueError, match=r"2 shape mismatch.*class_embed_head.bias \(19,\) vs \(201,\)"):
+    with pytest.raises(ValueError,
+                       match=r"2 shape mismatch.*class_embed_head.bias \(19,\) vs \(201,\)"):
         Mask3DBackend(checkpoint=str(tmp_path / "scannet20.ckpt"), num_queries=8)
 
 

@@ -112,7 +112,8 @@ def official_state_dict_shapes(num_classes: int = 201, out_channels: int = 200,
     sizes = planes[-5:]
     for k in range(num_decoders_stored):
         for i in range(num_levels):
-            for mod, attn in (("cross_attention", "multihead_attn"), ("self_attention", "self_attn")):
+            for mod, attn in (("cross_attention", "multihead_attn"),
+                              ("self_attention", "self_attn")):
                 p = f"{mod}.{k}.{i}"
                 s[f"{p}.{attn}.in_proj_weight"] = (3 * d, d)
                 s[f"{p}.{attn}.in_proj_bias"] = (3 * d,)
