@@ -156,7 +156,7 @@ def test_garbage_pose_file_skips_that_frame(scene):
     assert "2.txt" in InstanceMap.load(scene).meta["frames"]["skipped"]["2"]
 
 
-# -- configuration and other inputs -----------------------------------------------------------------
+# -- configuration and other inputs ------------------------------------------------------------
 @pytest.mark.parametrize("text,needles", [
     ("visibility: {k_view: -3}\n", ["visibility.k_view", ">= 1", "-3"]),
     ("crops: {levels: 0}\n", ["crops.levels", ">= 1"]),
@@ -186,7 +186,7 @@ def test_bad_masks_file(scene, capsys, content):
     fails(capsys, ["run", str(scene), *STEP, "--masks", str(path)], "masks.npy")
 
 
-# -- as a user sees it: a subprocess ----------------------------------------------------------------
+# -- as a user sees it: a subprocess -------------------------------------------------------------
 def test_exit_2_without_traceback_and_debug_shows_it(scene):
     truncate(gen(scene) / "instances.npz", 0.5)
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -204,8 +204,8 @@ def test_sigkill_of_openmask3d_run_keeps_the_last_complete_map(scene, new_cloud)
     building = lambda: any(p.name.startswith(".building") for p in root.iterdir())  # noqa: E731
     for delay in (0.5, 1.5, 2.2):
         proc = _run_cli(scene)
-        t0 = time.monotonic()
-        _kill_when(proc, lambda: time.monotonic() - t0 > delay or building())
+        end = time.monotonic() + delay
+        _kill_when(proc, lambda end=end: time.monotonic() > end or building())
         assert red_points(scene) == before
     proc = _run_cli(scene)
     _kill_when(proc, building)                   # inside the save itself

@@ -133,7 +133,7 @@ def test_scene_json_reader(work, data):
 @SETTINGS
 @given(data=st.data())
 def test_matrix_reader_intrinsics_and_pose(work, data):
-    text = "525.0 0 319.5 0\n0 525.0 239.5 0\n0 0 1 0\n0 0 0 1\n".encode()
+    text = b"525.0 0 319.5 0\n0 525.0 239.5 0\n0 0 1 0\n0 0 0 1\n"
     path = work / "m.txt"
     path.write_bytes(data.draw(files(text)))
     only_input_error(read_matrix, path)

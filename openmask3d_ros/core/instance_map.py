@@ -72,7 +72,7 @@ class InstanceMap:
 
     @staticmethod
     def from_masks(points: np.ndarray, masks: np.ndarray, features: np.ndarray,
-                   meta: dict | None = None) -> "InstanceMap":
+                   meta: dict | None = None) -> InstanceMap:
         """Build from a (P, M) boolean mask matrix."""
         indices = [np.flatnonzero(masks[:, m]).astype(np.int64) for m in range(masks.shape[1])]
         return InstanceMap(points, indices, features, dict(meta or {}))
@@ -123,7 +123,7 @@ class InstanceMap:
         return generations.publish(root, tmp, name, keep)
 
     @staticmethod
-    def load(folder: str | Path, points: np.ndarray | None = None) -> "InstanceMap":
+    def load(folder: str | Path, points: np.ndarray | None = None) -> InstanceMap:
         """Load the current complete map of a scene folder, a map folder or one generation.
 
         ``points``: the cloud the caller will use the map with; refused unless it is the cloud
@@ -140,8 +140,8 @@ class InstanceMap:
         snapshot, _ = read_ply(gen / str(cloud.get("file", CLOUD_FILE)))
         if cloud_hash(snapshot) != cloud["sha256"]:
             raise InputError(f"the map's cloud does not match the map (content hash "
-                             f"{cloud_hash(snapshot)[:12]} != recorded {cloud['sha256'][:12]}): the "
-                             "file was changed or damaged; rebuild the map",
+                             f"{cloud_hash(snapshot)[:12]} != recorded {cloud['sha256'][:12]}): "
+                             "the file was changed or damaged; rebuild the map",
                              gen / CLOUD_FILE)
         if points is not None and cloud_hash(np.asarray(points, np.float32)) != cloud["sha256"]:
             raise InputError(f"the map was built on another cloud ({len(snapshot)} points, hash "
@@ -234,14 +234,14 @@ def read_instances(path: Path, num_points: int) -> tuple[list[np.ndarray], np.nd
     if not np.all(np.isfinite(feats)):
         raise InputError("non-finite values", path, "features")
     if len(flat) and (flat.min() < 0 or flat.max() >= num_points):
-        raise InputError(f"point index {int(flat.max() if flat.max() >= num_points else flat.min())}"
-                         f" is out of range for a cloud of {num_points} points", path,
-                         "point_indices")
+        bad = int(flat.max() if flat.max() >= num_points else flat.min())
+        raise InputError(f"point index {bad} is out of range for a cloud of {num_points} "
+                         "points", path, "point_indices")
     flat = flat.astype(np.int64)
     return [flat[off[m]:off[m + 1]] for m in range(M)], feats.astype(np.float32)
 
 
-def _load_legacy(folder: Path, points: np.ndarray | None) -> "InstanceMap":
+def _load_legacy(folder: Path, points: np.ndarray | None) -> InstanceMap:
     """Format 1 (one folder, tied to the scene cloud by point count only)."""
     meta = read_meta(folder / "meta.json")
     if points is None:

@@ -129,6 +129,7 @@ class OpenMask3DClient:
     def _executor(self) -> SingleThreadedExecutor:
         if getattr(self, "_own_executor", None) is None:
             self._own_executor = SingleThreadedExecutor(context=self.node.context)
+        if self.node.executor is not self._own_executor:    # new, or taken by another executor
             self._own_executor.add_node(self.node)
         return self._own_executor
 

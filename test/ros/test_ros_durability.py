@@ -127,7 +127,8 @@ class Feeder:
         """The last status and the node's log, for assertion messages."""
         st = self.client.last_status
         seen = st and (st.header.stamp.sec, st.state, st.have_cloud, st.keyframes, st.message)
-        return f"now {time.time():.0f}; last status {seen}; cloud subscribers {self.cloud.get_subscription_count()}\n" \
+        subs = self.cloud.get_subscription_count()
+        return f"now {time.time():.0f}; last status {seen}; cloud subscribers {subs}\n" \
             + log.read_text()[-2000:]
 
     def close(self):
