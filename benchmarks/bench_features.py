@@ -193,6 +193,7 @@ def child(args) -> int:
     res = {"total_s": total, **{k: v for k, v in seg.seconds.items()},
            "visibility_and_rest_s": total - sum(seg.seconds.values()),
            "sam_embeddings": seg.embeddings, "threads": threads,
+           "sam_rounds_decoded": getattr(seg.inner, "rounds_decoded", None),
            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, **extra}
     if args.device.startswith("cuda"):
         import torch
@@ -253,6 +254,8 @@ def compare(args) -> int:
                   f"{r['sam_embeddings']:6d} {r['peak_rss_gib']:7.2f} "
                   f"{r.get('peak_gpu_gib', float('nan')):7.2f} "
                   f"{(base / r['total_s']) if base else float('nan'):7.1f}x")
+            if r.get("sam_rounds_decoded") is not None:
+                print(f"          SAM rounds through the split decoder: {r['sam_rounds_decoded']}")
             if r.get("view_sharing"):
                 print(f"          view sharing: {json.dumps(r['view_sharing'])}")
         agreement(tmp, n, rows)
