@@ -22,13 +22,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_features import build_real  # noqa: E402
 from official_baseline import official_features  # noqa: E402
 
 from openmask3d_ros.core.config import PipelineConfig  # noqa: E402
 from openmask3d_ros.core.features import compute_features  # noqa: E402
 from openmask3d_ros.core.scene import SceneFolder  # noqa: E402
 from openmask3d_ros.core.synthetic import make_scene  # noqa: E402
+
+
+def build_real(args, tmp: Path, device: str):
+    """SAM and CLIP at random weights, saved and loaded through the user path."""
+    import open_clip
+    import torch
+    from segment_anything import sam_model_registry
+
+    from openmask3d_ros.core.encoders.clip import ClipEncoder
+    from openmask3d_ros.core.segmenters.sam import SamSegmenter
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(args.clip, pretrained=None).state_dict(), tmp / "clip.pt")
+    torch.save(sam_model_registry[args.sam](checkpoint=None).state_dict(), tmp / "sam.pth")
+    return (SamSegmenter(model_type=args.sam, checkpoint=str(tmp / "sam.pth"), device=device),
+            ClipEncoder(model_name=args.clip, checkpoint=str(tmp / "clip.pt"), device=device,
+                        batch_size=args.batch_size))
 
 
 def main() -> int:
