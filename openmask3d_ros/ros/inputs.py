@@ -12,7 +12,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from . import params as P
-from .conversions import (BODY_T_OPTICAL, COLOR_ENCODINGS, DEPTH_ENCODINGS,
+from .conversions import (BODY_T_OPTICAL, COLOR_ENCODINGS, DEPTH_ENCODINGS, ConversionError,
                           camera_info_to_intrinsics, compressed_to_depth, compressed_to_rgb,
                           image_to_depth, image_to_rgb, pose_to_matrix, stamp_to_ns)
 from .sync import make_synchronizer
@@ -128,12 +128,17 @@ class Inputs:
                                         f"frame '{msg.header.frame_id}'")
 
     def on_pose(self, msg) -> None:
-        self._add_pose(msg.header, pose_to_matrix(msg.pose))
+        self._add_pose(msg.header, msg.pose, "PoseStamped")
 
     def on_odom(self, msg) -> None:
-        self._add_pose(msg.header, pose_to_matrix(msg.pose.pose))
+        self._add_pose(msg.header, msg.pose.pose, "Odometry")
 
-    def _add_pose(self, header, M: np.ndarray) -> None:
+    def _add_pose(self, header, pose, kind: str) -> None:
+        try:
+            M = pose_to_matrix(pose, f"{kind} at {stamp_to_ns(header.stamp) / 1e9:.3f} s")
+        except ConversionError as exc:   # a bad pose is skipped with its reason, never fatal
+            self.node.get_logger().warning(f"pose rejected: {exc}", throttle_duration_sec=5.0)
+            return
         frame = header.frame_id.lstrip("/")
         if frame and frame != self.s.map_frame:
             self.node.get_logger().warning(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from openmask3d_ros.msg import PipelineStatus
 
+from ..core.errors import InputError
 from ..core.instance_map import MAP_DIRNAME
 from .status import StatusBoard
 
@@ -18,9 +19,12 @@ from .status import StatusBoard
 class MapBuilder:
     """Owns the models, the current query engine and the build worker of one configured node."""
 
-    def __init__(self, scene_dir: Path, cfg, board: StatusBoard, log, publish: Callable[[], None]):
+    def __init__(self, scene_dir: Path, cfg, board: StatusBoard, log, publish: Callable[[], None],
+                 on_map: Callable[[object], None] | None = None):
+        """``on_map(engine)`` is called whenever a map becomes current (loaded or built)."""
         self.scene_dir, self.cfg, self.board, self.log = scene_dir, cfg, board, log
         self._publish = publish
+        self._on_map = on_map
         self._lock = threading.Lock()
         self.models = None
         self.models_error: str | None = None
@@ -70,7 +74,7 @@ class MapBuilder:
             return False
         try:
             imap = InstanceMap.load(path)
-            engine = QueryEngine(imap, self.models.text_encoder)
+            engine = QueryEngine(imap, self.models.text_encoder, query_cfg=self.cfg.query)
         except Exception as exc:
             self.log.error(f"loading the map at {path} failed: {exc}")
             self.board.update(message=f"loading the map at {path} failed: {exc}")
@@ -82,6 +86,7 @@ class MapBuilder:
         self.log.info(f"loaded map {path}: {imap.num_instances} instances")
         self.board.update(state=PipelineStatus.STATE_READY, num_instances=imap.num_instances,
                           message=f"map loaded from {path}")
+        self._map_ready(engine)
         return True
 
     def wait_models(self, timeout: float | None = None) -> bool:
@@ -137,9 +142,10 @@ class MapBuilder:
                                    "frames_rejected)")
             imap = run_pipeline(self.scene_dir, self.cfg, models=self.models,
                                 progress=self.progress, cloud=cloud)
-            engine = QueryEngine(imap, self.models.text_encoder)
+            engine = QueryEngine(imap, self.models.text_encoder, query_cfg=self.cfg.query)
         except Exception as exc:
-            self.log.error(f"pipeline failed: {exc}\n{traceback.format_exc()}")
+            detail = "" if isinstance(exc, InputError) else f"\n{traceback.format_exc()}"
+            self.log.error(f"pipeline failed: {exc}{detail}")
             self.board.update(state=PipelineStatus.STATE_ERROR, stage="",
                               elapsed=time.perf_counter() - self._t0,
                               message=f"pipeline failed: {exc}")
@@ -158,6 +164,15 @@ class MapBuilder:
         self.board.update(state=PipelineStatus.STATE_READY, stage="", progress=1.0, elapsed=dt,
                           num_instances=imap.num_instances, message=text)
         self._publish()
+        self._map_ready(engine)
+
+    def _map_ready(self, engine) -> None:
+        if self._on_map is None:
+            return
+        try:
+            self._on_map(engine)
+        except Exception as exc:     # visualisation must never cost the map
+            self.log.warning(f"publishing the map views failed: {exc}")
 
     def join(self, timeout: float = 10.0) -> None:
         """Wait for the loader and the build worker (a build cannot be interrupted: warn)."""

@@ -22,21 +22,22 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Empty
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import MarkerArray
 
 from openmask3d_ros.msg import PipelineStatus
 from openmask3d_ros.srv import QueryObjects
 
 from ..core.instance_map import MAP_DIRNAME
 from ..core.recorder import DROP_CAUSES, KeyframeRecorder
+from ..core.render import instance_values
 from . import params as P
 from .inputs import Inputs, decode_frame
+from .conversions import image_to_rgb
 from .mapping import MapBuilder
-from .query_service import answer_query, handle_query, hits_to_messages
+from .query_service import answer_query, handle_query
 from .settings import NodeSettings, check_live_change, declare_parameters, read_settings
+from .visualization import MapPublishers
 from .status import (ADVICE, StatusBoard, diagnostics, forward_core_logging,
                      restore_core_logging, status_message)
 
@@ -90,7 +91,7 @@ class OpenMask3DNode(LifecycleNode):
         # failed node.
         self._status_pub = self.create_publisher(PipelineStatus, P.STATUS_TOPIC, _latched())
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._markers_pub = self._points_pub = None
+        self.viz = None
 
     # -- status ------------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -162,16 +163,14 @@ class OpenMask3DNode(LifecycleNode):
         self._log_state = self._log_state or forward_core_logging(log)
         self.board.update(state=PipelineStatus.STATE_RECORDING, scene_dir=str(self.scene_dir),
                           message=f"configured; recording into {self.scene_dir}")
+        # Map and query views (instance cloud, heatmap, detections, hit markers): latched.
+        self.viz = MapPublishers(self, lambda: self.settings.map_frame, hits=True, lifecycle=True)
         self.builder = MapBuilder(self.scene_dir, s.pipeline, self.board, log,
-                                  self._publish_status)
+                                  self._publish_status, on_map=self.viz.publish_map)
         maps = [Path(s.load_map).expanduser()] if s.load_map.strip() else []
         if s.load_scene_map:
             maps.append(self.scene_dir / MAP_DIRNAME)
         self.builder.start_loading(maps)
-        self._markers_pub = self.create_lifecycle_publisher(MarkerArray, P.MARKERS_TOPIC,
-                                                            _latched())
-        self._points_pub = self.create_lifecycle_publisher(PointCloud2, P.QUERY_POINTS_TOPIC,
-                                                           _latched())
         self._om_timers.append(self.create_timer(s.status_period, self._on_status_timer,
                                                  callback_group=self._timer_group))
         if self.recorder.keyframes_before:
@@ -241,10 +240,9 @@ class OpenMask3DNode(LifecycleNode):
         for t in self._om_timers:
             self.destroy_timer(t)
         self._om_timers = []
-        for pub in (self._markers_pub, self._points_pub):
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub)
-        self._markers_pub = self._points_pub = None
+        if self.viz is not None:
+            self.viz.destroy()
+            self.viz = None
         if self._log_state is not None:
             restore_core_logging(self._log_state)
             self._log_state = None
@@ -334,14 +332,23 @@ class OpenMask3DNode(LifecycleNode):
             no_map = ("no map yet: record frames, then call "
                       f"{self.resolve_service_name(P.TRIGGER_SERVICE)} (or set parameter load_map)")
         stamp = self.get_clock().now().to_msg()
-        return handle_query(request, response, lambda req, resp: answer_query(
-            engine, req, resp, settings, self._publish_hits, stamp, no_map), self.get_logger())
+        viz = self.viz
 
-    def _publish_hits(self, text: str, results, stamp, frame: str) -> None:
-        markers, points = hits_to_messages(text, results, stamp, frame)
-        if self._markers_pub is not None:
-            self._markers_pub.publish(markers)
-            self._points_pub.publish(points)
+        def publish_hits(text: str, results, stamp, frame: str) -> None:
+            if viz is None:
+                return
+            try:      # the heatmap ranks every instance as the query does
+                values = instance_values(engine, text=None if has_image else text,
+                                         image=image_to_rgb(request.image) if has_image else None,
+                                         include_structure=bool(request.include_structure) or None)
+            except Exception as exc:   # visualisation never fails a query
+                self.get_logger().warning(f"heatmap skipped: {exc}")
+                values = None
+            viz.publish_query(text, results, values, stamp)
+
+        has_image = bool(request.image.data)
+        return handle_query(request, response, lambda req, resp: answer_query(
+            engine, req, resp, settings, publish_hits, stamp, no_map), self.get_logger())
 
 
 def main(args: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ touching recording. The node calls ``handle_query`` from its service callback:
 
 ``settings`` is any object with ``map_frame``, ``default_top_k``, ``max_points_per_instance``
 and ``publish_markers`` (optionally ``min_relevance``); ``publish_hits(text, results, stamp,
-frame)`` publishes the hits for RViz (``hits_to_messages`` builds them).
+frame)`` publishes the hits for RViz (ros/visualization.py).
 Messages are built with numpy (no per-point Python loops); a request may ask for point indices,
 a voxel-downsampled cloud or no points instead of every point (``points_mode``).
 """
@@ -21,7 +21,6 @@ import traceback
 from collections.abc import Callable
 
 import numpy as np
-from visualization_msgs.msg import Marker, MarkerArray
 
 from openmask3d_ros.msg import ObjectInstance
 
@@ -148,37 +147,3 @@ def instance_message(r, label: str, stamp, frame: str, mode: int = 0, voxel: flo
         arrays_to_cloud(pts, frame_id=frame, stamp=stamp, msg=inst.points)
     return inst
 
-
-def hits_to_messages(text: str, results, stamp, frame: str):
-    """(MarkerArray of boxes + labels, PointCloud2 of the hits' points) for the last query."""
-    markers = MarkerArray()
-    clear = Marker()
-    clear.header.frame_id, clear.header.stamp = frame, stamp
-    clear.action = Marker.DELETEALL
-    markers.markers.append(clear)
-    for rank, r in enumerate(results):
-        lo, hi = np.asarray(r.bbox_min, float), np.asarray(r.bbox_max, float)
-        shade = 1.0 if rank == 0 else 0.5
-        box = Marker()
-        box.header.frame_id, box.header.stamp = frame, stamp
-        box.ns, box.id, box.type, box.action = "openmask3d/boxes", rank, Marker.CUBE, Marker.ADD
-        c = (lo + hi) / 2
-        box.pose.position.x, box.pose.position.y, box.pose.position.z = (float(v) for v in c)
-        box.pose.orientation.w = 1.0
-        size = np.maximum(hi - lo, 0.01)
-        box.scale.x, box.scale.y, box.scale.z = (float(v) for v in size)
-        box.color.r, box.color.g, box.color.b, box.color.a = 0.1, shade, 0.2, 0.35
-        label = Marker()
-        label.header.frame_id, label.header.stamp = frame, stamp
-        label.ns, label.id = "openmask3d/labels", rank
-        label.type, label.action = Marker.TEXT_VIEW_FACING, Marker.ADD
-        label.pose.position.x, label.pose.position.y = float(c[0]), float(c[1])
-        label.pose.position.z = float(hi[2]) + 0.05
-        label.pose.orientation.w = 1.0
-        label.scale.z = 0.05
-        label.color.r = label.color.g = label.color.b = label.color.a = 1.0
-        label.text = f"{text} #{rank + 1} (relevance {r.relevance:.2f})"
-        markers.markers += [box, label]
-    pts = (np.concatenate([np.asarray(r.points, np.float32) for r in results])
-           if results else np.zeros((0, 3), np.float32))
-    return markers, arrays_to_cloud(pts, frame_id=frame, stamp=stamp)

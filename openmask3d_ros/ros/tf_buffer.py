@@ -119,18 +119,19 @@ class TransformBuffer:
                 hist = self._dynamic.setdefault(child, TransformHistory(self._max_age_ns))
                 hist.add(stamp_ns, M)
 
-    def add_message(self, msg, static: bool = False) -> int:
-        """Add every TransformStamped of a tf2_msgs/TFMessage; returns how many were usable."""
-        used = 0
+    def add_message(self, msg, static: bool = False) -> list[str]:
+        """Add every TransformStamped of a tf2_msgs/TFMessage; returns why each unusable one was
+        rejected (empty: all were used)."""
+        rejected = []
         for ts in msg.transforms:
+            what = f"transform {ts.header.frame_id!r} -> {ts.child_frame_id!r}"
             try:
                 self.set_transform(ts.header.frame_id, ts.child_frame_id,
-                                   stamp_to_ns(ts.header.stamp), transform_to_matrix(ts.transform),
-                                   static)
-                used += 1
-            except ValueError:
-                continue
-        return used
+                                   stamp_to_ns(ts.header.stamp),
+                                   transform_to_matrix(ts.transform, what), static)
+            except ValueError as exc:
+                rejected.append(str(exc))
+        return rejected
 
     def frames(self) -> list[str]:
         with self._lock:
@@ -239,13 +240,18 @@ class TfTopicLookup:
             node.create_subscription(TFMessage, "/tf_static", self._on_static, static,
                                      callback_group=callback_group)]
 
+    def _warn_rejected(self, rejected: list[str]) -> None:
+        if rejected:
+            self._node.get_logger().warning(f"TF rejected: {'; '.join(rejected)}",
+                                            throttle_duration_sec=5.0)
+
     def _on_dynamic(self, msg) -> None:
-        self.buffer.add_message(msg)
+        self._warn_rejected(self.buffer.add_message(msg))
         self._on_update()   # keyframe candidates waiting for this pose are retried at once
 
     def _on_static(self, msg) -> None:
         known = set(self.buffer.frames())
-        self.buffer.add_message(msg, static=True)
+        self._warn_rejected(self.buffer.add_message(msg, static=True))
         new = [f"{t.header.frame_id} -> {t.child_frame_id}" for t in msg.transforms
                if t.child_frame_id.lstrip("/") not in known]
         if new:

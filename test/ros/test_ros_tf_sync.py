@@ -76,9 +76,15 @@ def test_tf_message_and_out_of_order_samples():
         matrix_to_transform(_T(0, (t, 0, 0)), ts.transform)
         msgs.append(ts)
 
+    bad = TransformStamped()
+    bad.header.frame_id, bad.child_frame_id = "map", "cam"
+    bad.transform.rotation.w = float("nan")
+    msgs.append(bad)
+
     class Msg:
         transforms = msgs
-    assert buf.add_message(Msg) == 3
+    rejected = buf.add_message(Msg)           # the three good ones are used, the NaN one says why
+    assert len(rejected) == 1 and "'map' -> 'cam'" in rejected[0] and "nan" in rejected[0].lower()
     np.testing.assert_allclose(buf.lookup("map", "cam", int(1.5 * S))[:3, 3], [1.5, 0, 0])
     np.testing.assert_allclose(buf.lookup("map", "cam", int(2.5 * S))[:3, 3], [2.5, 0, 0])
     assert buf.frames() == ["cam", "map"]

@@ -165,8 +165,6 @@ def test_rviz_config_names_published_topics(context, tmp_path):
 
     node = OpenMask3DNode(context=context, parameter_overrides=[
         Parameter("autostart", value=False), Parameter("scene_dir", value=str(tmp_path / "rec"))])
-    # Until the node creates them itself, attach the visualisation publishers as it will.
-    viz = MapPublishers(node, lambda: "map", hits=False)
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         published = {name: types for name, types in
@@ -182,7 +180,6 @@ def test_rviz_config_names_published_topics(context, tmp_path):
         assert kinds["/openmask3d/detections"] == "vision_msgs_rviz_plugins/Detection3DArray"
         assert published["/openmask3d/detections"] == ["vision_msgs/msg/Detection3DArray"]
     finally:
-        viz.destroy()
         node.destroy_node()
 
 
