@@ -35,7 +35,7 @@ def synthetic_room(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     sizes = rng.integers(n_box // 24, n_box // 8, 12).astype(float)
     counts = np.floor(sizes / sizes.sum() * n_box).astype(int)
     counts[-1] += n_box - counts.sum()
-    for k, m in enumerate(counts):
+    for m in counts:
         size = rng.uniform(0.2, 0.8, 3)
         origin = [rng.uniform(0.3, 4.2), rng.uniform(0.3, 3.2), 0.0]
         p = rng.uniform(0, 1, (m, 3)) * size

@@ -62,7 +62,7 @@ def test_missing_folder_and_cloud(tmp_path):
     with pytest.raises(SceneError, match="not found"):
         SceneFolder(tmp_path / "missing")
     with pytest.raises(SceneError, match="cloud.ply"):
-        SceneFolder(tmp_path).cloud_path
+        _ = SceneFolder(tmp_path).cloud_path
 
 
 def test_intrinsics_validation():

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import yaml
 
@@ -135,13 +136,13 @@ class PipelineConfig:
                 out[key] = value
         return out
 
-    def validate(self, source: str | Path | None = None) -> "PipelineConfig":
+    def validate(self, source: str | Path | None = None) -> PipelineConfig:
         """Check every value's range (``InputError`` naming key and ``source``); returns self."""
         from .config_check import validate
         validate(self.flat(), source)
         return self
 
-    def updated(self, values: Mapping[str, Any], strict: bool = True) -> "PipelineConfig":
+    def updated(self, values: Mapping[str, Any], strict: bool = True) -> PipelineConfig:
         """Return a copy with dotted or nested ``values`` applied (type-checked)."""
         cfg = dataclasses.replace(self, **{
             f.name: dataclasses.replace(getattr(self, f.name))

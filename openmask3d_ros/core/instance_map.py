@@ -77,13 +77,6 @@ class InstanceMap:
         indices = [np.flatnonzero(masks[:, m]).astype(np.int64) for m in range(masks.shape[1])]
         return InstanceMap(points, indices, features, dict(meta or {}))
 
-    def masks(self) -> np.ndarray:
-        """Dense (P, M) boolean matrix."""
-        out = np.zeros((len(self.points), self.num_instances), dtype=bool)
-        for m, idx in enumerate(self.point_indices):
-            out[idx, m] = True
-        return out
-
     # -- storage --------------------------------------------------------------------------------
     def save(self, folder: str | Path, keep: int = DEFAULT_KEEP,
              colors: np.ndarray | None = None) -> Path:

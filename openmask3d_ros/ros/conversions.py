@@ -106,7 +106,7 @@ def _field_dtype(msg) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": step})
 
 
-def cloud_to_arrays(msg, skip_nans: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+def cloud_to_arrays(msg) -> tuple[np.ndarray, np.ndarray | None]:
     """PointCloud2 -> points (N, 3) float32 and colours (N, 3) uint8 or None.
 
     Colour comes from a packed ``rgb``/``rgba`` field (float32 or uint32 holding 0x00RRGGBB) or
@@ -160,11 +160,10 @@ def cloud_to_arrays(msg, skip_nans: bool = True) -> tuple[np.ndarray, np.ndarray
                     v = np.clip(np.nan_to_num(np.round(v * 255.0)), 0, 255)
             chans.append(v.astype(np.uint8))
         colors = np.stack(chans, axis=1)
-    if skip_nans:
-        ok = np.all(np.isfinite(pts), axis=1)
-        if not ok.all():
-            pts = pts[ok]
-            colors = colors[ok] if colors is not None else None
+    ok = np.all(np.isfinite(pts), axis=1)     # reconstructions mark empty cells with NaN
+    if not ok.all():
+        pts = pts[ok]
+        colors = colors[ok] if colors is not None else None
     return np.ascontiguousarray(pts), colors
 
 

@@ -68,9 +68,6 @@ class TransformHistory:
             self._times.popleft()
             self._mats.popleft()
 
-    def latest_ns(self) -> int | None:
-        return self._times[-1] if self._times else None
-
     def lookup(self, stamp_ns: int | None, tolerance_ns: int) -> np.ndarray:
         """The transform at ``stamp_ns`` (None: the latest). Interpolates between the samples
         around it; before the first or after the last sample, the nearest within tolerance."""

@@ -13,7 +13,7 @@ import time
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -156,7 +156,7 @@ class ClipEncoder:
         self.dim = int(open_clip.get_model_config(model_name)["embed_dim"])
         self._use_amp = str(device).startswith("cuda")
         self.precision = "fp16" if self._use_amp and precision == "fp32" else precision
-        self._text_cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         # counters for tests and benchmarks
         self.image_batches = 0
         self.text_model_calls = 0

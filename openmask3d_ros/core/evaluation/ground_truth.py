@@ -16,7 +16,7 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

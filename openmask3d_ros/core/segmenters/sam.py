@@ -272,11 +272,6 @@ class SamSegmenter:
         self.masks_upscaled += len(pending)
         pending.clear()
 
-    def reset_image(self) -> None:
-        """Drop the current embedding (frees memory between frames)."""
-        self.predictor.reset_image()
-        self._image_shape = None
-
     def _autocast(self):
         import contextlib
 

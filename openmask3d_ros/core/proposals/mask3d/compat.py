@@ -38,8 +38,3 @@ def minkowski_available() -> bool:
         return False
     return True
 
-
-def minkowski_has_cuda() -> bool:
-    """True when the installed MinkowskiEngine was built with CUDA."""
-    ME = import_minkowski()
-    return bool(getattr(ME, "is_cuda_available", lambda: False)())
