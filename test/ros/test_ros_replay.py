@@ -35,7 +35,7 @@ def start_node(tmp_path: Path, name: str, *params: str) -> tuple[subprocess.Pope
     cmd = [sys.executable, "-m", "openmask3d_ros.cli", "node", "--params",
            "config/openmask3d.yaml", "--param", "qos_reliability:=reliable",
            # a deep reliable queue: on a loaded 2-core CI machine the node must not lose frames
-           "--param", "qos_depth:=200", "--param", "tf_wait:=2.0"]
+           "--param", "qos_depth:=200", "--param", "pose_wait:=5.0"]
     for p in params:
         cmd += ["--param", p]
     env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
@@ -170,6 +170,35 @@ def test_replay_map_complete_and_query(recorded, running_node, ros):
     ros.destroy_subscription(sub)
     assert {m.ns for m in got[-1].markers[1:]} == {"openmask3d/boxes", "openmask3d/labels"}
     assert len(got[-1].markers) == 1 + 2 * len(hits)   # a delete-all, then a box + label a hit
+
+    # The standard views of the map and of the last query (issue 13), from the node itself
+    from sensor_msgs.msg import PointCloud2
+    from vision_msgs.msg import Detection3DArray
+
+    from openmask3d_ros.core.render import HEAT_LUT
+    from openmask3d_ros.ros.conversions import cloud_to_arrays
+    views: dict = {}
+    subs = [ros.create_subscription(kind, f"/openmask3d/{name}",
+                                    lambda m, name=name: views.__setitem__(name, m), qos)
+            for name, kind in (("instances_cloud", PointCloud2), ("detections", Detection3DArray),
+                               ("heatmap", PointCloud2))]
+    assert client._wait(lambda: len(views) == 3, 10), sorted(views)
+    for sub in subs:
+        ros.destroy_subscription(sub)
+    det = views["detections"]
+    assert det.header.frame_id == "map" and len(det.detections) == len(hits)
+    assert det.detections[0].id == str(hits[0].id)
+    assert det.detections[0].results[0].hypothesis.class_id == info["color"]
+    top = cKDTree(hits[0].points)
+    heat_pts, heat_rgb = cloud_to_arrays(views["heatmap"])
+    assert len(heat_pts) == len(points)                # the whole scene, coloured by the query
+    hottest = heat_pts[(heat_rgb == HEAT_LUT[-1]).all(axis=1)]
+    assert len(hottest) > 0
+    assert top.query(hottest)[0].max() < 1e-4          # the hottest points are the top hit's
+    inst_pts, inst_rgb = cloud_to_arrays(views["instances_cloud"])
+    on_top = top.query(inst_pts)[0] < 1e-4
+    assert len(np.unique(inst_rgb[on_top], axis=0)) == 1   # one colour per instance
+    assert len(np.unique(inst_rgb, axis=0)) > 2
     assert has_map(root / "recording")
 
 
