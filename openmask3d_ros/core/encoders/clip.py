@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..interfaces import configured_path, l2_normalize
+from ..precision import check_precision, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class ClipEncoder:
         del state_dict
         model = model.eval()
         if quantize:
-            model.visual = _quantize_int8(model.visual)
+            model.visual = quantize_int8(model.visual, "encoder")
         self.model = model.to(device)
         self.preprocess = preprocess
         self.tensor_preprocess = (TensorPreprocess(model.visual.preprocess_cfg, device)
@@ -358,23 +359,4 @@ class TensorPreprocess:
 def _check_speed_options(preprocess: str, precision: str, quantize: bool, on_gpu: bool) -> None:
     if preprocess not in ("tensor", "pil"):
         raise ValueError(f"encoder.preprocess must be tensor or pil, got '{preprocess}'")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"encoder.precision must be fp32, bf16 or fp16, got '{precision}'")
-    if precision == "fp16" and not on_gpu:
-        raise ValueError("encoder.precision fp16 needs a CUDA device; use bf16 on a CPU")
-    if quantize and on_gpu:
-        raise ValueError("encoder.quantize (dynamic int8) runs on the CPU only")
-
-
-def _quantize_int8(module):
-    """Dynamic int8 quantization of the linear layers (weights int8, activations at run time)."""
-    import warnings
-
-    import torch
-    try:
-        from torch.ao.quantization import quantize_dynamic
-    except ImportError as exc:
-        raise ValueError(f"encoder.quantize needs torch.ao.quantization: {exc}") from exc
-    with warnings.catch_warnings():       # deprecated in favour of torchao, still working
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+    check_precision("encoder", precision, quantize, on_gpu)

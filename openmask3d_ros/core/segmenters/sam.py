@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..interfaces import configured_path
+from ..precision import check_precision, quantize_int8
 from .sam_decode import SplitDecoder
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class SamSegmenter:
         del state
         model = model.eval()
         if quantize:
-            model.mask_decoder = _quantize_int8(model.mask_decoder)
+            model.mask_decoder = quantize_int8(model.mask_decoder, "segmenter")
         self.model = model.to(device)
         self.predictor = _predictor_class(model_type)(self.model)
         self.decoder = SplitDecoder(self.model)
@@ -302,24 +303,4 @@ def _check_options(prompt_batch: int, early_stop_iou: float, precision: str, qua
     if not 0.0 <= early_stop_iou <= 1.5:
         raise ValueError(f"segmenter.early_stop_iou must be 0 (off) or a predicted IoU in "
                          f"(0, 1.5], got {early_stop_iou}")
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"segmenter.precision must be fp32, bf16 or fp16, got '{precision}'")
-    if precision == "fp16" and not on_gpu:
-        raise ValueError("segmenter.precision fp16 needs a CUDA device; use bf16 on a CPU")
-    if quantize and on_gpu:
-        raise ValueError("segmenter.quantize (dynamic int8) runs on the CPU only; use "
-                         "precision fp16/bf16 on a GPU")
-
-
-def _quantize_int8(module):
-    """Dynamic int8 quantization of the linear layers (weights int8, activations at run time)."""
-    import warnings
-
-    import torch
-    try:
-        from torch.ao.quantization import quantize_dynamic
-    except ImportError as exc:
-        raise ValueError(f"segmenter.quantize needs torch.ao.quantization: {exc}") from exc
-    with warnings.catch_warnings():       # deprecated in favour of torchao, still working
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+    check_precision("segmenter", precision, quantize, on_gpu)
