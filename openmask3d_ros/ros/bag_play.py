@@ -83,7 +83,8 @@ def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
              remap: dict[str, str] | None = None, wait_for_subscribers: float = 5.0,
              qos_depth: int = 100, start_delay: float = 1.5, latched_repeat: float = 1.0,
              clock: bool = False, clock_hz: float = 40.0, camera_qos: str = "reliable",
-             compress: bool = False, jpeg_quality: int = 90) -> dict[str, int]:
+             compress: bool = False, jpeg_quality: int = 90,
+             ack_timeout: float = 10.0) -> dict[str, int]:
     """Publish a bag's messages with rclpy, keeping their relative timing scaled by ``rate``
     (1 = real time, 0 = as fast as possible). Returns messages published per topic.
 
@@ -100,6 +101,8 @@ def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
     ``camera_qos``: reliability of Image/CompressedImage/CameraInfo topics (best_effort as a
     camera driver publishes). ``compress``: raw colour images go out as JPEG on
     ``<topic>/compressed`` and depth images as compressedDepth on ``<topic>/compressedDepth``.
+    ``ack_timeout``: seconds to wait at the end until subscribers have acknowledged every
+    reliable sample: a reliable sample still unread when its publisher is destroyed is lost.
     """
     import rclpy
     from rosbags.rosbag2 import Reader
@@ -166,7 +169,7 @@ def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
                     for payload in latched:
                         publishers["/tf_static"].publish(payload)
                     next_repeat = time.monotonic() + latched_repeat
-        time.sleep(0.2)   # let the last samples leave before the publishers go away
+            _wait_acked(publishers.values(), ack_timeout)
     finally:
         if own_node:
             node.destroy_node()
@@ -216,6 +219,19 @@ class _ClockPublisher:
             time.sleep(self._period)
             bag_now = t_bag0 + int((time.monotonic() - t_wall0) * rate * 1e9)
             self.publish(min(bag_now, next_stamp))
+
+
+def _wait_acked(publishers: Iterable, timeout: float) -> None:
+    """Wait until every reliable sample is acknowledged (slow readers still receive the end of
+    the stream after the last publish), at most ``timeout`` seconds in all."""
+    from rclpy.duration import Duration
+    deadline = time.monotonic() + timeout
+    late = [p.topic_name for p in publishers
+            if not p.wait_for_all_acked(Duration(seconds=max(deadline - time.monotonic(), 0.0)))]
+    time.sleep(0.2)   # best-effort samples have no acknowledgement: let the last ones leave
+    if late:
+        log.warning("samples on %s not acknowledged by every subscriber after %.1f s",
+                    ", ".join(late), timeout)
 
 
 def _wait_subscribed(node, publishers: dict, timeout: float) -> None:

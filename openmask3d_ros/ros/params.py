@@ -46,7 +46,8 @@ NODE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "sync_slop": (0.05, "seconds: colour, depth and camera_info stamps must agree this closely"),
     "sync_queue_size": (10, "messages per input kept for approximate-time matching"),
     "qos_reliability": ("best_effort", "camera topics: best_effort (sensor data) or reliable"),
-    "qos_depth": (10, "camera topics: history depth"),
+    "qos_depth": (30, "camera topics: history depth; 30 = 1 s at 30 Hz, so a Python pause "
+                  "(garbage collection, a busy core) delays frames instead of losing them"),
     "cloud_qos_reliability": ("reliable", "cloud topic: reliable or best_effort"),
     "cloud_qos_durability": ("transient_local", "cloud topic: transient_local (also receives a "
                              "cloud latched before the node started) or volatile"),

@@ -110,7 +110,8 @@ def test_stream_is_recorded_without_loss_and_answers(stream, ros, request, qos, 
                     "--qos", qos.replace("_", "-"), "--exclude", TRIGGER_TOPIC, "--wait", "20",
                     # the bag has both pose sources; the one the node does not use has no
                     # subscriber, which bag-play would wait for
-                    "--exclude", POSE_TOPIC if poses == "tf" else "/tf"]
+                    *(["--exclude", POSE_TOPIC] if poses == "tf"
+                      else ["--exclude", "/tf", "--exclude", "/tf_static"])]
         if sim_time:
             play_cmd += ["--clock"]
         t0 = time.monotonic()
