@@ -19,37 +19,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
-
-def synthetic_room(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Floor (40%), two walls (20%), 12 boxes (40%) in a 5 m x 4 m room, uint8 colours."""
-    rng = np.random.default_rng(seed)
-    n_floor, n_wall = int(0.4 * n), int(0.1 * n)
-    parts = [np.c_[rng.uniform(0, 5, n_floor), rng.uniform(0, 4, n_floor), np.zeros(n_floor)],
-             np.c_[rng.uniform(0, 5, n_wall), np.zeros(n_wall), rng.uniform(0, 2.5, n_wall)],
-             np.c_[np.zeros(n_wall), rng.uniform(0, 4, n_wall), rng.uniform(0, 2.5, n_wall)]]
-    cols = [np.tile([150, 140, 120], (n_floor, 1)), np.tile([220, 220, 210], (n_wall, 1)),
-            np.tile([210, 210, 220], (n_wall, 1))]
-    n_box = n - n_floor - 2 * n_wall
-    sizes = rng.integers(n_box // 24, n_box // 8, 12).astype(float)
-    counts = np.floor(sizes / sizes.sum() * n_box).astype(int)
-    counts[-1] += n_box - counts.sum()
-    for m in counts:
-        size = rng.uniform(0.2, 0.8, 3)
-        origin = [rng.uniform(0.3, 4.2), rng.uniform(0.3, 3.2), 0.0]
-        p = rng.uniform(0, 1, (m, 3)) * size
-        face = rng.integers(0, 3, m)
-        p[np.arange(m), face] = size[face] * (rng.random(m) < 0.5)
-        parts.append(p + origin)
-        cols.append(np.tile(rng.integers(0, 256, 3), (m, 1)))
-    return np.vstack(parts), np.vstack(cols).astype(np.uint8)
+from _common import synthetic_room
 
 
 def worker(backend: str, n_points: int, runs: int, num_queries: int) -> dict:
     import torch
     torch.manual_seed(0)
-    points, colors = synthetic_room(n_points)
+    points, colors, _ = synthetic_room(n_points, random_sizes=True, colors=True)
     t0 = time.perf_counter()
     if backend == "mask3d":
         from openmask3d_ros.core.proposals.mask3d import Mask3DBackend

@@ -17,28 +17,7 @@ import statistics
 import time
 
 import numpy as np
-
-
-def synthetic_room(n: int, boxes: int, seed: int = 0):
-    """Points (n, 3) and one index array per instance (floor, 2 walls, ``boxes`` boxes)."""
-    rng = np.random.default_rng(seed)
-    n_floor, n_wall = int(0.4 * n), int(0.1 * n)
-    parts = [np.c_[rng.uniform(0, 5, n_floor), rng.uniform(0, 4, n_floor), np.zeros(n_floor)],
-             np.c_[rng.uniform(0, 5, n_wall), np.zeros(n_wall), rng.uniform(0, 2.5, n_wall)],
-             np.c_[np.zeros(n_wall), rng.uniform(0, 4, n_wall), rng.uniform(0, 2.5, n_wall)]]
-    counts = np.full(boxes, (n - n_floor - 2 * n_wall) // boxes)
-    counts[-1] += n - n_floor - 2 * n_wall - counts.sum()
-    for m in counts:
-        size = rng.uniform(0.2, 0.8, 3)
-        origin = [rng.uniform(0.3, 4.2), rng.uniform(0.3, 3.2), 0.0]
-        p = rng.uniform(0, 1, (m, 3)) * size
-        face = rng.integers(0, 3, m)
-        p[np.arange(m), face] = size[face] * (rng.random(m) < 0.5)
-        parts.append(p + origin)
-    sizes = [len(p) for p in parts]
-    ends = np.cumsum(sizes)
-    indices = [np.arange(e - s, e, dtype=np.int64) for s, e in zip(sizes, ends)]
-    return np.vstack(parts).astype(np.float32), indices
+from _common import synthetic_room
 
 
 class _Hit:
@@ -57,7 +36,8 @@ def main() -> None:
     from openmask3d_ros.core.picture import render_instances_picture, render_query_picture
 
     size = tuple(int(v) for v in args.size.split("x"))
-    points, indices = synthetic_room(args.points, args.boxes)
+    points, _, indices = synthetic_room(args.points, args.boxes)
+    points = points.astype(np.float32)
     imap = InstanceMap(points, indices, np.eye(len(indices), 8, dtype=np.float32))
     values = np.random.default_rng(1).uniform(0, 1, len(indices))
     order = np.argsort(-values)[:5]

@@ -14,24 +14,14 @@ from openmask3d_ros.cli import main as cli
 from openmask3d_ros.core import generations
 from openmask3d_ros.core.instance_map import InstanceMap
 from openmask3d_ros.core.scene import read_ply, write_ply
-from openmask3d_ros.core.synthetic import make_scene
 
 STEP = ["--frame-step", "2"]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = make_scene(tmp_path_factory.mktemp("bad") / "scene", seed=3, num_frames=20,
-                      width=160, height=120)
-    assert cli(["run", str(root), *STEP]) == 0
-    return root
-
-
 @pytest.fixture
-def scene(built, tmp_path):
-    dst = tmp_path / "scene"
-    shutil.copytree(built, dst)
-    return dst
+def scene(scene_copy):
+    """A private copy of a small scene with a map built by the CLI (conftest.py)."""
+    return scene_copy(seed=3)
 
 
 def gen(scene: Path) -> Path:

@@ -20,25 +20,14 @@ from openmask3d_ros.core.instance_map import InstanceMap, has_map
 from openmask3d_ros.core.pipeline import run_pipeline
 from openmask3d_ros.core.query import open_map
 from openmask3d_ros.core.scene import SceneFolder, read_ply, write_ply
-from openmask3d_ros.core.synthetic import make_scene
 
 STEP = ["--frame-step", "2"]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A small synthetic scene with one map built by the CLI."""
-    root = make_scene(tmp_path_factory.mktemp("gen") / "scene", seed=0, num_frames=20,
-                      width=160, height=120)
-    assert cli(["run", str(root), *STEP]) == 0
-    return root
-
-
 @pytest.fixture
-def scene(built, tmp_path):
-    dst = tmp_path / "scene"
-    shutil.copytree(built, dst)
-    return dst
+def scene(scene_copy):
+    """A private copy of a small scene with a map built by the CLI (conftest.py)."""
+    return scene_copy(seed=0)
 
 
 def red_points(scene_dir: Path) -> set:
