@@ -42,6 +42,16 @@ class Intrinsics:
         return M
 
 
+def usable_pose(pose) -> np.ndarray | None:
+    """``pose`` as a float64 4x4 when it is one with only finite entries, else None (SLAM
+    systems write inf/NaN poses when tracking is lost). The one "is this pose usable" test."""
+    try:
+        M = np.asarray(pose, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return M if M.shape == (4, 4) and np.all(np.isfinite(M)) else None
+
+
 def invert_pose(pose: np.ndarray) -> np.ndarray:
     """Inverse of a rigid 4x4 transform."""
     R, t = pose[:3, :3], pose[:3, 3]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import sparse
 
-from .camera import project
+from .camera import project, usable_pose
 from .config import PipelineConfig
 from .crops import crop_boxes, cut
 from .interfaces import ImageEncoder, Segmenter, l2_normalize
@@ -73,8 +73,7 @@ class _CropBatcher:
 
 def frame_pose(scene: SceneFolder, fid: str) -> np.ndarray | None:
     """The frame's camera-to-world pose, or None when unusable (non-finite, e.g. lost tracking)."""
-    pose = scene.pose(fid)
-    return pose if np.all(np.isfinite(pose)) else None
+    return usable_pose(scene.pose(fid))
 
 
 def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,

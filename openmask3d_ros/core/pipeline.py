@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from .camera import usable_pose
 from .config import PipelineConfig
 from .errors import InputError, input_error_from
 from .dbscan_split import split_masks
@@ -171,8 +172,7 @@ def usable_poses(scene: SceneFolder, frame_ids: list[str]) -> tuple[list[str], d
     good, skipped = [], {}
     for fid in frame_ids:
         try:
-            pose = scene.pose(fid)
-            if not np.all(np.isfinite(pose)):
+            if usable_pose(scene.pose(fid)) is None:
                 raise SceneError("non-finite pose (lost tracking)")
             good.append(fid)
         except SceneError as exc:

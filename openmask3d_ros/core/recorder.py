@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .camera import Intrinsics
+from .camera import Intrinsics, usable_pose
 from .scene import SceneWriter
 
 # stamp_gap: frames missing between consecutive stamps (lost in transport before the node);
@@ -177,8 +177,8 @@ class KeyframeRecorder:
             self.drops[cause] += 1
 
     def _write(self, cand: _Candidate, pose: np.ndarray) -> None:
-        pose = np.asarray(pose, dtype=np.float64)
-        if pose.shape != (4, 4) or not np.all(np.isfinite(pose)):
+        pose = usable_pose(pose)
+        if pose is None:
             raise ValueError("camera pose is not a finite 4x4 matrix")
         rgb, depth, color_k = self._decode(cand.payload)
         h, w = rgb.shape[:2]

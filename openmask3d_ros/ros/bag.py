@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..core.camera import usable_pose
 from ..core.scene import SceneFolder
 from .conversions import (BODY_T_OPTICAL, arrays_to_cloud, depth_to_compressed_depth,
                           depth_to_image, intrinsics_to_camera_info, matrix_to_pose,
@@ -145,8 +146,8 @@ def record_scene(scene_dir: str | Path, bag_path: str | Path, *, rate_hz: float 
         for i, fid in enumerate(frame_ids):
             t = start_ns + (i + 1) * dt_ns
             stamp = ns_to_stamp(t)
-            pose = scene.pose(fid)
-            if np.all(np.isfinite(pose)):   # lost tracking: no pose for this frame
+            pose = usable_pose(scene.pose(fid))
+            if pose is not None:   # lost tracking: no pose for this frame
                 if "tf" in poses:
                     pending.append((t + delay_ns, "tf", TFMessage(transforms=[
                         _transform_stamped(map_frame, body_frame, pose @ optical_to_body, t)])))

@@ -8,6 +8,7 @@ take and return rclpy message objects but only touch their plain fields, so they
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from ..core.camera import Intrinsics
 from .images import (  # noqa: F401  (re-exported: the node and tests import them from here)
@@ -223,9 +224,10 @@ def ns_to_stamp(ns: int, msg=None):
     return msg
 
 
-def quat_to_matrix(q, what: str = "quaternion") -> np.ndarray:
-    """(x, y, z, w) -> 3x3 rotation (normalised first). A quaternion with a NaN/inf component or
-    (almost) zero norm is an error that says so; ``what`` names it in the message."""
+def quat_to_rotation(q, what: str = "quaternion") -> Rotation:
+    """(x, y, z, w) -> scipy Rotation (normalised). scipy turns NaN into a garbage rotation and
+    overflows huge components to zeros, so a quaternion with a NaN/inf component or (almost)
+    zero norm is rejected here first, saying which; ``what`` names it in the message."""
     x, y, z, w = (float(v) for v in q)
     if not all(np.isfinite((x, y, z, w))):
         raise ConversionError(f"{what} has a non-finite component (x={x}, y={y}, z={z}, w={w})")
@@ -233,32 +235,17 @@ def quat_to_matrix(q, what: str = "quaternion") -> np.ndarray:
     if not np.isfinite(n) or n < 1e-6:
         raise ConversionError(f"{what} has zero norm (x={x}, y={y}, z={z}, w={w}); the identity "
                               "rotation is (0, 0, 0, 1)")
-    x, y, z, w = x / n, y / n, z / n, w / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return Rotation.from_quat([x / n, y / n, z / n, w / n])
+
+
+def quat_to_matrix(q, what: str = "quaternion") -> np.ndarray:
+    """(x, y, z, w) -> 3x3 rotation; errors as ``quat_to_rotation``."""
+    return quat_to_rotation(q, what).as_matrix()
 
 
 def matrix_to_quat(R: np.ndarray) -> np.ndarray:
     """3x3 rotation -> (x, y, z, w) with w >= 0."""
-    R = np.asarray(R, dtype=np.float64)
-    tr = np.trace(R)
-    if tr > 0:
-        s = np.sqrt(tr + 1.0) * 2
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4]
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = np.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2]) * 2
-        q = [s / 4, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s, (R[2, 1] - R[1, 2]) / s]
-    elif R[1, 1] > R[2, 2]:
-        s = np.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2]) * 2
-        q = [(R[0, 1] + R[1, 0]) / s, s / 4, (R[1, 2] + R[2, 1]) / s, (R[0, 2] - R[2, 0]) / s]
-    else:
-        s = np.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1]) * 2
-        q = [(R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, s / 4, (R[1, 0] - R[0, 1]) / s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
+    return Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_quat(canonical=True)
 
 
 def _rigid(xyz, quat, what: str) -> np.ndarray:

@@ -14,28 +14,18 @@ import threading
 from collections import deque
 
 import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
 
-from .conversions import matrix_to_quat, quat_to_matrix, transform_to_matrix, stamp_to_ns
-
-
-def _slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
-    d = float(np.dot(q0, q1))
-    if d < 0:
-        q1, d = -q1, -d
-    if d > 0.9995:
-        q = q0 + a * (q1 - q0)
-    else:
-        th = np.arccos(np.clip(d, -1.0, 1.0))
-        q = (np.sin((1 - a) * th) * q0 + np.sin(a * th) * q1) / np.sin(th)
-    return q / np.linalg.norm(q)
+from .conversions import stamp_to_ns, transform_to_matrix
 
 
 def interpolate(M0: np.ndarray, M1: np.ndarray, a: float) -> np.ndarray:
-    """Rigid transform a fraction ``a`` of the way from ``M0`` to ``M1``."""
+    """Rigid transform a fraction ``a`` of the way from ``M0`` to ``M1`` (linear translation,
+    slerp rotation along the shorter arc)."""
     M = np.eye(4)
     M[:3, 3] = (1 - a) * M0[:3, 3] + a * M1[:3, 3]
-    q = _slerp(matrix_to_quat(M0[:3, :3]), matrix_to_quat(M1[:3, :3]), a)
-    M[:3, :3] = quat_to_matrix(q)
+    ends = Rotation.from_matrix(np.stack([M0[:3, :3], M1[:3, :3]]))
+    M[:3, :3] = Slerp([0.0, 1.0], ends)(float(a)).as_matrix()
     return M
 
 
