@@ -12,6 +12,7 @@ from typing import Any
 from collections.abc import Callable
 
 from .errors import InputError
+from .precision import PRECISIONS
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -28,8 +29,21 @@ def _within(lo: float, hi: float) -> Callable[[Any], str | None]:
     return lambda v: None if lo <= v <= hi else f"must be in [{lo}, {hi}]"
 
 
+def _below(lo: float, hi: float) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v < hi else f"must be in [{lo}, {hi})"
+
+
 def _one_of(*names: str) -> Callable[[Any], str | None]:
     return lambda v: None if v in names else f"must be one of {', '.join(names)}"
+
+
+def _words(v: Any) -> str | None:
+    return None if all(w.strip() for w in v) else "must not hold empty strings"
+
+
+# segment-anything's model types and MobileSAM's (core/segmenters/sam.py; not imported here:
+# checking a config must stay cheap)
+SAM_MODELS = ("vit_h", "vit_l", "vit_b", "vit_t")
 
 
 # dotted key -> rule; keys a config does not have (another version) are skipped
@@ -37,6 +51,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "frame_step": _ge(1),
     "device": lambda v: None if _DEVICE.match(v) else "must be auto, cpu, cuda or cuda:N",
     "threads": _ge(0),
+    "seed": _ge(0),
     "keep_generations": _ge(1),
     "fidelity": _one_of("official", "paper"),
     "proposals.backend": _one_of("geometric", "mask3d", "precomputed"),
@@ -54,24 +69,68 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "visibility.k_threshold": _ge(0),
     "visibility.k_view": _ge(1),
     "visibility.min_visible_points": _ge(1),
+    "visibility.share_fraction": _below(0.0, 1.0),
     "segmenter.backend": _one_of("hull", "sam"),
     "segmenter.k_rounds": _ge(1),
     "segmenter.k_sample": _ge(1),
+    "segmenter.sam_model": _one_of(*SAM_MODELS),
+    "segmenter.prompt_batch": _ge(0),
+    "segmenter.early_stop_iou": _within(0.0, 1.5),   # SAM's predicted IoU may exceed 1 slightly
+    "segmenter.precision": _one_of(*PRECISIONS),
     "crops.levels": _ge(1),
     "crops.k_exp": _within(0.0, 1.0),
     "encoder.backend": _one_of("colour", "clip"),
     "encoder.batch_size": _ge(1),
     "encoder.prompt_template": lambda v: None if "{}" in v else "must contain {} for the text",
     "encoder.text_cache_size": _ge(0),
+    "encoder.preprocess": _one_of("tensor", "pil"),
+    "encoder.precision": _one_of(*PRECISIONS),
     "query.temperature": _gt(0),
     "query.min_relevance": _within(0.0, 1.0),
     "query.prompt_template": lambda v: None if "{}" in v else "must contain {} for the text",
+    "query.negatives": _words,
+    "structure.plane_max_thickness": _gt(0),
+    "structure.plane_min_area": _ge(0),
+    "structure.cell_size": _gt(0),
     "structure.span_fraction": _within(0.0, 1.0),
+    "structure.span_min_extent": _ge(0),
+    "structure.words": _words,
+}
+
+# keys without a range rule, and why (a test keeps RULES + UNCHECKED = every key of the config)
+UNCHECKED = {
+    "proposals.masks_file": "a path, checked when read",
+    "proposals.mask3d_checkpoint": "a path, checked when read",
+    "segmenter.sam_checkpoint": "a path, checked when read",
+    "encoder.clip_checkpoint": "a path, checked when read",
+    "encoder.clip_model": "open_clip's model names, checked when the model is built",
+    "proposals.mask3d_mask_threshold": "any logit",
+    "segmenter.min_score": "any score (SAM's predicted IoU, the stand-in's)",
+    "visibility.two_sided": "a boolean (type-checked on load)",
+    "segmenter.quantize": "a boolean (type-checked); with a device in _combinations",
+    "encoder.quantize": "a boolean (type-checked); with a device in _combinations",
 }
 
 
+def _combinations(flat: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, problem) of a setting the configured device cannot run, for the model backends
+    (segmenter sam, encoder clip) when the device is named; "auto" is checked when resolved."""
+    device = str(flat.get("device", "auto"))
+    for section, backend in (("segmenter", "sam"), ("encoder", "clip")):
+        if flat.get(f"{section}.backend") != backend or device == "auto":
+            continue
+        if flat.get(f"{section}.precision") == "fp16" and not device.startswith("cuda"):
+            return (f"{section}.precision", f"fp16 needs a CUDA device (device is {device}); "
+                    "use bf16 on a CPU")
+        if flat.get(f"{section}.quantize") and device.startswith("cuda"):
+            return (f"{section}.quantize", "(dynamic int8) runs on the CPU only; use precision "
+                    "fp16 or bf16 on a GPU")
+    return None
+
+
 def validate(flat: dict[str, Any], source: str | Path | None = None) -> None:
-    """Raise ``InputError`` for the first out-of-range value of a dotted-key config view."""
+    """Raise ``InputError`` for the first out-of-range value of a dotted-key config view, then
+    for a precision setting the named device cannot run."""
     for key, value in flat.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"configuration key '{key}' must be finite, got {value}", source, key)
@@ -79,3 +138,7 @@ def validate(flat: dict[str, Any], source: str | Path | None = None) -> None:
         problem = rule(value) if rule else None
         if problem:
             raise InputError(f"configuration key '{key}' {problem}, got {value!r}", source, key)
+    combination = _combinations(flat)
+    if combination:
+        key, problem = combination
+        raise InputError(f"configuration key '{key}' {problem}", source, key)
