@@ -5,10 +5,12 @@ history); decoding and disk writes happen on the recorder's worker thread (``dec
 """
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from . import params as P
@@ -23,6 +25,14 @@ DURABILITY = {"transient_local": DurabilityPolicy.TRANSIENT_LOCAL,
               "volatile": DurabilityPolicy.VOLATILE}
 # topic parameter -> the node-relative name that older set-ups remap (-r color/image_raw:=/x)
 LEGACY_NAMES = {arg: topic for arg, (topic, _) in P.TOPIC_ARGUMENTS.items()}
+
+
+def camera_qos(depth: int, reliability: str) -> QoSProfile:
+    """rclpy's sensor-data profile (best effort, volatile, keep last) with our history depth
+    (its 5 drops frames during a Python pause) and, when asked, reliable delivery."""
+    qos = copy.copy(qos_profile_sensor_data)
+    qos.depth, qos.reliability = int(depth), RELIABILITY[reliability]
+    return qos
 
 
 def input_topic(node, settings, param: str) -> str:
@@ -64,9 +74,7 @@ class Inputs:
         self._subs = []
         log = node.get_logger()
         s = settings
-        cam_qos = QoSProfile(depth=s.qos_depth, reliability=RELIABILITY[s.qos_reliability],
-                             durability=DurabilityPolicy.VOLATILE,
-                             history=HistoryPolicy.KEEP_LAST)
+        cam_qos = camera_qos(s.qos_depth, s.qos_reliability)
         color = input_topic(node, s, "color_topic")
         depth = input_topic(node, s, "depth_topic")
         specs = [(CompressedImage, color + "/compressed") if s.color_transport == "compressed"
@@ -163,7 +171,8 @@ class Inputs:
 
     def cloud_in_map(self, settings) -> tuple[np.ndarray, np.ndarray] | None:
         """The latest cloud as (points in map_frame, colours), or None; ValueError/LookupError
-        when it cannot be used."""
+        when it cannot be used. A cloud in another frame is moved with the transform at its
+        stamp (``cloud_transform``)."""
         from .conversions import cloud_to_arrays
         with self._lock:
             msg = self.latest_cloud
@@ -177,11 +186,31 @@ class Inputs:
             if self.pose_lookup is None:
                 raise ValueError(f"the cloud is in frame '{frame}', not '{settings.map_frame}', "
                                  "and pose_source is not tf")
-            M = self.pose_lookup.lookup(settings.map_frame, frame, None, 0.0)
+            M = self.cloud_transform(settings, frame, stamp_to_ns(msg.header.stamp))
             points = (points @ M[:3, :3].T + M[:3, 3]).astype(np.float32)
         if colors is None:
             colors = np.full(points.shape, 128, np.uint8)
         return points, colors
+
+    def cloud_transform(self, settings, frame: str, stamp_ns: int) -> np.ndarray:
+        """map_T_frame for a cloud stamped ``stamp_ns``: the transform at that stamp (within
+        tf_tolerance); when none is known there (stamp 0, or older than tf_cache_time), the
+        latest one with a warning that says so; LookupError naming both failures otherwise."""
+        target = settings.map_frame
+        try:
+            return self.pose_lookup.lookup(target, frame, stamp_ns, settings.tf_tolerance)
+        except LookupError as at_stamp:
+            try:
+                M = self.pose_lookup.lookup(target, frame, None, 0.0)
+            except LookupError as latest:
+                raise LookupError(f"no transform {target} -> {frame} for the cloud stamped "
+                                  f"{stamp_ns / 1e9:.3f} s ({at_stamp}) and none at all "
+                                  f"({latest})") from None
+            self.node.get_logger().warning(
+                f"the cloud in frame '{frame}' is stamped {stamp_ns / 1e9:.3f} s but no "
+                f"transform {target} -> {frame} is known at that time ({at_stamp}): the latest "
+                "one is used, so the cloud is misplaced if that frame moved since")
+            return M
 
     def destroy(self) -> None:
         self.sync.destroy()
