@@ -41,3 +41,28 @@ def test_sharing_embeds_fewer_frames_within_the_fraction(seed):
 def test_bad_fraction_is_named():
     with pytest.raises(ValueError, match="share_fraction"):
         share_views(np.ones((3, 2), int), select_views(np.ones((3, 2), int), 2), 1.0)
+
+
+def _meta(scene) -> dict:
+    import json
+
+    from openmask3d_ros.core import generations
+    return json.loads((generations.current(scene / "openmask3d") / "meta.json").read_text())
+
+
+def test_map_metadata_reports_the_sharing(built_scene, scene_copy):
+    """`openmask3d run` with sharing on: meta.json says what it saved and what it cost, and the
+    frames it names are the ones the map's instances were seen from; off: null."""
+    from openmask3d_ros.cli import main as cli
+    assert _meta(built_scene(0))["view_sharing"] is None          # default: the paper's top-k
+    scene = scene_copy(0)
+    cfg = scene.parent / "share.yaml"
+    cfg.write_text("visibility: {share_fraction: 0.9}\n")
+    assert cli(["run", str(scene), "--frame-step", "2", "--config", str(cfg)]) == 0
+    meta = _meta(scene)
+    rep = meta["view_sharing"]
+    assert rep["fraction"] == 0.9
+    frames = {v for inst in meta["instances"] for v in inst["views"]}
+    assert rep["frames_shared"] == len(frames) == meta["segmenter_images"]
+    assert rep["embeddings_saved"] == rep["frames_topk"] - rep["frames_shared"] > 0
+    assert 0.0 <= rep["visibility_lost_mean"] <= rep["visibility_lost_max"] < 1.0

@@ -146,6 +146,9 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
                    "skipped": report.frames_skipped},
         "segmenter_images": report.segmenter_images,
         "crops_encoded": report.crops_encoded,
+        # visibility.share_fraction > 0: frames embedded with and without sharing, embeddings
+        # saved, visible points lost (core/view_sharing.py); null: the paper's top-k views
+        "view_sharing": report.view_sharing or None,
         "instances": [{"views": v, "point_box_fallbacks": f, "num_points": int(n)}
                       for v, f, n in zip(report.views, report.fallbacks, split.sum(axis=0))],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
