@@ -6,14 +6,14 @@
         color_transport:=compressed use_sim_time:=true rviz:=true
 
 Arguments named like node parameters (use_sim_time, autostart, scene_dir, the input topics and
-transports) override the parameter file when given; left empty, the file's value holds.
+transports: the rows of openmask3d_ros/ros/params.py marked ``launch=True``) override the
+parameter file when given; left empty, the file's value holds.
 The node (and RViz) get the shipped Fast DDS profile config/fastdds.xml unless
 FASTDDS_DEFAULT_PROFILES_FILE / FASTRTPS_DEFAULT_PROFILES_FILE is already set; give the camera
 driver the same profile (docs/ros.md).
 
 Without ``ros2 launch`` (e.g. the PyPI-wheel install), ``openmask3d node`` takes the same
-arguments as options (--use-sim-time, --color-topic, ..., --rviz); test_ros_launch_config.py
-keeps the two in step.
+arguments as options (--use-sim-time, --color-topic, ..., --rviz), built from the same table.
 """
 import os
 from pathlib import Path
@@ -23,20 +23,16 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from openmask3d_ros.ros.dds import PROFILE_VARIABLES, profile_variable
+from openmask3d_ros.ros.params import NODE_NAME, argument_value, launch_arguments
 
 PACKAGE = "openmask3d_ros"
-NODE_NAME = "openmask3d"
 NODE_EXECUTABLE = "openmask3d_node"
 PARAMS_FILE = "openmask3d.yaml"
 RVIZ_CONFIG = "openmask3d.rviz"
 DDS_PROFILE = "fastdds.xml"
 # Launch arguments that set the node parameter of the same name when not empty.
-PARAMETER_ARGUMENTS = ("use_sim_time", "autostart", "scene_dir", "color_topic", "depth_topic",
-                       "camera_info_topic", "cloud_topic", "pose_topic", "odom_topic",
-                       "color_transport", "depth_transport")
-BOOLEAN_ARGUMENTS = ("use_sim_time", "autostart")
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")   # these read FASTRTPS_DEFAULT_PROFILES_FILE
+PARAMETER_ARGUMENTS = launch_arguments()
 
 
 def _config(name):
@@ -51,9 +47,7 @@ def _profile_env():
     """The shipped Fast DDS profile, unless the user set one."""
     if any(os.environ.get(v) for v in PROFILE_VARIABLES):
         return {}
-    distro = os.environ.get("ROS_DISTRO", "").lower()
-    variable = PROFILE_VARIABLES[1] if distro in FAST_DDS_2_DISTROS else PROFILE_VARIABLES[0]
-    return {variable: _config(DDS_PROFILE)}
+    return {profile_variable(): _config(DDS_PROFILE)}
 
 
 def _is_true(text):
@@ -68,7 +62,7 @@ def _nodes(context, *args, **kwargs):
     for name in PARAMETER_ARGUMENTS:
         text = value(name)
         if text != "":
-            overrides[name] = _is_true(text) if name in BOOLEAN_ARGUMENTS else text
+            overrides[name] = argument_value(name, text)
     env = _profile_env()
     actions = [Node(
         package=PACKAGE,
@@ -108,8 +102,8 @@ def generate_launch_description():
     ]
     arguments += [
         DeclareLaunchArgument(name, default_value="",
-                              description=f"node parameter {name} (empty: the parameter file's "
-                                          "value)")
-        for name in PARAMETER_ARGUMENTS
+                              description=f"{p.description} (empty: the parameter file's value)",
+                              **({"choices": ["", *p.choices]} if p.choices else {}))
+        for name, p in PARAMETER_ARGUMENTS.items()
     ]
     return LaunchDescription(arguments + [OpaqueFunction(function=_nodes)])

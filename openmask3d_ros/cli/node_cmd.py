@@ -1,22 +1,19 @@
 """``openmask3d node``: run the ROS 2 node exactly as launch/pipeline.launch.py does (same node
 name, parameter file, launch arguments and Fast DDS profile), for systems without ``ros2 launch``;
-plus ``openmask3d bag-record`` / ``openmask3d bag-play``."""
+plus ``openmask3d params`` (the generated parameter file) and ``openmask3d bag-record`` /
+``openmask3d bag-play``."""
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
+from ..core.config import flatten
+from ..ros.params import NODE_NAME, all_defaults, launch_arguments
 from . import CliError
 
-# Launch arguments that set a node parameter of the same name (empty = the parameter file's
-# value). pipeline.launch.py declares the same list (checked by test_ros_launch_config.py).
-PARAMETER_ARGUMENTS = ("use_sim_time", "autostart", "scene_dir", "color_topic", "depth_topic",
-                       "camera_info_topic", "cloud_topic", "pose_topic", "odom_topic",
-                       "color_transport", "depth_transport")
 LOG_LEVELS = ("debug", "info", "warn", "error", "fatal")
-# Declared by rclpy on every node, so accepted in parameter files.
-RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
 RVIZ_CONFIG = "openmask3d.rviz"
 
 
@@ -42,27 +39,24 @@ def register(subparsers) -> None:
                    help="override one parameter, e.g. --param pipeline.frame_step:=5 (repeatable)")
     p.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
                    help="remap a node topic, e.g. --remap color/image_raw:=/cam/rgb (repeatable)")
-    p.add_argument("--name", default=None, help="node name (default: openmask3d)")
-    p.add_argument("--use-sim-time", action="store_true",
-                   help="use /clock (e.g. from `openmask3d bag-play --clock`) as ROS time")
+    p.add_argument("--name", default=None, help=f"node name (default: {NODE_NAME})")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="ROS log level")
-    p.add_argument("--autostart", choices=("true", "false"), default=None,
-                   help="configure + activate at start-up")
-    p.add_argument("--scene-dir", default=None, help="folder keyframes and maps are written to")
-    for arg in PARAMETER_ARGUMENTS[3:9]:
-        p.add_argument("--" + arg.replace("_", "-"), dest=arg, default=None, metavar="TOPIC",
-                       help=f"parameter {arg}")
-    p.add_argument("--color-transport", choices=("raw", "compressed"), default=None,
-                   help="colour input: sensor_msgs/Image or CompressedImage on <color_topic>/"
-                        "compressed")
-    p.add_argument("--depth-transport", choices=("raw", "compressedDepth"), default=None,
-                   help="depth input: sensor_msgs/Image or compressedDepth on <depth_topic>/"
-                        "compressedDepth")
+    _add_parameter_options(p)
     p.add_argument("--rviz", action="store_true",
                    help=f"also start rviz2 with config/{RVIZ_CONFIG}")
     p.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],
                    help="everything after this is passed to ROS unchanged")
     p.set_defaults(func=run_node)
+
+    g = subparsers.add_parser(
+        "params", help="print the node's parameter file (every parameter with its default)",
+        description="Generate config/openmask3d.yaml from the parameter table "
+                    "(openmask3d_ros/ros/params.py) and the pipeline configuration "
+                    "(openmask3d_ros/core/config.py), descriptions as comments.")
+    g.add_argument("-o", "--output", default=None, help="write it to this file instead")
+    g.add_argument("--check", metavar="FILE", default=None,
+                   help="exit with an error when FILE differs from the generated text")
+    g.set_defaults(func=run_params)
 
     r = subparsers.add_parser("bag-record", help="record a scene folder as a ROS 2 bag",
                               description="Write a scene folder's frames (colour, depth, "
@@ -113,6 +107,21 @@ def register(subparsers) -> None:
     b.set_defaults(func=run_bag_play)
 
 
+def _add_parameter_options(p) -> None:
+    """One option per launch argument (params.launch_arguments()): a false-by-default switch is a
+    flag (--use-sim-time), other switches take true/false, choices are checked."""
+    for name, param in launch_arguments().items():
+        flag = "--" + name.replace("_", "-")
+        if param.type is bool and not param.default:
+            p.add_argument(flag, dest=name, action="store_true", help=param.description)
+        elif param.type is bool:
+            p.add_argument(flag, dest=name, choices=("true", "false"), default=None,
+                           help=param.description)
+        else:
+            p.add_argument(flag, dest=name, choices=param.choices or None, default=None,
+                           help=param.description)
+
+
 def _pairs(items: list[str], what: str) -> dict[str, str]:
     out = {}
     for item in items:
@@ -149,26 +158,26 @@ def ros_arguments(params: str | Path, overrides: dict[str, str] | None = None,
 def argument_overrides(args) -> dict[str, str]:
     """Parameter overrides from the launch-argument options (only those given)."""
     out = {}
-    if getattr(args, "use_sim_time", False):
-        out["use_sim_time"] = "true"
-    for name in PARAMETER_ARGUMENTS[1:]:
+    for name in launch_arguments():
         value = getattr(args, name, None)
-        if value not in (None, ""):
+        if value is True:
+            out[name] = "true"
+        elif value not in (None, "", False):
             out[name] = value
     return out
 
 
 def known_parameters() -> set[str]:
-    from ..ros.params import all_defaults
-    return set(all_defaults()) | set(RCLPY_PARAMETERS)
+    return set(all_defaults())
 
 
 def _is_known(key: str, known: set[str]) -> bool:
     return key in known or key.startswith("qos_overrides.")
 
 
-def check_params_file(path: Path) -> list[str]:
-    """Parse the parameter file; returns warnings (unknown keys). Raises CliError on bad files."""
+def check_params_file(path: Path, node_name: str = NODE_NAME) -> list[str]:
+    """Parse the parameter file; returns warnings (unknown keys, sections that do not apply to
+    a node named ``node_name``). Raises CliError on bad files."""
     import yaml
     if not path.is_file():
         raise CliError(f"parameter file not found: {path}")
@@ -183,20 +192,13 @@ def check_params_file(path: Path) -> list[str]:
     for node, section in data.items():
         if not isinstance(section, dict) or "ros__parameters" not in section:
             raise CliError(f"{path}: '{node}' has no ros__parameters mapping")
-        flat = _flatten(section["ros__parameters"] or {})
+        if "*" not in str(node) and str(node).rstrip("/").rsplit("/", 1)[-1] != node_name:
+            warnings.append(f"{path}: section '{node}' does not apply to the node "
+                            f"'{node_name}' (use '/**:' to apply a file to any node name)")
+        flat = flatten(section["ros__parameters"] or {})
         warnings += [f"{path}: unknown parameter '{k}' for node '{node}'"
                      for k in flat if not _is_known(k, known)]
     return warnings
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def run_node(args) -> int:
@@ -204,15 +206,13 @@ def run_node(args) -> int:
     from ..ros.dds import apply_profile, shipped_config
     log = logging.getLogger("openmask3d.node")
     params = Path(args.params).expanduser().resolve() if args.params else default_params()
-    for warning in check_params_file(params):
+    for warning in check_params_file(params, args.name or NODE_NAME):
         log.warning(warning)
     overrides = {**argument_overrides(args), **_pairs(args.param, "param")}
     known = known_parameters()
     for key in overrides:
         if not _is_known(key, known):
             log.warning("--param: unknown parameter '%s'", key)
-    if args.name:
-        params = _renamed_params(params, args.name)
     argv = ros_arguments(params, overrides, _pairs(args.remap, "remap"), args.name,
                          args.ros_args, args.log_level)
     profile = apply_profile()          # before rclpy creates the DDS participant
@@ -240,20 +240,22 @@ def _start_rviz(config: Path):
     return subprocess.Popen([exe, "-d", str(config)], env=dict(os.environ))
 
 
-def _renamed_params(path: Path, name: str) -> Path:
-    """A copy of the parameter file whose `openmask3d:` section is keyed by ``name`` (ROS applies
-    a section only to the node of that name)."""
-    import tempfile
-    import yaml
-    from ..ros.params import NODE_NAME
-    data = yaml.safe_load(path.read_text()) or {}
-    if NODE_NAME not in data:
-        return path
-    data[name] = data.pop(NODE_NAME)
-    fd, tmp = tempfile.mkstemp(prefix=f"{name}_", suffix=".yaml")
-    with open(fd, "w") as f:
-        yaml.safe_dump(data, f)
-    return Path(tmp)
+def run_params(args) -> int:
+    from ..ros.param_file import parameter_file_text
+    text = parameter_file_text()
+    if args.check:
+        path = Path(args.check)
+        if not path.is_file():
+            raise CliError(f"parameter file not found: {path}")
+        if path.read_text(encoding="utf-8") != text:
+            raise CliError(f"{path} is out of date: regenerate it with "
+                           f"`openmask3d params -o {path}`")
+        print(f"{path} is current")
+    elif args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def run_bag_record(args) -> int:

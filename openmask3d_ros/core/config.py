@@ -3,6 +3,9 @@
 The same YAML file serves the ROS node and the offline CLI: it may be a ROS 2 parameter file
 (``<node>: {ros__parameters: {...}}``) or a plain mapping. Keys are dotted section names
 (``visibility.k_threshold``) or nested mappings; unknown keys are an error that names the key.
+The comments beside a field (and full-line comments right above it) are its description: the
+node's ``pipeline.*`` parameter descriptions and config/openmask3d.yaml are generated from them
+(core/config_docs.py; regenerate the YAML with ``openmask3d params -o config/openmask3d.yaml``).
 """
 from __future__ import annotations
 
@@ -128,13 +131,7 @@ class PipelineConfig:
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, the form ROS parameters take."""
-        out: dict[str, Any] = {}
-        for key, value in self.to_dict().items():
-            if isinstance(value, dict):
-                out.update({f"{key}.{k}": v for k, v in value.items()})
-            else:
-                out[key] = value
-        return out
+        return flatten(self.to_dict())
 
     def validate(self, source: str | Path | None = None) -> PipelineConfig:
         """Check every value's range (``InputError`` naming key and ``source``); returns self."""
@@ -147,17 +144,19 @@ class PipelineConfig:
         cfg = dataclasses.replace(self, **{
             f.name: dataclasses.replace(getattr(self, f.name))
             for f in dataclasses.fields(self) if dataclasses.is_dataclass(getattr(self, f.name))})
-        for key, value in _flatten(values).items():
+        for key, value in flatten(values).items():
             _set_field(cfg, key, value, strict)
         return cfg
 
 
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); the
+    one flattener of the package (config files, ROS parameter files, PipelineConfig.flat)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten(value, name + "."))
         else:
             out[name] = value
     return out

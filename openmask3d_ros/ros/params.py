@@ -1,90 +1,130 @@
-"""Names shared by the node, the launch file, the runner and the tests (no rclpy import here).
+"""Every parameter of the node, in one table (no rclpy import here).
 
-Every node parameter with its default and description, the node name, the node's topic names
-and the default remappings that the launch file and ``openmask3d node`` both apply.
+To add or change a node parameter, edit ``NODE_PARAMETERS`` below; for a ``pipeline.*`` one,
+edit the field (and its comment) in core/config.py. From these the node declares its parameters
+(ros/settings.py), the launch file and ``openmask3d node`` build their arguments (rows with
+``launch=True``), and config/openmask3d.yaml is generated (``openmask3d params -o
+config/openmask3d.yaml``; test_ros_launch_config.py checks the committed file is current).
+Also here: the node name and its topic and service names.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core.config import PipelineConfig
+from ..core.config_docs import field_docs
 
 NODE_NAME = "openmask3d"
 PIPELINE_PREFIX = "pipeline."
 
-# name: (default, description). Pipeline parameters (``pipeline.*``) come from PipelineConfig.
-NODE_PARAMETERS: dict[str, tuple[Any, str]] = {
-    "autostart": (True, "drive the lifecycle node to active at start-up (configure + activate)"),
-    "map_frame": ("map", "fixed frame of the map: poses, the cloud and all answers are in it"),
-    "camera_frame": ("", "optical frame of the colour camera; empty = the colour image's "
-                         "header.frame_id"),
-    "color_topic": ("/camera/color/image_raw", "colour image topic (sensor_msgs/Image; with "
-                    "color_transport compressed: <color_topic>/compressed)"),
-    "depth_topic": ("/camera/aligned_depth_to_color/image_raw", "depth image topic registered "
-                    "to colour (with depth_transport compressedDepth: "
-                    "<depth_topic>/compressedDepth)"),
-    "camera_info_topic": ("/camera/color/camera_info", "camera_info of the colour camera"),
-    "cloud_topic": ("/cloud_map", "reconstructed cloud (sensor_msgs/PointCloud2)"),
-    "pose_topic": ("/camera_pose", "geometry_msgs/PoseStamped topic (pose_source pose)"),
-    "odom_topic": ("/odom", "nav_msgs/Odometry topic (pose_source odometry)"),
-    "color_transport": ("raw", "colour input: raw (sensor_msgs/Image) or compressed "
-                               "(sensor_msgs/CompressedImage, jpeg/png)"),
-    "depth_transport": ("raw", "depth input: raw (sensor_msgs/Image) or compressedDepth "
-                               "(16UC1 PNG with the 12-byte compressedDepth header)"),
-    "pose_source": ("tf", "where camera poses come from: tf (map_frame -> camera frame at the "
-                          "image stamp), pose (geometry_msgs/PoseStamped on pose_topic) or "
-                          "odometry (nav_msgs/Odometry on odom_topic)"),
-    "pose_is_optical": (True, "pose/odometry sources: the pose is that of the optical frame "
-                              "(z forward); false = a REP-103 camera body frame (x forward)"),
-    "tf_tolerance": (0.1, "seconds: a pose outside the recorded interval is used only if its "
-                          "stamp is this close to the image stamp"),
-    "pose_wait": (2.0, "seconds (ROS time) a keyframe candidate waits for its pose before it is "
-                       "counted as 'without pose'"),
-    "keyframe_queue_size": (32, "keyframe candidates that may wait for their pose at once; more "
-                                "are dropped (counted as queue overflow)"),
-    "tf_cache_time": (60.0, "seconds of pose history kept"),
-    "sync_slop": (0.05, "seconds: colour, depth and camera_info stamps must agree this closely"),
-    "sync_queue_size": (10, "messages per input kept for approximate-time matching"),
-    "qos_reliability": ("best_effort", "camera topics: best_effort (sensor data) or reliable"),
-    "qos_depth": (30, "camera topics: history depth; 30 = 1 s at 30 Hz, so a Python pause "
-                  "(garbage collection, a busy core) delays frames instead of losing them"),
-    "cloud_qos_reliability": ("reliable", "cloud topic: reliable or best_effort"),
-    "cloud_qos_durability": ("transient_local", "cloud topic: transient_local (also receives a "
-                             "cloud latched before the node started) or volatile"),
-    "scene_dir": ("", "scene folder keyframes are written to; empty = "
-                      "~/.ros/openmask3d/<date-time>"),
-    "load_scene_map": (True, "at configure, load the latest map of scene_dir (if it has one) so "
-                             "queries work at once after a restart"),
-    "load_map": ("", "scene folder (or its openmask3d/ map folder) whose map is loaded at start-up "
-                     "so queries work before the next map_complete"),
-    "default_top_k": (5, "instances returned when a query asks for top_k = 0"),
-    "max_points_per_instance": (0, "cap on the points returned per instance (0 = all)"),
-    "publish_markers": (True, "publish RViz markers and points of the last query's hits"),
-    "status_period": (1.0, "seconds between status and /diagnostics messages (status is also "
-                           "sent on every change)"),
+
+class Param(NamedTuple):
+    """One parameter: its default (whose type is the parameter's type) and description;
+    ``choices`` (strings) or an inclusive ``range`` (numbers); ``live``: may be set on a running
+    node (all others are read-only); ``launch``: also a launch argument / ``openmask3d node``
+    option."""
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()
+    range: tuple[float, float] | None = None
+    live: bool = False
+    launch: bool = False
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def constraints(self) -> str:
+        """The allowed values in words ('' when any value of the type is)."""
+        if self.choices:
+            return "one of: " + ", ".join(self.choices)
+        if self.range:
+            return f"from {self.range[0]} to {self.range[1]}"
+        return ""
+
+
+_RELIABILITY = ("best_effort", "reliable")
+
+NODE_PARAMETERS: dict[str, Param] = {
+    "autostart": Param(True, "drive the lifecycle node to active at start-up (configure + "
+                             "activate)", launch=True),
+    "map_frame": Param("map", "fixed frame of the map: poses, the cloud and all answers are in "
+                              "it", live=True),
+    "camera_frame": Param("", "optical frame of the colour camera; empty = the colour image's "
+                              "header.frame_id"),
+    "color_topic": Param("/camera/color/image_raw", "colour image topic (sensor_msgs/Image; with "
+                         "color_transport compressed: <color_topic>/compressed)", launch=True),
+    "depth_topic": Param("/camera/aligned_depth_to_color/image_raw", "depth image topic "
+                         "registered to colour (with depth_transport compressedDepth: "
+                         "<depth_topic>/compressedDepth)", launch=True),
+    "camera_info_topic": Param("/camera/color/camera_info", "camera_info of the colour camera",
+                               launch=True),
+    "cloud_topic": Param("/cloud_map", "reconstructed cloud (sensor_msgs/PointCloud2)",
+                         launch=True),
+    "pose_topic": Param("/camera_pose", "geometry_msgs/PoseStamped topic (pose_source pose)",
+                        launch=True),
+    "odom_topic": Param("/odom", "nav_msgs/Odometry topic (pose_source odometry)", launch=True),
+    "color_transport": Param("raw", "colour input: raw (sensor_msgs/Image) or compressed "
+                                    "(sensor_msgs/CompressedImage, jpeg/png)",
+                             choices=("raw", "compressed"), launch=True),
+    "depth_transport": Param("raw", "depth input: raw (sensor_msgs/Image) or compressedDepth "
+                                    "(16UC1 PNG with the 12-byte compressedDepth header)",
+                             choices=("raw", "compressedDepth"), launch=True),
+    "pose_source": Param("tf", "where camera poses come from: tf (map_frame -> camera frame at "
+                               "the image stamp), pose (geometry_msgs/PoseStamped on pose_topic) "
+                               "or odometry (nav_msgs/Odometry on odom_topic)",
+                         choices=("tf", "pose", "odometry")),
+    "pose_is_optical": Param(True, "pose/odometry sources: the pose is that of the optical frame "
+                                   "(z forward); false = a REP-103 camera body frame (x forward)"),
+    "tf_tolerance": Param(0.1, "seconds: a pose outside the recorded interval is used only if "
+                               "its stamp is this close to the image stamp",
+                          range=(0.0, 10.0), live=True),
+    "pose_wait": Param(2.0, "seconds (ROS time) a keyframe candidate waits for its pose before "
+                            "it is counted as 'without pose'", range=(0.0, 60.0)),
+    "keyframe_queue_size": Param(32, "keyframe candidates that may wait for their pose at once; "
+                                     "more are dropped (counted as queue overflow)",
+                                 range=(1, 10000)),
+    "tf_cache_time": Param(60.0, "seconds of pose history kept", range=(1.0, 3600.0)),
+    "sync_slop": Param(0.05, "seconds: colour, depth and camera_info stamps must agree this "
+                             "closely", range=(0.0, 1.0)),
+    "sync_queue_size": Param(10, "messages per input kept for approximate-time matching",
+                             range=(1, 1000)),
+    "qos_reliability": Param("best_effort", "camera topics: best_effort (sensor data) or "
+                                            "reliable", choices=_RELIABILITY),
+    "qos_depth": Param(30, "camera topics: history depth; 30 = 1 s at 30 Hz, so a Python pause "
+                           "(garbage collection, a busy core) delays frames instead of losing "
+                           "them", range=(1, 10000)),
+    "cloud_qos_reliability": Param("reliable", "cloud topic: reliable or best_effort",
+                                   choices=_RELIABILITY),
+    "cloud_qos_durability": Param("transient_local", "cloud topic: transient_local (also "
+                                  "receives a cloud latched before the node started) or volatile",
+                                  choices=("transient_local", "volatile")),
+    "scene_dir": Param("", "scene folder keyframes are written to; empty = "
+                           "~/.ros/openmask3d/<date-time>", launch=True),
+    "load_scene_map": Param(True, "at configure, load the latest map of scene_dir (if it has "
+                                  "one) so queries work at once after a restart"),
+    "load_map": Param("", "scene folder (or its openmask3d/ map folder) whose map is loaded at "
+                          "start-up so queries work before the next map_complete"),
+    "default_top_k": Param(5, "instances returned when a query asks for top_k = 0",
+                           range=(1, 10000), live=True),
+    "max_points_per_instance": Param(0, "cap on the points returned per instance (0 = all)",
+                                     range=(0, 100_000_000), live=True),
+    "publish_markers": Param(True, "publish RViz markers and points of the last query's hits",
+                             live=True),
+    "status_period": Param(1.0, "seconds between status and /diagnostics messages (status is "
+                                "also sent on every change)", range=(0.05, 60.0)),
 }
 
-# Parameters that take effect when set on a running node; every other one is read-only (set it
-# in the parameter file or on the command line and restart).
-LIVE_PARAMETERS = frozenset({"map_frame", "tf_tolerance", "default_top_k",
-                             "max_points_per_instance", "publish_markers"})
-# Allowed values of the string choices and inclusive ranges of the numbers.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "pose_source": ("tf", "pose", "odometry"),
-    "color_transport": ("raw", "compressed"),
-    "depth_transport": ("raw", "compressedDepth"),
-    "qos_reliability": ("best_effort", "reliable"),
-    "cloud_qos_reliability": ("best_effort", "reliable"),
-    "cloud_qos_durability": ("transient_local", "volatile"),
+# Declared by rclpy itself on every node: accepted in parameter files, not declared by the node
+# and not written to the generated parameter file.
+ROS_PARAMETERS: dict[str, Param] = {
+    "use_sim_time": Param(False, "use /clock (e.g. from `openmask3d bag-play --clock`) as ROS "
+                                 "time", launch=True),
+    "start_type_description_service": Param(True, "offer ~/get_type_description"),
 }
-RANGES: dict[str, tuple[float, float]] = {
-    "tf_tolerance": (0.0, 10.0), "pose_wait": (0.0, 60.0), "keyframe_queue_size": (1, 10000),
-    "tf_cache_time": (1.0, 3600.0), "sync_slop": (0.0, 1.0), "sync_queue_size": (1, 1000),
-    "qos_depth": (1, 10000), "default_top_k": (1, 10000),
-    "max_points_per_instance": (0, 100_000_000), "status_period": (0.05, 60.0),
-}
-# Declared by rclpy itself on every node (accepted in parameter files).
-ROS_PARAMETERS: dict[str, Any] = {"use_sim_time": False}
+
+# Parameters that take effect when set on a running node.
+LIVE_PARAMETERS = frozenset(name for name, p in NODE_PARAMETERS.items() if p.live)
 
 # Topic names used inside the node before topic parameters existed; remapping one of them
 # (``-r color/image_raw:=/x``) still selects the input when its parameter is left at the default.
@@ -102,17 +142,42 @@ STATUS_TOPIC = "~/status"               # openmask3d_ros/msg/PipelineStatus
 MARKERS_TOPIC = "~/markers"             # visualization_msgs/MarkerArray
 QUERY_POINTS_TOPIC = "~/query_points"   # sensor_msgs/PointCloud2
 
-# Launch argument -> (node topic, default remapping target). Both pipeline.launch.py and
-# ``openmask3d node`` remap the node's topics to these defaults (a RealSense-style camera).
+_LEGACY_TOPICS = {"color_topic": COLOR_TOPIC, "depth_topic": DEPTH_TOPIC,
+                  "camera_info_topic": INFO_TOPIC, "cloud_topic": CLOUD_TOPIC,
+                  "pose_topic": POSE_TOPIC, "odom_topic": ODOM_TOPIC}
+# topic parameter -> (node-relative legacy name, default topic = the parameter's default)
 TOPIC_ARGUMENTS: dict[str, tuple[str, str]] = {
-    "color_topic": (COLOR_TOPIC, "/camera/color/image_raw"),
-    "depth_topic": (DEPTH_TOPIC, "/camera/aligned_depth_to_color/image_raw"),
-    "camera_info_topic": (INFO_TOPIC, "/camera/color/camera_info"),
-    "cloud_topic": (CLOUD_TOPIC, "/cloud_map"),
-    "pose_topic": (POSE_TOPIC, "/camera_pose"),
-    "odom_topic": (ODOM_TOPIC, "/odom"),
-}
+    name: (legacy, NODE_PARAMETERS[name].default) for name, legacy in _LEGACY_TOPICS.items()}
 DEFAULT_REMAPPINGS: dict[str, str] = {topic: target for topic, target in TOPIC_ARGUMENTS.values()}
+
+
+def launch_arguments() -> dict[str, Param]:
+    """The parameters that are also launch arguments and runner options, in table order."""
+    table = {**ROS_PARAMETERS, **NODE_PARAMETERS}
+    return {name: p for name, p in table.items() if p.launch}
+
+
+def argument_value(name: str, text: str) -> Any:
+    """A launch argument's text as the value of parameter ``name`` (ValueError when it is not
+    one)."""
+    p = launch_arguments()[name]
+    if p.type is bool:
+        low = text.strip().lower()
+        if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ValueError(f"argument {name} must be true or false, got '{text}'")
+        return low in ("true", "1", "yes", "on")
+    value = p.type(text)
+    if p.choices and value not in p.choices:
+        raise ValueError(f"argument {name} must be {p.constraints()}, got '{text}'")
+    return value
+
+
+def pipeline_parameters() -> dict[str, Param]:
+    """``pipeline.<key>`` -> Param from PipelineConfig's defaults and config.py's comments
+    (read-only: they shape the map). Ranges are checked by core/config_check.py."""
+    docs = field_docs()
+    return {PIPELINE_PREFIX + key: Param(value, docs[key].text if key in docs else "")
+            for key, value in PipelineConfig().flat().items()}
 
 
 def pipeline_defaults() -> dict[str, Any]:
@@ -121,8 +186,6 @@ def pipeline_defaults() -> dict[str, Any]:
 
 
 def all_defaults() -> dict[str, Any]:
-    """Every parameter the node declares, with its default."""
-    out = {name: default for name, (default, _) in NODE_PARAMETERS.items()}
-    out.update(pipeline_defaults())
-    out.update(ROS_PARAMETERS)
-    return out
+    """Every parameter a parameter file may set (the node's, the pipeline's and rclpy's)."""
+    table = {**NODE_PARAMETERS, **ROS_PARAMETERS}
+    return {**{name: p.default for name, p in table.items()}, **pipeline_defaults()}

@@ -1,7 +1,7 @@
-"""The launch file, the parameter YAML, the runner and the package metadata agree."""
+"""The launch file, the generated parameter YAML, the runner and the package metadata."""
 import argparse
-import ast
 import re
+import subprocess
 import sys
 import types
 import xml.etree.ElementTree as ET
@@ -14,63 +14,96 @@ from openmask3d_ros.cli.node_cmd import check_params_file, ros_arguments
 from openmask3d_ros.core.config import PipelineConfig, load_config
 from openmask3d_ros.ros import dds
 from openmask3d_ros.ros import params as P
+from openmask3d_ros.ros.param_file import parameter_file_text
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = ROOT / "launch" / "pipeline.launch.py"
 YAML = ROOT / "config" / "openmask3d.yaml"
 
 
-def _launch_constants() -> dict:
-    tree = ast.parse(LAUNCH.read_text())
-    out = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
-                isinstance(node.targets[0], ast.Name):
-            try:
-                out[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
-    return out
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "openmask3d_ros.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
 
 
-def _nested_keys(d: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for k, v in d.items():
-        out |= _nested_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
-    return out
+def test_committed_parameter_file_is_the_generated_one():
+    """config/openmask3d.yaml is generated (`openmask3d params`); edit ros/params.py or
+    core/config.py and regenerate with `openmask3d params -o config/openmask3d.yaml`."""
+    assert YAML.read_text(encoding="utf-8") == parameter_file_text()
+    run = _cli("params", "--check", str(YAML))
+    assert run.returncode == 0, run.stderr
+    printed = _cli("params")
+    assert printed.returncode == 0 and printed.stdout == YAML.read_text(encoding="utf-8")
 
 
-def test_yaml_holds_every_parameter_with_its_default():
+def test_a_stale_parameter_file_is_reported(tmp_path):
+    stale = tmp_path / "openmask3d.yaml"
+    stale.write_text(YAML.read_text().replace("qos_depth: 30", "qos_depth: 10"))
+    run = _cli("params", "--check", str(stale))
+    assert run.returncode == 2 and "out of date" in run.stderr and "openmask3d params -o" in \
+        run.stderr
+    out = tmp_path / "fresh.yaml"
+    assert _cli("params", "-o", str(out)).returncode == 0
+    assert _cli("params", "--check", str(out)).returncode == 0
+
+
+def test_generated_file_holds_every_default_with_its_description():
     data = yaml.safe_load(YAML.read_text())
-    assert list(data) == [P.NODE_NAME]
-    params = data[P.NODE_NAME]["ros__parameters"]
+    assert list(data) == ["/**"]                     # any node name / namespace
+    params = data["/**"]["ros__parameters"]
     pipeline = params.pop("pipeline")
-    assert params == {k: d for k, (d, _) in P.NODE_PARAMETERS.items()}
-    assert _nested_keys(pipeline) == _nested_keys(PipelineConfig().to_dict())
+    assert params == {name: p.default for name, p in P.NODE_PARAMETERS.items()}
     assert pipeline == PipelineConfig().to_dict()           # the paper defaults
-    assert load_config(YAML) == PipelineConfig()
-    assert check_params_file(YAML) == []
+    assert load_config(YAML) == PipelineConfig()             # the offline CLI reads it too
+    assert check_params_file(YAML) == [] and check_params_file(YAML, "other_name") == []
+    lines = YAML.read_text().splitlines()
+    for name, p in P.NODE_PARAMETERS.items():               # its comment sits above the key
+        row = lines.index(f"    {name}: {_yaml_scalar(p.default)}")
+        comment = " ".join(line.strip().lstrip("# ") for line in lines[row - 3:row]
+                           if line.strip().startswith("#"))
+        assert p.description.split()[-1] in comment, name
+        assert ("live: can be changed" in comment) == p.live, name
+    assert "        k_threshold: 0.2  # m, a point is occluded when w - d > k_threshold" in lines
+    assert all(len(line) <= 100 for line in lines)
 
 
-def test_launch_file_matches_node_names_arguments_and_yaml():
-    const = _launch_constants()
+def _yaml_scalar(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def test_parameter_file_applies_to_a_renamed_node(tmp_path):
+    """`/**:` lets --name (and namespaces) use the file as it is; rcl matches the wildcard."""
+    import rclpy
+    f = tmp_path / "p.yaml"
+    f.write_text(YAML.read_text().replace("frame_step: 10", "frame_step: 7"))
+    argv = ros_arguments(f, {"scene_dir": "/tmp/s"}, None, "other_name", [])
+    ctx = rclpy.Context()
+    rclpy.init(args=argv, context=ctx)
+    try:
+        node = rclpy.create_node(P.NODE_NAME, context=ctx,
+                                 automatically_declare_parameters_from_overrides=True)
+        assert node.get_name() == "other_name"
+        assert node.get_parameter("pipeline.frame_step").value == 7
+        assert node.get_parameter("scene_dir").value == "/tmp/s"
+        assert node.get_parameter("qos_depth").value == P.NODE_PARAMETERS["qos_depth"].default
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+    old = tmp_path / "old.yaml"
+    old.write_text("openmask3d:\n  ros__parameters:\n    autostart: false\n")
+    assert check_params_file(old) == []
+    (warning,) = check_params_file(old, "other_name")
+    assert "'openmask3d' does not apply" in warning and "/**" in warning
+
+
+def test_launch_file_names_and_installed_files(monkeypatch):
+    _stub_launch_modules(monkeypatch)
+    const = _launch_namespace()
     assert const["PACKAGE"] == "openmask3d_ros"
     assert const["NODE_NAME"] == P.NODE_NAME
     assert const["PARAMS_FILE"] == YAML.name
-    # the launch arguments that set parameters are the runner's options, and all are parameters
-    assert tuple(const["PARAMETER_ARGUMENTS"]) == node_cmd.PARAMETER_ARGUMENTS
-    declared = set(P.NODE_PARAMETERS) | set(node_cmd.RCLPY_PARAMETERS)
-    assert set(const["PARAMETER_ARGUMENTS"]) <= declared
-    for name in ("color_topic", "depth_topic", "camera_info_topic", "cloud_topic", "pose_topic",
-                 "odom_topic", "color_transport", "depth_transport", "use_sim_time",
-                 "autostart", "scene_dir"):
-        assert name in const["PARAMETER_ARGUMENTS"], name
-    booleans = {n for n in const["PARAMETER_ARGUMENTS"]
-                if isinstance(P.NODE_PARAMETERS.get(n, (False,))[0], bool)}
-    assert set(const["BOOLEAN_ARGUMENTS"]) == booleans
-    # the Fast DDS profile is chosen the same way as by the runner and bag-play
-    assert tuple(const["PROFILE_VARIABLES"]) == dds.PROFILE_VARIABLES
-    assert tuple(const["FAST_DDS_2_DISTROS"]) == dds._FAST_DDS_2_DISTROS
     assert const["DDS_PROFILE"] == dds.PROFILE_NAME and (ROOT / "config" / "fastdds.xml").is_file()
     assert const["RVIZ_CONFIG"] == node_cmd.RVIZ_CONFIG
     # the executable is the one CMakeLists.txt installs into lib/openmask3d_ros, and config/
@@ -86,10 +119,8 @@ class _Action:
         self.args, self.kwargs = args, kwargs
 
 
-def _run_launch_file(monkeypatch, arguments: dict, environ: dict):
-    """generate_launch_description() against minimal stand-ins of launch / launch_ros (not
-    installable from PyPI), then its OpaqueFunction with ``arguments`` as the launch
-    configuration and ``environ`` as the environment. Returns (declared defaults, Node kwargs)."""
+def _stub_launch_modules(monkeypatch) -> None:
+    """Minimal stand-ins of launch / launch_ros (not installable from PyPI)."""
     class LaunchConfiguration:
         def __init__(self, name):
             self.name = name
@@ -109,25 +140,46 @@ def _run_launch_file(monkeypatch, arguments: dict, environ: dict):
     }
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
+
+
+def _run_launch_file(monkeypatch, arguments: dict, environ: dict):
+    """generate_launch_description() against the stand-ins, then its OpaqueFunction with
+    ``arguments`` as the launch configuration and ``environ`` as the environment.
+    Returns ({argument: DeclareLaunchArgument kwargs}, [Node kwargs])."""
+    _stub_launch_modules(monkeypatch)
     for var in ("ROS_DISTRO", *dds.PROFILE_VARIABLES):
         monkeypatch.delenv(var, raising=False)
     for var, value in environ.items():
         monkeypatch.setenv(var, value)
+    actions = _launch_namespace()["generate_launch_description"]()
+    declared = {a.args[0]: a.kwargs for a in actions if a.args and isinstance(a.args[0], str)}
+    opaque = next(a for a in actions if "function" in a.kwargs)
+    nodes = opaque.kwargs["function"](
+        {**{k: v["default_value"] for k, v in declared.items()}, **arguments})
+    return declared, [n.kwargs for n in nodes]
+
+
+def _launch_namespace() -> dict:
+    """The launch file's globals, executed as ros2 launch does (after _stub_launch_modules)."""
     namespace: dict = {"__file__": str(LAUNCH)}
     exec(compile(LAUNCH.read_text(), str(LAUNCH), "exec"), namespace)
-    actions = namespace["generate_launch_description"]()
-    declared = {a.args[0]: a.kwargs.get("default_value") for a in actions
-                if a.args and isinstance(a.args[0], str)}
-    opaque = next(a for a in actions if "function" in a.kwargs)
-    nodes = opaque.kwargs["function"]({**declared, **arguments})
-    return declared, [n.kwargs for n in nodes]
+    return namespace
 
 
 def test_launch_defaults_leave_the_parameter_file_in_charge(monkeypatch):
     declared, nodes = _run_launch_file(monkeypatch, {}, {})
-    assert declared["params_file"] == str(YAML)     # next to the launch file (source or share)
-    assert declared["rviz"] == "false" and declared["log_level"] == "info"
-    assert all(declared[name] == "" for name in node_cmd.PARAMETER_ARGUMENTS)
+    default = {name: kwargs["default_value"] for name, kwargs in declared.items()}
+    assert default["params_file"] == str(YAML)     # next to the launch file (source or share)
+    assert default["rviz"] == "false" and default["log_level"] == "info"
+    # every table row marked launch=True is an argument, empty by default, described as in
+    # the table, with its choices
+    for name in ("use_sim_time", "autostart", "scene_dir", "color_topic", "depth_topic",
+                 "camera_info_topic", "cloud_topic", "pose_topic", "odom_topic",
+                 "color_transport", "depth_transport"):
+        assert default[name] == "", name
+        table = P.NODE_PARAMETERS.get(name) or P.ROS_PARAMETERS[name]
+        assert declared[name]["description"].startswith(table.description), name
+    assert declared["depth_transport"]["choices"] == ["", "raw", "compressedDepth"]
     (node,) = nodes                                  # no RViz unless asked
     assert node["name"] == P.NODE_NAME and node["package"] == "openmask3d_ros"
     assert node["parameters"] == [str(YAML)]
