@@ -56,6 +56,8 @@ def register(subparsers) -> None:
     g.add_argument("-o", "--output", default=None, help="write it to this file instead")
     g.add_argument("--check", metavar="FILE", default=None,
                    help="exit with an error when FILE differs from the generated text")
+    g.add_argument("--markdown", action="store_true",
+                   help="print the node parameters as the Markdown table of docs/ros.md")
     g.set_defaults(func=run_params)
 
     r = subparsers.add_parser("bag-record", help="record a scene folder as a ROS 2 bag",
@@ -241,8 +243,8 @@ def _start_rviz(config: Path):
 
 
 def run_params(args) -> int:
-    from ..ros.param_file import parameter_file_text
-    text = parameter_file_text()
+    from ..ros.param_file import parameter_file_text, parameter_table_markdown
+    text = parameter_table_markdown() if args.markdown else parameter_file_text()
     if args.check:
         path = Path(args.check)
         if not path.is_file():

@@ -3,7 +3,8 @@ configuration (core/config.py), with their descriptions as comments. No rclpy im
 
     openmask3d params                                # print it
     openmask3d params -o config/openmask3d.yaml      # regenerate the shipped file
-    openmask3d params --check config/openmask3d.yaml # exit 1 when the file is out of date
+    openmask3d params --check config/openmask3d.yaml # an error when the file is out of date
+    openmask3d params --markdown                     # the node parameter table of docs/ros.md
 """
 from __future__ import annotations
 
@@ -87,3 +88,15 @@ def parameter_file_text() -> str:
     body = [f"{NODE_KEY}:", "  ros__parameters:", *_node_lines("    "), "",
             "    pipeline:", *_pipeline_lines("      ")]
     return HEADER + "\n".join(body) + "\n"
+
+
+def parameter_table_markdown() -> str:
+    """The node parameters as the Markdown table of docs/ros.md (between its ``params-table``
+    markers)."""
+    rows = ["| parameter | default | allowed | live | meaning |", "|---|---|---|---|---|"]
+    for name, p in P.NODE_PARAMETERS.items():
+        allowed = p.constraints().replace("one of: ", "").replace("from ", "")
+        meaning = p.description.replace("|", "\\|").replace("<", "&lt;")   # not an HTML tag
+        rows.append(f"| `{name}` | `{_scalar(p.default)}` | {allowed} | "
+                    f"{'yes' if p.live else ''} | {meaning} |")
+    return "\n".join(rows) + "\n"

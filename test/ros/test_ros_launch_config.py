@@ -14,7 +14,7 @@ from openmask3d_ros.cli.node_cmd import check_params_file, ros_arguments
 from openmask3d_ros.core.config import PipelineConfig, load_config
 from openmask3d_ros.ros import dds
 from openmask3d_ros.ros import params as P
-from openmask3d_ros.ros.param_file import parameter_file_text
+from openmask3d_ros.ros.param_file import parameter_file_text, parameter_table_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = ROOT / "launch" / "pipeline.launch.py"
@@ -34,6 +34,15 @@ def test_committed_parameter_file_is_the_generated_one():
     assert run.returncode == 0, run.stderr
     printed = _cli("params")
     assert printed.returncode == 0 and printed.stdout == YAML.read_text(encoding="utf-8")
+
+
+def test_docs_parameter_table_is_the_generated_one():
+    docs = (ROOT / "docs" / "ros.md").read_text(encoding="utf-8")
+    found = re.search(r"<!-- params-table:[^\n]*-->\n(.*?)<!-- /params-table -->", docs, re.S)
+    assert found, "docs/ros.md lost its params-table markers"
+    assert found.group(1) == parameter_table_markdown(), \
+        "regenerate the table with `openmask3d params --markdown`"
+    assert "| `qos_depth` | `30` | 1 to 10000 |  | camera topics: history depth" in found.group(1)
 
 
 def test_a_stale_parameter_file_is_reported(tmp_path):
