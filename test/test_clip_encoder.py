@@ -97,13 +97,6 @@ def test_text_cache_is_lru_bounded(encoder):
     assert encoder.text_model_calls == calls + 1
 
 
-def test_prompt_template(encoder):
-    assert encoder.prompt("chair") == "a chair in a scene"
-    assert encoder.prompt("chair", "a photo of a {}") == "a photo of a chair"
-    np.testing.assert_array_equal(encoder.encode_classes(["mug"]),
-                                  encoder.encode_text(["a mug in a scene"]))
-
-
 def test_weights_come_from_the_checkpoint(checkpoint, encoder, crops, tmp_path):
     # a checkpoint folder (HF-cache-like layout) resolves to the file inside it
     snap = tmp_path / "models--x" / "snapshots" / "abc"

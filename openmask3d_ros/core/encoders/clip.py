@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..device import resolve_device
 from ..interfaces import configured_path, l2_normalize
 from ..precision import check_precision, quantize_int8
 
@@ -100,6 +102,32 @@ def _wants_quick_gelu(path: Path, model_name: str) -> bool:
     return _is_torchscript(path)
 
 
+def _load_model(model_name: str, path: Path, quick_gelu: bool):
+    """(eval model on the CPU, PIL preprocess) through open_clip's own loader, from a local file.
+
+    ``pretrained`` is an existing file, so open_clip reads it (state dicts, safetensors, OpenAI's
+    TorchScript archives) and never looks for a download. TorchScript needs ``weights_only=False``
+    (torch dispatches the archive to ``torch.jit.load``); every other file is read weights-only.
+    """
+    import open_clip
+
+    torchscript = _is_torchscript(path)
+    try:
+        with warnings.catch_warnings():    # torch's "dispatching to torch.jit.load" notices
+            warnings.filterwarnings("ignore", message=".*(TorchScript|torch.jit.load).*")
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=str(path), force_quick_gelu=quick_gelu, device="cpu",
+                weights_only=not torchscript, require_pretrained=True)
+    except Exception as exc:  # pickle, zip, safetensors and state-dict errors alike
+        detail = "; ".join(line.strip() for line in str(exc).strip().splitlines()[:6])
+        if "Error(s) in loading state_dict" in str(exc):
+            raise ValueError(f"CLIP checkpoint {path} does not match the expected model "
+                             f"{model_name} (wrong architecture?): {detail}") from exc
+        raise ValueError(f"cannot read CLIP checkpoint {path} (expected open_clip weights for "
+                         f"{model_name}): {detail or type(exc).__name__}") from exc
+    return model.eval(), preprocess
+
+
 class ClipEncoder:
     """open_clip model used both for crops (image tower) and queries (text tower).
 
@@ -110,36 +138,22 @@ class ClipEncoder:
 
     def __init__(self, model_name: str = DEFAULT_MODEL, checkpoint: str = "",
                  device: str = "cpu", batch_size: int = 64, cache_size: int = 1024,
-                 prompt_template: str = "a {} in a scene", preprocess_mode: str = "tensor",
-                 precision: str = "fp32", quantize: bool = False):
+                 preprocess_mode: str = "tensor", precision: str = "fp32",
+                 quantize: bool = False):
         import open_clip
-        import torch
 
         if model_name not in open_clip.list_models():
             raise ValueError(f"unknown CLIP model '{model_name}'; open_clip knows e.g. "
                              f"ViT-L-14-336, ViT-B-32, ViT-B-16 (see open_clip.list_models())")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        _check_speed_options(preprocess_mode, precision, quantize, str(device).startswith("cuda"))
+        device = resolve_device(device)
+        _check_speed_options(preprocess_mode, precision, quantize, device.startswith("cuda"))
         path = resolve_clip_checkpoint(checkpoint, model_name)
         quick_gelu = _wants_quick_gelu(path, model_name)
 
         t0 = time.perf_counter()
-        # built empty, then filled from the checkpoint below: hide open_clip's "initialized
-        # randomly" warning, which would be false once the weights are loaded
-        quiet = _DropMessage("initialized randomly")
-        logging.getLogger().addFilter(quiet)
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=None, force_quick_gelu=quick_gelu, device="cpu")
-        finally:
-            logging.getLogger().removeFilter(quiet)
-        state_dict = self._read_state_dict(path, model_name)
-        self._load_weights(model, state_dict, path, model_name)
-        del state_dict
-        model = model.eval()
+        model, preprocess = _load_model(model_name, path, quick_gelu)
         if quantize:
             model.visual = quantize_int8(model.visual, "encoder")
         self.model = model.to(device)
@@ -152,10 +166,9 @@ class ClipEncoder:
         self.checkpoint = str(path)
         self.batch_size = int(batch_size)
         self.cache_size = max(0, int(cache_size))
-        self.prompt_template = prompt_template
         self.name = f"clip:{model_name}"
         self.dim = int(open_clip.get_model_config(model_name)["embed_dim"])
-        self._use_amp = str(device).startswith("cuda")
+        self._use_amp = device.startswith("cuda")
         self.precision = "fp16" if self._use_amp and precision == "fp32" else precision
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         # counters for tests and benchmarks
@@ -165,53 +178,6 @@ class ClipEncoder:
         log.info("CLIP %s loaded from %s on %s (%s%s) in %.1f s", model_name, path, device,
                  f"{self.precision} autocast" if self.precision != "fp32" else "fp32",
                  ", QuickGELU" if quick_gelu else "", time.perf_counter() - t0)
-
-    # -- loading -----------------------------------------------------------------------------
-    @staticmethod
-    def _read_state_dict(path: Path, model_name: str) -> dict:
-        import torch
-        from open_clip.factory import load_state_dict
-
-        try:
-            if _is_torchscript(path):
-                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
-                for key in ("input_resolution", "context_length", "vocab_size"):
-                    state_dict.pop(key, None)
-            else:
-                state_dict = load_state_dict(str(path), device="cpu", weights_only=True)
-        except Exception as exc:  # pickle, zip and safetensors errors alike
-            raise ValueError(f"cannot read CLIP checkpoint {path} (expected open_clip weights "
-                             f"for {model_name}): {exc}") from exc
-        if not isinstance(state_dict, dict) or not state_dict:
-            raise ValueError(f"CLIP checkpoint {path} holds no state dict (expected weights "
-                             f"for {model_name})")
-        return dict(state_dict)
-
-    @staticmethod
-    def _load_weights(model, state_dict: dict, path: Path, model_name: str) -> None:
-        from open_clip.convert import convert_state_dict
-        from open_clip.model import resize_pos_embed, resize_text_pos_embed
-
-        try:
-            state_dict = convert_state_dict(model, state_dict)
-            if "logit_scale" in state_dict and \
-                    model.logit_scale.ndim != state_dict["logit_scale"].ndim:
-                state_dict["logit_scale"] = state_dict["logit_scale"].reshape(
-                    model.logit_scale.shape)
-            if getattr(model, "logit_bias", None) is None:
-                state_dict.pop("logit_bias", None)
-            # TorchScript archives also carry non-persistent buffers (e.g. attn_mask)
-            persistent = set(model.state_dict())
-            for key in [k for k, _ in model.named_buffers() if k not in persistent]:
-                state_dict.pop(key, None)
-            resize_pos_embed(state_dict, model)
-            resize_text_pos_embed(state_dict, model)
-            model.load_state_dict(state_dict, strict=True)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            detail = str(exc).strip().splitlines()
-            short = "; ".join(line.strip() for line in detail[:6])
-            raise ValueError(f"CLIP checkpoint {path} does not match the expected model "
-                             f"{model_name} (wrong architecture?): {short}") from exc
 
     # -- images ------------------------------------------------------------------------------
     def encode_images(self, crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -237,15 +203,6 @@ class ClipEncoder:
         return l2_normalize(np.concatenate(out, axis=0))
 
     # -- text --------------------------------------------------------------------------------
-    def prompt(self, class_name: str, template: str | None = None) -> str:
-        """Class name -> prompt (``"a {} in a scene"`` as in the paper)."""
-        return (template or self.prompt_template).format(class_name)
-
-    def encode_classes(self, class_names: Sequence[str], template: str | None = None
-                       ) -> np.ndarray:
-        """Class names embedded through the prompt template."""
-        return self.encode_text([self.prompt(c, template) for c in class_names])
-
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Strings -> (T, dim) float32, L2-normalised; cached per string (LRU)."""
         import torch
@@ -295,15 +252,6 @@ class ClipEncoder:
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast("cuda" if self._use_amp else "cpu", dtype=dtype)
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
 
 
 def _check_crop(crop: np.ndarray, index: int) -> np.ndarray:
