@@ -43,6 +43,8 @@ class InstanceMap:
     point_indices: list[np.ndarray]        # M arrays of int64 indices into ``points``
     features: np.ndarray                   # (M, D) float32, L2-normalised rows (or zero)
     meta: dict = field(default_factory=dict)
+    # (centroids, bbox_min, bbox_max), each (M, 3) float64: stored or computed once
+    _geom: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.point_indices) != len(self.features):
@@ -61,14 +63,29 @@ class InstanceMap:
     def instance_points(self, m: int) -> np.ndarray:
         return self.points[self.point_indices[m]]
 
+    def flat_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices (K,) int64, offsets (M+1,)): instance m is indices[offsets[m]:offsets[m+1]]."""
+        sizes = np.fromiter((len(i) for i in self.point_indices), np.int64,
+                            count=self.num_instances)
+        offsets = np.zeros(self.num_instances + 1, np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        flat = (np.concatenate(self.point_indices).astype(np.int64, copy=False)
+                if self.num_instances else np.zeros(0, np.int64))
+        return flat, offsets
+
     def centroids(self) -> np.ndarray:
-        return np.array([self.instance_points(m).mean(axis=0) for m in range(self.num_instances)]
-                        ).reshape(-1, 3)
+        """(M, 3) mean of each instance's points (NaN for an instance without points)."""
+        return self._geometry()[0]
 
     def boxes(self) -> tuple[np.ndarray, np.ndarray]:
-        mins = [self.instance_points(m).min(axis=0) for m in range(self.num_instances)]
-        maxs = [self.instance_points(m).max(axis=0) for m in range(self.num_instances)]
-        return np.array(mins).reshape(-1, 3), np.array(maxs).reshape(-1, 3)
+        """(M, 3) minimum and maximum corners of each instance's axis-aligned box."""
+        return self._geometry()[1], self._geometry()[2]
+
+    def _geometry(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # Computed once per map (or read from instances.npz by load()); save() stores it.
+        if self._geom is None:
+            self._geom = instance_geometry(self.points, *self.flat_indices())
+        return self._geom
 
     @staticmethod
     def from_masks(points: np.ndarray, masks: np.ndarray, features: np.ndarray,
@@ -96,16 +113,13 @@ class InstanceMap:
 
     def _write_generation(self, root: Path, tmp: Path, name: str, keep: int,
                           colors: np.ndarray | None) -> Path:
-        sizes = [len(i) for i in self.point_indices]
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        flat = (np.concatenate(self.point_indices).astype(np.int64) if self.point_indices
-                else np.zeros(0, dtype=np.int64))
-        bmin, bmax = self.boxes()
+        flat, offsets = self.flat_indices()
+        centroids, bmin, bmax = self._geometry()
         from .scene import write_ply
         write_ply(tmp / CLOUD_FILE, self.points, colors)
         np.savez_compressed(tmp / "instances.npz", point_indices=flat, offsets=offsets,
                             features=self.features.astype(np.float32),
-                            centroids=self.centroids().astype(np.float32),
+                            centroids=centroids.astype(np.float32),
                             bbox_min=bmin.astype(np.float32), bbox_max=bmax.astype(np.float32),
                             num_points=np.int64(len(self.points)))
         meta = {k: v for k, v in self.meta.items() if k not in _LOAD_ONLY}
@@ -141,10 +155,12 @@ class InstanceMap:
                              f"{cloud['sha256'][:12]}) than the one given ({len(points)} points, "
                              f"hash {cloud_hash(np.asarray(points, np.float32))[:12]}): "
                              "rebuild the map on this cloud", gen)
-        indices, features = read_instances(gen / "instances.npz", len(snapshot))
+        indices, features, geometry = read_instances(gen / "instances.npz", len(snapshot))
         meta["map_dir"] = str(gen)
         meta["generation"] = gen.name
-        return InstanceMap(snapshot, indices, features, meta)
+        imap = InstanceMap(snapshot, indices, features, meta)
+        imap._geom = geometry
+        return imap
 
 
 def cloud_hash(points: np.ndarray) -> str:
@@ -195,15 +211,20 @@ def read_meta(path: Path) -> dict:
 _REQUIRED = ("point_indices", "offsets", "features")
 
 
-def read_instances(path: Path, num_points: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Per-instance point indices and features from instances.npz, checked against the cloud."""
+_GEOMETRY = ("centroids", "bbox_min", "bbox_max")
+
+
+def read_instances(path: Path, num_points: int
+                   ) -> tuple[list[np.ndarray], np.ndarray, tuple | None]:
+    """Per-instance point indices and features from instances.npz, checked against the cloud,
+    and the stored (centroids, bbox_min, bbox_max) (None when the file lacks them: older maps)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in _REQUIRED if k not in data.files]
             if missing:
                 raise InputError(f"array(s) {', '.join(missing)} missing (it holds "
                                  f"{', '.join(data.files) or 'nothing'})", path, missing[0])
-            arrays = {k: data[k] for k in _REQUIRED}
+            arrays = {k: data[k] for k in _REQUIRED + _GEOMETRY if k in data.files}
             stored_n = int(data["num_points"]) if "num_points" in data.files else None
     except InputError:
         raise
@@ -231,7 +252,36 @@ def read_instances(path: Path, num_points: int) -> tuple[list[np.ndarray], np.nd
         raise InputError(f"point index {bad} is out of range for a cloud of {num_points} "
                          "points", path, "point_indices")
     flat = flat.astype(np.int64)
-    return [flat[off[m]:off[m + 1]] for m in range(M)], feats.astype(np.float32)
+    geometry = None
+    if all(k in arrays for k in _GEOMETRY):
+        geo = [arrays[k] for k in _GEOMETRY]
+        if all(g.shape == (M, 3) and np.issubdtype(g.dtype, np.floating) for g in geo):
+            geometry = tuple(g.astype(np.float64) for g in geo)
+        else:   # computed again from the points: the stored copy is only a cache
+            log.warning("%s: stored centroids/boxes do not have shape (%d, 3); recomputing them",
+                        path, M)
+    return [flat[off[m]:off[m + 1]] for m in range(M)], feats.astype(np.float32), geometry
+
+
+def instance_geometry(points: np.ndarray, flat: np.ndarray, offsets: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centroids, bbox_min, bbox_max), each (M, 3) float64, of the instances given as
+    concatenated point ``flat`` indices and ``offsets`` (M+1,); NaN rows for empty instances.
+    One gather and three segment reductions, no per-instance Python loop."""
+    M = len(offsets) - 1
+    out = [np.full((M, 3), np.nan) for _ in range(3)]
+    sizes = np.diff(offsets)
+    full = np.flatnonzero(sizes > 0)
+    if len(full) == 0:
+        return out[0], out[1], out[2]
+    pts = np.asarray(points)[flat]
+    # reduceat over the starts of non-empty instances only: each segment then ends where the
+    # next non-empty one starts, i.e. exactly at its own end (empty ones hold no points)
+    starts = offsets[full]
+    out[0][full] = np.add.reduceat(pts.astype(np.float64), starts) / sizes[full, None]
+    out[1][full] = np.minimum.reduceat(pts, starts)
+    out[2][full] = np.maximum.reduceat(pts, starts)
+    return out[0], out[1], out[2]
 
 
 def _load_legacy(folder: Path, points: np.ndarray | None) -> InstanceMap:
@@ -242,9 +292,11 @@ def _load_legacy(folder: Path, points: np.ndarray | None) -> InstanceMap:
         points, _ = read_ply(SceneFolder(folder.parent).cloud_path)
     log.warning("%s uses the old map layout (no cloud copy, no hash): it is checked against the "
                 "scene cloud by point count only; rerun `openmask3d run` to upgrade", folder)
-    indices, features = read_instances(folder / "instances.npz", len(points))
+    indices, features, geometry = read_instances(folder / "instances.npz", len(points))
     meta["map_dir"] = str(folder)
-    return InstanceMap(np.asarray(points, np.float32), indices, features, meta)
+    imap = InstanceMap(np.asarray(points, np.float32), indices, features, meta)
+    imap._geom = geometry
+    return imap
 
 
 def _json_default(obj):

@@ -7,6 +7,7 @@ Structure (floor, walls, table tops; core/structure.py) answers only queries tha
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from .config import PipelineConfig, QueryConfig, StructureConfig
+from .errors import InputError
 from .instance_map import InstanceMap
 from .interfaces import ImageEncoder, TextEncoder
 from .relevance import RelevanceScorer, RelevanceSettings, mentions
 from .structure import tag_structure
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,8 +96,11 @@ class QueryEngine:
                  image_encoder: ImageEncoder | None = None, query_cfg: QueryConfig | None = None,
                  structure_cfg: StructureConfig | None = None):
         if instance_map.num_instances and instance_map.features.shape[1] != text_encoder.dim:
-            raise ValueError(f"map features are {instance_map.features.shape[1]}-d but the text "
-                             f"encoder {text_encoder.name} gives {text_encoder.dim}-d embeddings")
+            built = (instance_map.meta.get("models") or {}).get("text_encoder", "unrecorded")
+            raise ValueError(f"map features are {instance_map.features.shape[1]}-d (built with "
+                             f"text encoder {built}) but the text encoder {text_encoder.name} "
+                             f"gives {text_encoder.dim}-d embeddings: query a map with the "
+                             "encoder it was built with (query.open_map / engine_for_map)")
         recorded = PipelineConfig().updated(instance_map.meta.get("config", {}) or {},
                                             strict=False)
         self.query_cfg = query_cfg or recorded.query
@@ -105,8 +112,12 @@ class QueryEngine:
         self.image_encoder = image_encoder
         self.relevance = RelevanceScorer(text_encoder,
                                          RelevanceSettings.from_config(self.query_cfg))
+        # stored in the map file (computed once for older maps); hits slice these, no copies
         self._centroids = instance_map.centroids()
         self._bmin, self._bmax = instance_map.boxes()
+        flat, self._offsets = instance_map.flat_indices()
+        self._flat = flat
+        self._grouped = np.asarray(instance_map.points, np.float32)[flat]   # instance-ordered
         self._valid = instance_map.valid
         tags = (instance_map.meta.get("structure") or {}).get("reasons")
         if tags is None or len(tags) != instance_map.num_instances:
@@ -195,23 +206,87 @@ class QueryEngine:
                         include_structure=include_structure).results
 
     def _result(self, m: int, cos: np.ndarray, rel: np.ndarray) -> QueryResult:
+        a, b = self._offsets[m], self._offsets[m + 1]
         return QueryResult(m, float(cos[m]), self._centroids[m], self._bmin[m], self._bmax[m],
-                           self.map.point_indices[m], self.map.instance_points(m),
-                           float(rel[m]), self.structure[m])
+                           self._flat[a:b], self._grouped[a:b], float(rel[m]),
+                           self.structure[m])
 
 
-def open_map(path: str | Path, cfg: PipelineConfig | None = None) -> QueryEngine:
-    """Load a map (scene folder or map folder) with the encoder it was built with.
+def open_map(path: str | Path, cfg: PipelineConfig | None = None,
+             cache: dict | None = None) -> QueryEngine:
+    """Load a map (scene folder or map folder) and query it with the encoder it was built with.
 
-    ``cfg`` overrides the recorded configuration (e.g. a checkpoint moved to another path) and
-    its ``query`` settings (negatives, temperature, template, min_relevance).
+    ``cfg``: this machine's configuration (see ``map_config``: device, where the map's CLIP
+    checkpoint lies here, query settings); ``cache``: encoders by ``encoder_key``, reused.
     """
-    from .models import build_text_encoder
+    return engine_for_map(InstanceMap.load(path), cfg, cache)
 
-    imap = InstanceMap.load(path)
-    recorded = PipelineConfig().updated(imap.meta.get("config", {}), strict=False)
-    if cfg is not None:
-        recorded = recorded.updated({"encoder": vars(cfg.encoder), "device": cfg.device,
-                                     "query": vars(cfg.query)})
-    encoder = build_text_encoder(recorded)
-    return QueryEngine(imap, encoder, query_cfg=recorded.query)
+
+def engine_for_map(imap: InstanceMap, cfg: PipelineConfig | None = None,
+                   cache: dict | None = None) -> QueryEngine:
+    """A QueryEngine on ``imap`` with the map's own text encoder (the one path of the CLI,
+    the node and evaluation)."""
+    resolved = map_config(imap, cfg)
+    return QueryEngine(imap, map_encoder(imap, resolved, cache), query_cfg=resolved.query)
+
+
+def map_config(imap: InstanceMap, local: PipelineConfig | None = None) -> PipelineConfig:
+    """The configuration ``imap`` was built with, adapted to this machine by ``local``.
+
+    The encoder (backend, model) is always the map's: features of one model cannot be
+    compared with another's embeddings. ``local`` gives the device, the checkpoint file of the
+    same CLIP model when it names one (weights kept elsewhere on this machine) and the query
+    settings (negatives, temperature, template, min_relevance).
+    """
+    recorded = PipelineConfig().updated(imap.meta.get("config", {}) or {}, strict=False)
+    if local is None:
+        return recorded
+    enc = recorded.encoder
+    changes: dict = {"device": local.device, "query": vars(local.query)}
+    if local.encoder.backend != enc.backend or (
+            enc.backend == "clip" and local.encoder.clip_model != enc.clip_model):
+        log.info("the map was built with the %s text encoder; querying it with that one, not "
+                 "the configured %s", _describe(enc), _describe(local.encoder))
+    elif enc.backend == "clip" and local.encoder.clip_checkpoint:
+        changes["encoder"] = {"clip_checkpoint": local.encoder.clip_checkpoint}
+    return recorded.updated(changes)
+
+
+def encoder_key(cfg: PipelineConfig) -> str:
+    """What makes two text encoders the same (the cache key of ``map_encoder``)."""
+    e = cfg.encoder
+    if e.backend != "clip":
+        return e.backend
+    return f"clip|{e.clip_model}|{e.clip_checkpoint}|{e.precision}|{cfg.device}"
+
+
+def map_encoder(imap: InstanceMap, cfg: PipelineConfig, cache: dict | None = None
+                ) -> TextEncoder:
+    """The text encoder ``cfg`` names for ``imap``, built once per ``encoder_key`` in ``cache``.
+
+    An encoder that cannot be built here (e.g. its checkpoint is missing) raises InputError
+    naming the map, the encoder it was built with and what is missing."""
+    key = encoder_key(cfg)
+    if cache is not None and key in cache:
+        return cache[key]
+    from .models import build_text_encoder
+    try:
+        encoder = build_text_encoder(cfg)
+    except (OSError, ImportError, ValueError, RuntimeError) as exc:
+        where = imap.meta.get("map_dir") or "the map"
+        raise InputError(f"the map was built with the {_describe(cfg.encoder)} text encoder, "
+                         f"which cannot be built here: {exc}", where, "encoder") from exc
+    built_with = (imap.meta.get("models") or {}).get("text_encoder")
+    if built_with and built_with != encoder.name:
+        log.warning("map was built with text encoder '%s' but '%s' answers it", built_with,
+                    encoder.name)
+    if cache is not None:
+        cache[key] = encoder
+    return encoder
+
+
+def _describe(enc) -> str:
+    if enc.backend != "clip":
+        return f"'{enc.backend}'"
+    return (f"CLIP {enc.clip_model} (encoder.clip_checkpoint "
+            f"'{enc.clip_checkpoint or 'unset'}')")

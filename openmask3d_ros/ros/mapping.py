@@ -30,6 +30,7 @@ class MapBuilder:
         self.models_error: str | None = None
         self._models_ready = threading.Event()
         self.engine = None
+        self._encoders: dict = {}      # text encoders by query.encoder_key, the node's own first
         self._loader: threading.Thread | None = None
         self._worker: threading.Thread | None = None
         self._t0 = 0.0
@@ -60,6 +61,8 @@ class MapBuilder:
         self.board.update(models=" ".join(f"{k}={d[k]}" for k in
                                           ("proposals", "segmenter", "image_encoder", "device")),
                           notes=list(models.notes))
+        from ..core.query import encoder_key
+        self._encoders[encoder_key(self.cfg)] = models.text_encoder
         self.models = models
         self._models_ready.set()
         for path in maps:
@@ -67,14 +70,19 @@ class MapBuilder:
                 break
         self._publish()
 
+    def engine_for(self, imap):
+        """A query engine on ``imap`` with the encoder the map was built with (as the CLI and
+        evaluation do: query.engine_for_map); encoders are built once and kept."""
+        from ..core.query import engine_for_map
+        return engine_for_map(imap, self.cfg, self._encoders)
+
     def _load_map(self, path: Path) -> bool:
         from ..core.instance_map import InstanceMap
-        from ..core.query import QueryEngine
         if not path.exists():
             return False
         try:
             imap = InstanceMap.load(path)
-            engine = QueryEngine(imap, self.models.text_encoder, query_cfg=self.cfg.query)
+            engine = self.engine_for(imap)
         except Exception as exc:
             self.log.error(f"loading the map at {path} failed: {exc}")
             self.board.update(message=f"loading the map at {path} failed: {exc}")
@@ -129,7 +137,6 @@ class MapBuilder:
 
     def _run(self, flush, cloud) -> None:
         from ..core.pipeline import run_pipeline
-        from ..core.query import QueryEngine
         try:
             if not self._models_ready.is_set():
                 self.progress("loading models", 0, 1)
@@ -142,7 +149,7 @@ class MapBuilder:
                                    "frames_rejected)")
             imap = run_pipeline(self.scene_dir, self.cfg, models=self.models,
                                 progress=self.progress, cloud=cloud)
-            engine = QueryEngine(imap, self.models.text_encoder, query_cfg=self.cfg.query)
+            engine = self.engine_for(imap)
         except Exception as exc:
             detail = "" if isinstance(exc, InputError) else f"\n{traceback.format_exc()}"
             self.log.error(f"pipeline failed: {exc}{detail}")

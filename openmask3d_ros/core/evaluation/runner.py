@@ -5,7 +5,6 @@ benchmark does (a per-scene AP average would weight small scenes differently).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -99,7 +98,7 @@ def text_encoder_for_map(imap: InstanceMap, overrides: Mapping | None = None,
                          cache: dict | None = None) -> TextEncoder:
     """The text encoder the map was built with (``meta["config"]``), with ``overrides`` applied
     (e.g. a local ``encoder.clip_checkpoint``)."""
-    from ..models import build_text_encoder
+    from ..query import map_encoder
 
     meta_cfg = imap.meta.get("config")
     if meta_cfg is None:
@@ -108,17 +107,7 @@ def text_encoder_for_map(imap: InstanceMap, overrides: Mapping | None = None,
     cfg = PipelineConfig().updated(meta_cfg, strict=False)
     if overrides:
         cfg = cfg.updated(overrides)
-    key = json.dumps({"encoder": cfg.to_dict()["encoder"], "device": cfg.device}, sort_keys=True)
-    if cache is not None and key in cache:
-        return cache[key]
-    enc = build_text_encoder(cfg)
-    built_with = (imap.meta.get("models") or {}).get("text_encoder")
-    if built_with and built_with != enc.name:
-        log.warning("map was built with text encoder '%s' but '%s' is evaluating it",
-                    built_with, enc.name)
-    if cache is not None:
-        cache[key] = enc
-    return enc
+    return map_encoder(imap, cfg, cache)
 
 
 def default_classes(scenes: Sequence[EvalScene]) -> list[str]:
