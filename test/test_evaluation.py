@@ -391,3 +391,45 @@ def test_cli_eval_scene_and_directory(tmp_path, capsys):
 def test_cli_eval_errors(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "no OpenMask3D map" in capsys.readouterr().err
+
+
+class AnyPrompt(FakeText):
+    """FakeText for any prompt form: the class is the word of the prompt it knows."""
+
+    def encode_text(self, texts):
+        self.seen.extend(texts)
+        return np.asarray([next(v for w, v in self.vectors.items() if w in t.split())
+                           for t in texts], dtype=np.float32)
+
+
+def test_each_maps_recorded_class_template_is_used():
+    gt = {1: "mug", 2: "chair"}
+    s = _scene([[1, 0, 0, 0], [0, 1, 0, 0]], [np.arange(200), np.arange(500, 700)], gt)
+    s.instances.meta["config"] = {"encoder": {"prompt_template": "a photo of a {}"}}
+    plain = _scene([[1, 0, 0, 0]], [np.arange(200)], {1: "mug"}, name="plain")   # no config
+    enc = AnyPrompt()
+    rep = evaluate_scenes([s, plain], modes=["open-vocab"], classes=["mug", "chair"],
+                          text_encoder=enc)
+    assert rep.results["open-vocab"].ap == 1.0
+    assert enc.seen == ["a photo of a mug", "a photo of a chair",
+                        "a mug in a scene", "a chair in a scene"]
+    enc.seen.clear()
+    evaluate_scenes([s], modes=["open-vocab"], classes=["mug"], text_encoder=enc,
+                    template="{} on a table")                   # an explicit template wins
+    assert enc.seen == ["mug on a table"]
+    with pytest.raises(ValueError, match="must contain"):
+        evaluate_scenes([s], modes=["open-vocab"], text_encoder=enc, template="a thing")
+
+
+def test_cli_eval_reports_the_maps_template(tmp_path, capsys):
+    from openmask3d_ros.core.instance_map import InstanceMap as Map
+
+    root = _write_scene(tmp_path / "s1")
+    imap = Map.load(root / "openmask3d")
+    imap.meta["config"]["encoder"]["prompt_template"] = "a photo of a {}"
+    imap.save(root / "openmask3d")
+    assert main(["eval", str(root), "--label-key", "color"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt 'a photo of a {}'" in out and "AP50 100.0" in out
+    assert main(["eval", str(root), "--label-key", "color", "--template", "no braces"]) == 2
+    assert "must contain {}" in capsys.readouterr().err

@@ -37,7 +37,8 @@ def register(subparsers) -> None:
                    help="open-vocab confidence: cosine similarity of the assigned class, or 1.0 "
                         "for every mask (the paper's setting)")
     p.add_argument("--template", default=None,
-                   help="prompt template (default: the map config's, 'a {} in a scene')")
+                   help="class prompt template with {} for the class (default: each map's "
+                        "recorded encoder.prompt_template, 'a {} in a scene')")
     p.add_argument("--config", type=Path, default=None,
                    help="YAML overriding the map's configuration for the text encoder (e.g. a "
                         "local encoder.clip_checkpoint)")
@@ -63,8 +64,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..core.evaluation import (MODES, format_table, read_class_list, read_label_map,
-                                   read_splits)
+    from ..core.evaluation import (MODES, format_table, map_template, read_class_list,
+                                   read_label_map, read_splits)
     from ..core.evaluation.runner import (evaluate_scenes, find_scenes, load_eval_scene,
                                           text_encoder_for_map)
 
@@ -82,12 +83,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     def encoder(imap):
         return text_encoder_for_map(imap, overrides, cache)
 
-    template = args.template
-    if template is None:
-        template = ((scenes[0].instances.meta.get("config") or {}).get("encoder") or {}).get(
-            "prompt_template", "a {} in a scene")
+    # the class prompt: --template, else each map's recorded encoder.prompt_template
+    templates = ([args.template] if args.template else
+                 sorted({map_template(s.instances.meta) for s in scenes}))
     report = evaluate_scenes(scenes, modes, classes=classes, exclude=exclude, splits=splits,
-                             text_encoder=encoder, template=template, score=args.score,
+                             text_encoder=encoder, template=args.template, score=args.score,
                              min_region_size=args.min_region_size)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -98,7 +98,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for mode, result in report.results.items():
         if mode == "open-vocab":
             title = (f"open-vocabulary ({len(report.classes)} classes, text encoder "
-                     f"{', '.join(encoders) or '?'}, prompt '{template}', score {args.score})")
+                     f"{', '.join(encoders) or '?'}, prompt {', '.join(map(repr, templates))}, "
+                     f"score {args.score})")
             per_class = args.per_class
         else:
             title = "class-agnostic"

@@ -78,6 +78,8 @@ class EncoderConfig:
     clip_model: str = "ViT-L-14-336"
     clip_checkpoint: str = ""
     batch_size: int = 64
+    # class-name prompt for closed-vocabulary evaluation (the paper's), recorded in every map;
+    # free-text queries use query.prompt_template
     prompt_template: str = "a {} in a scene"
     text_cache_size: int = 1024
     preprocess: str = "tensor"           # tensor (batched, on the device) | pil (open_clip's)

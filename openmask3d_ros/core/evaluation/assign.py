@@ -1,19 +1,26 @@
 """Open-vocabulary class assignment for closed-vocabulary evaluation (paper Sec. 4.1).
 
-Each class name is embedded with the map's text encoder in the prompt form "a {} in a scene"; every
+Each class name is embedded with the map's text encoder through the class prompt template
+(``encoder.prompt_template``, the paper's "a {} in a scene", recorded in every map's config); every
 instance feature is assigned to the class with the highest cosine similarity, and that similarity
 is the prediction's confidence.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ..config import EncoderConfig
 from ..interfaces import TextEncoder, l2_normalize
 
-DEFAULT_TEMPLATE = "a {} in a scene"
+
+def map_template(meta: Mapping) -> str:
+    """The class prompt template a map was built with (its config's ``encoder.prompt_template``;
+    the default for maps that recorded none)."""
+    encoder = (meta.get("config") or {}).get("encoder") or {}
+    return str(encoder.get("prompt_template") or EncoderConfig.prompt_template)
 
 
 @dataclass
@@ -29,11 +36,14 @@ class Assignment:
 
 
 def embed_classes(classes: Sequence[str], text_encoder: TextEncoder,
-                  template: str = DEFAULT_TEMPLATE) -> np.ndarray:
-    """(C, D) L2-normalised text embeddings of ``template.format(class)``."""
+                  template: str = EncoderConfig.prompt_template) -> np.ndarray:
+    """(C, D) L2-normalised text embeddings of ``template`` with each class for its ``{}``."""
     if not classes:
         raise ValueError("the class list is empty")
-    emb = np.asarray(text_encoder.encode_text([template.format(c) for c in classes]),
+    if "{}" not in template:
+        raise ValueError(f"the class prompt template must contain {{}} for the class name, "
+                         f"got {template!r}")
+    emb = np.asarray(text_encoder.encode_text([template.replace("{}", c) for c in classes]),
                      dtype=np.float32)
     if emb.shape[0] != len(classes):
         raise ValueError(f"text encoder returned {emb.shape[0]} rows for {len(classes)} classes")
@@ -41,7 +51,7 @@ def embed_classes(classes: Sequence[str], text_encoder: TextEncoder,
 
 
 def assign_classes(features: np.ndarray, classes: Sequence[str], text_encoder: TextEncoder,
-                   template: str = DEFAULT_TEMPLATE) -> Assignment:
+                   template: str = EncoderConfig.prompt_template) -> Assignment:
     """Assign each instance feature (M, D) to its closest class by cosine similarity.
 
     Instances whose feature is zero (no view saw them) stay unassigned: they carry no evidence for

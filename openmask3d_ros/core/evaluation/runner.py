@@ -17,7 +17,7 @@ from ..config import PipelineConfig
 from ..instance_map import MAP_DIRNAME, InstanceMap
 from ..interfaces import TextEncoder
 from .ap import MIN_REGION_SIZE, OVERLAPS, APResult, evaluate, match_scene
-from .assign import DEFAULT_TEMPLATE, assign_classes
+from .assign import assign_classes, map_template
 from .ground_truth import check_splits, gt_classes, load_ground_truth
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def evaluate_scenes(scenes: Sequence[EvalScene], modes: Sequence[str] = MODES,
                     classes: Sequence[str] | None = None, exclude: Sequence[str] = (),
                     splits: Mapping[str, Sequence[str]] | None = None,
                     text_encoder: TextEncoder | Callable[[InstanceMap], TextEncoder] | None = None,
-                    template: str = DEFAULT_TEMPLATE, score: str = "similarity",
+                    template: str | None = None, score: str = "similarity",
                     min_region_size: int = MIN_REGION_SIZE,
                     overlaps: np.ndarray = OVERLAPS) -> EvalReport:
     """AP of ``scenes`` in each mode.
@@ -127,7 +127,8 @@ def evaluate_scenes(scenes: Sequence[EvalScene], modes: Sequence[str] = MODES,
     ``classes``: the vocabulary (default: all GT classes). ``exclude``: classes that take part in
     open-vocabulary assignment but are not evaluated (ScanNet200 excludes wall and floor); their
     GT is void and predictions assigned to them are dropped. ``text_encoder``: an encoder, or a
-    function map -> encoder (default: the encoder of each map's configuration). ``score``:
+    function map -> encoder (default: the encoder of each map's configuration). ``template``: the
+    class prompt (default: each map's recorded ``encoder.prompt_template``). ``score``:
     "similarity" (cosine similarity of the assigned class) or "one" (1.0, the paper's setting).
     """
     t0 = time.perf_counter()
@@ -168,7 +169,8 @@ def evaluate_scenes(scenes: Sequence[EvalScene], modes: Sequence[str] = MODES,
                 enc = text_encoder(s.instances)
             else:
                 enc = text_encoder
-            a = assign_classes(s.instances.features, vocab, enc, template)
+            a = assign_classes(s.instances.features, vocab, enc,
+                               template or map_template(s.instances.meta))
             labels = [None if (c is None or c in excluded) else c for c in a.labels(vocab)]
             scores = a.similarity if score == "similarity" else np.ones(len(labels))
             gt = {i: (c if c in evaluated else None) for i, c in s.gt_labels.items()}
