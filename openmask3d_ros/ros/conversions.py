@@ -7,14 +7,20 @@ take and return rclpy message objects but only touch their plain fields, so they
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from ..core.camera import Intrinsics
 from .images import (  # noqa: F401  (re-exported: the node and tests import them from here)
     COLOR_ENCODINGS, DEPTH_ENCODINGS, ConversionError, _as_uint8, _set_bytes,
     compressed_to_depth, compressed_to_rgb, depth_to_compressed_depth, depth_to_image,
     image_to_depth, image_to_rgb, rgb_to_compressed, rgb_to_image)
+
+if TYPE_CHECKING:
+    from scipy.spatial.transform import Rotation
+# scipy.spatial is imported where it is used: it takes ~1 s, which would double the node's
+# start-up (ros/inputs.py loads it in the background once the node is up).
 
 
 # -- camera info -----------------------------------------------------------------------------------
@@ -235,6 +241,7 @@ def quat_to_rotation(q, what: str = "quaternion") -> Rotation:
     if not np.isfinite(n) or n < 1e-6:
         raise ConversionError(f"{what} has zero norm (x={x}, y={y}, z={z}, w={w}); the identity "
                               "rotation is (0, 0, 0, 1)")
+    from scipy.spatial.transform import Rotation
     return Rotation.from_quat([x / n, y / n, z / n, w / n])
 
 
@@ -245,6 +252,7 @@ def quat_to_matrix(q, what: str = "quaternion") -> np.ndarray:
 
 def matrix_to_quat(R: np.ndarray) -> np.ndarray:
     """3x3 rotation -> (x, y, z, w) with w >= 0."""
+    from scipy.spatial.transform import Rotation
     return Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_quat(canonical=True)
 
 

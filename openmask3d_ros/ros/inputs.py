@@ -6,6 +6,7 @@ history); decoding and disk writes happen on the recorder's worker thread (``dec
 from __future__ import annotations
 
 import copy
+import importlib
 import threading
 
 import numpy as np
@@ -109,6 +110,10 @@ class Inputs:
             self._subs.append(node.create_subscription(msg_type, topic, cb, 100,
                                                        callback_group=pose_group))
             self.pose_text = f"{msg_type.__name__} on {node.resolve_topic_name(topic)}"
+        # Rotations (TF, pose messages) need scipy.spatial, a ~1 s import kept off the start-up
+        # path: load it now, before the first pose arrives, without delaying the node.
+        threading.Thread(target=importlib.import_module, args=("scipy.spatial.transform",),
+                         name="import-scipy-spatial", daemon=True).start()
         log.info(f"inputs: {', '.join(self.topics)} ({self.sync.name}, "
                  f"{s.qos_reliability}); cloud {self.cloud_topic} ({s.cloud_qos_durability}); "
                  f"poses from {self.pose_text}")

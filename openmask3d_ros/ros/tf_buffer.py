@@ -14,7 +14,6 @@ import threading
 from collections import deque
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
 
 from .conversions import stamp_to_ns, transform_to_matrix
 
@@ -22,6 +21,7 @@ from .conversions import stamp_to_ns, transform_to_matrix
 def interpolate(M0: np.ndarray, M1: np.ndarray, a: float) -> np.ndarray:
     """Rigid transform a fraction ``a`` of the way from ``M0`` to ``M1`` (linear translation,
     slerp rotation along the shorter arc)."""
+    from scipy.spatial.transform import Rotation, Slerp   # not at start-up: see conversions.py
     M = np.eye(4)
     M[:3, 3] = (1 - a) * M0[:3, 3] + a * M1[:3, 3]
     ends = Rotation.from_matrix(np.stack([M0[:3, :3], M1[:3, :3]]))
