@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from test_ros_node_services import ROOT, start_node, stop_node   # noqa: E402 (same folder)
+from nodeproc import ROOT, stop_node  # test/ros/nodeproc.py
+from test_ros_node_services import start_node  # same folder
 
 
 def snippets() -> list[tuple[str, str]]:

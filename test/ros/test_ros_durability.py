@@ -3,11 +3,9 @@ while it writes keyframes, and at several points of a map build with a new cloud
 or the same points shuffled). After each restart the last complete map answers correctly, every
 keyframe on disk is used, and a new map_complete finishes."""
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,37 +25,27 @@ from openmask3d_ros.ros.conversions import (arrays_to_cloud, depth_to_image,
                                             intrinsics_to_camera_info, matrix_to_pose,
                                             ns_to_stamp, rgb_to_image)
 
-ROOT = Path(__file__).resolve().parents[2]
+import nodeproc  # test/ros/nodeproc.py
+from nodeproc import node_env, params
+from nodeproc import stop_node as stop
+
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def start_node(log: Path, scene_dir: Path, *params: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "openmask3d_ros.cli", "node", "--params",
-           "config/openmask3d.yaml", "--param", f"scene_dir:={scene_dir}",
-           "--param", "pose_source:=pose", "--param", "qos_reliability:=reliable",
-           "--param", "qos_depth:=200", "--param", "pipeline.frame_step:=2"]
-    for p in params:
-        cmd += ["--param", p]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0",
-               OMP_NUM_THREADS="1")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "a"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+def start_node(log: Path, scene_dir: Path, *assignments: str) -> subprocess.Popen:
+    """The node recording into scene_dir; its log is appended to (restarts share one log)."""
+    return nodeproc.start_node(
+        log, "--params", "config/openmask3d.yaml", *params(
+            f"scene_dir:={scene_dir}", "pose_source:=pose", "qos_reliability:=reliable",
+            "qos_depth:=200", "pipeline.frame_step:=2", *assignments),
+        env=node_env(OMP_NUM_THREADS="1"), append=True)
 
 
 def kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            kill(proc)
 
 
 class Feeder:

@@ -1,11 +1,8 @@
 """The node as another process sees it: lifecycle and parameter services driven from a client
 node, start-up time, /diagnostics, live parameters, and a restart on a folder with keyframes.
 The node is started the way users start it (`python -m openmask3d_ros.cli node`)."""
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,29 +19,14 @@ from rclpy.executors import SingleThreadedExecutor
 
 from openmask3d_ros.ros.client import OpenMask3DClient
 
-ROOT = Path(__file__).resolve().parents[2]
+import nodeproc  # test/ros/nodeproc.py
+from nodeproc import params, stop_node
+
 NODE = "/openmask3d"
 
 
-def start_node(log: Path, *params: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "openmask3d_ros.cli", "node", "--params",
-           "config/openmask3d.yaml"]
-    for p in params:
-        cmd += ["--param", p]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_node(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
+def start_node(log: Path, *assignments: str) -> subprocess.Popen:
+    return nodeproc.start_node(log, "--params", "config/openmask3d.yaml", *params(*assignments))
 
 
 class Client:

@@ -4,8 +4,6 @@ service, and the client's queries must find the ground-truth objects.
 
 Localhost discovery and a per-process ROS_DOMAIN_ID come from conftest.py.
 """
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,34 +22,20 @@ from openmask3d_ros.ros.client import OpenMask3DClient, OpenMask3DError
 from openmask3d_ros.ros.conversions import depth_to_image, intrinsics_to_camera_info, ns_to_stamp
 from openmask3d_ros.ros.params import DEFAULT_REMAPPINGS
 
-ROOT = Path(__file__).resolve().parents[2]
+import nodeproc  # test/ros/nodeproc.py
+from nodeproc import ROOT, params, stop_node
+
 NUM_FRAMES = 60
 FRAME_STEP = 10
 
 
-def start_node(tmp_path: Path, name: str, *params: str) -> tuple[subprocess.Popen, Path]:
-    """`python -m openmask3d_ros.cli node --params config/openmask3d.yaml ...` (repo root)."""
+def start_node(tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """`openmask3d node --params config/openmask3d.yaml ...`; its log is tmp_path/<name>.log."""
     log = tmp_path / f"{name}.log"
-    cmd = [sys.executable, "-m", "openmask3d_ros.cli", "node", "--params",
-           "config/openmask3d.yaml", "--param", "qos_reliability:=reliable",
-           # a deep reliable queue: on a loaded 2-core CI machine the node must not lose frames
-           "--param", "qos_depth:=200", "--param", "pose_wait:=5.0"]
-    for p in params:
-        cmd += ["--param", p]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    # a deep reliable queue: on a loaded 2-core CI machine the node must not lose frames
+    proc = nodeproc.start_node(log, "--params", "config/openmask3d.yaml", *params(
+        "qos_reliability:=reliable", "qos_depth:=200", "pose_wait:=5.0", *extra))
     return proc, log
-
-
-def stop_node(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,9 @@ answer colour queries with the right objects (the colour stand-in encoder).
 About 30 s a configuration on 2 cores; runs in CI with the rest of the suite.
 """
 import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +23,9 @@ from openmask3d_ros.ros.bag import POSE_TOPIC, TRIGGER_TOPIC, record_scene
 from openmask3d_ros.ros.client import OpenMask3DClient
 from openmask3d_ros.ros.dds import PROFILE_VARIABLES
 
+from nodeproc import ROOT, start_node, stop_node  # test/ros/nodeproc.py
 
-ROOT = Path(__file__).resolve().parents[2]
+
 FRAMES, RATE, WIDTH, HEIGHT, STEP = 60, 30.0, 640, 480, 10
 START_S = 1_700_000_000          # bag stamps (DEFAULT_START_NS); wall time is far from it
 MEASURED: dict[str, dict] = {}
@@ -65,16 +64,6 @@ def ros():
     rclpy.shutdown(context=ctx)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 CONFIGS = [  # (camera QoS, images, pose source, sim time)
     pytest.param("best_effort", "raw", "tf", False, id="best_effort-raw-tf-realtime"),
     pytest.param("reliable", "raw", "pose", True, id="reliable-raw-posestamped-simtime"),
@@ -92,17 +81,15 @@ def test_stream_is_recorded_without_loss_and_answers(stream, ros, request, qos, 
     name = request.node.callspec.id
     work = root / name
     work.mkdir()
-    node_cmd = [sys.executable, "-m", "openmask3d_ros.cli", "node", "--params",
-                "config/openmask3d.yaml", "--scene-dir", str(work / "scene"),
-                "--param", f"pipeline.frame_step:={STEP}", "--param", f"qos_reliability:={qos}",
-                "--param", f"pose_source:={poses}", "--log-level", "info"]
+    node_args = ["--params", "config/openmask3d.yaml", "--scene-dir", str(work / "scene"),
+                 "--param", f"pipeline.frame_step:={STEP}", "--param", f"qos_reliability:={qos}",
+                 "--param", f"pose_source:={poses}", "--log-level", "info"]
     if images == "compressed":
-        node_cmd += ["--color-transport", "compressed", "--depth-transport", "compressedDepth"]
+        node_args += ["--color-transport", "compressed", "--depth-transport", "compressedDepth"]
     if sim_time:
-        node_cmd += ["--use-sim-time"]
+        node_args += ["--use-sim-time"]
     log = work / "node.log"
-    node = subprocess.Popen(node_cmd, cwd=ROOT, env=_env(), stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    node = start_node(log, *node_args, env=_env())
     client = OpenMask3DClient(ros)
     try:
         assert client.wait_for_node(60), log.read_text()[-3000:]
@@ -145,7 +132,7 @@ def test_stream_is_recorded_without_loss_and_answers(stream, ros, request, qos, 
         MEASURED[name]["map_s"] = time.monotonic() - t0
         _check_answers(scene, client)
     finally:
-        _stop(node)
+        stop_node(node)
         text = log.read_text()
         print(text[-2500:])
     assert "Traceback" not in text
