@@ -79,7 +79,23 @@ def test_cloud_is_moved_with_the_transform_at_its_stamp(node):
         np.testing.assert_allclose(got, pts, atol=1e-5)
 
 
-def test_cloud_without_a_transform_at_its_stamp(node):
+class _Log:
+    """The node's logger, keeping the warnings it is given."""
+
+    def __init__(self, real):
+        self.real, self.warnings = real, []
+
+    def warning(self, text, **kwargs):
+        self.warnings.append(text)
+        self.real.warning(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+def test_cloud_without_a_transform_at_its_stamp(node, monkeypatch):
+    log = _Log(node.get_logger())
+    monkeypatch.setattr(node, "get_logger", lambda: log)
     _set_tf(node, "map", "odom", 10 * S, _T(0.0, (0, 0, 0)))
     _set_tf(node, "map", "odom", 20 * S, _T(np.pi / 2, (10, 0, 0)))
     pts = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.5]], np.float32)
@@ -89,6 +105,8 @@ def test_cloud_without_a_transform_at_its_stamp(node):
         got, cols = node.inputs.cloud_in_map(node.settings)
         np.testing.assert_allclose(got, _moved(pts, _T(np.pi / 2, (10, 0, 0))), atol=1e-5)
         assert cols.shape == pts.shape
+        assert f"stamped {t / S:.3f} s but no transform map -> odom" in log.warnings[-1]
+        assert "the latest one is used" in log.warnings[-1]
     # a frame the TF tree does not know: an error that names the frames and the stamp
     node.inputs.on_cloud(arrays_to_cloud(pts, None, frame_id="lidar",
                                          stamp=ns_to_stamp(15 * S)))
