@@ -107,6 +107,39 @@ def test_parameter_file_applies_to_a_renamed_node(tmp_path):
     assert "'openmask3d' does not apply" in warning and "/**" in warning
 
 
+def test_node_declares_every_parameter_from_the_table():
+    """Descriptions, read-only flags, ranges and choices as a client's describe_parameters sees
+    them come from the table; pipeline.* descriptions from core/config.py's comments."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from openmask3d_ros.ros.settings import declare_parameters, read_settings
+    ctx = rclpy.Context()
+    rclpy.init(args=[], context=ctx)
+    try:
+        node = rclpy.create_node("om3d_declare_test", context=ctx)
+        declare_parameters(node)
+        for name, p in P.NODE_PARAMETERS.items():
+            d = node.describe_parameter(name)
+            assert d.description == p.description and d.read_only == (not p.live), name
+            assert ("one of: " + ", ".join(p.choices) in d.additional_constraints) == \
+                bool(p.choices), name
+            ranges = list(d.floating_point_range) + list(d.integer_range)
+            assert [(r.from_value, r.to_value) for r in ranges] == ([p.range] if p.range else [])
+        assert node.describe_parameter("pipeline.frame_step").description == \
+            "keep every n-th frame"
+        assert node.describe_parameter("pipeline.query.negatives").description.startswith(
+            "canonical negatives")
+        settings = read_settings(node)
+        assert settings.qos_depth == 30 and settings.pipeline == PipelineConfig()
+        assert {f for f in settings.__dataclass_fields__} == {*P.NODE_PARAMETERS, "pipeline"}
+        assert not node.set_parameters([Parameter("pose_wait", value=5.0)])[0].successful
+        assert node.set_parameters([Parameter("default_top_k", value=3)])[0].successful
+        assert settings.with_live({"tf_tolerance": 1}).tf_tolerance == 1.0
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
 def test_launch_file_names_and_installed_files(monkeypatch):
     _stub_launch_modules(monkeypatch)
     const = _launch_namespace()
