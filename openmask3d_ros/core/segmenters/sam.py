@@ -14,6 +14,14 @@ frame once and asks for all masks that chose it (``predict_many``):
   ``early_stop_iou`` (stop a mask's rounds once one reaches this predicted IoU), ``precision``
   bf16 (CPU with AVX512-BF16/AMX, or GPU) or fp16 (GPU) autocast, ``quantize`` (dynamic int8 of
   the decoder's linear layers, CPU).
+
+Why not ``SamPredictor.predict_torch``: it runs the whole decoder and upsamples to full resolution
+for every round, where only the winner's mask is wanted: ~10-25 % more decoder time for 10 rounds
+(benchmarks/RESULTS.md) and B full-resolution float masks for a GPU batch of 512 prompts. So the
+decoder runs in halves (sam_decode.py, checked against ``predict_torch`` in the tests), and of the
+predictor this module uses only what a ``predict_torch`` caller also needs: ``set_image`` (once
+per frame), ``get_image_embedding()``, ``transform.apply_coords_torch`` (pixels to the model's
+input frame) and ``input_size`` / ``original_size`` for ``Sam.postprocess_masks``.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device import resolve_device
 from ..interfaces import configured_path
 from ..precision import check_precision, quantize_int8
 from .sam_decode import SplitDecoder
@@ -113,11 +122,8 @@ class SamSegmenter:
     def __init__(self, model_type: str = "vit_h", checkpoint: str = "", device: str = "cpu",
                  prompt_batch: int = 0, early_stop_iou: float = 0.0, precision: str = "fp32",
                  quantize: bool = False):
-        import torch
-
         builder = _registry(model_type)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         on_gpu = str(device).startswith("cuda")
         _check_options(prompt_batch, early_stop_iou, precision, quantize, on_gpu)
         hint = (f"expected a SAM {model_type} checkpoint; obtain {where_to_get(model_type)} "
