@@ -344,7 +344,10 @@ class OpenMask3DNode(LifecycleNode):
             except Exception as exc:   # visualisation never fails a query
                 self.get_logger().warning(f"heatmap skipped: {exc}")
                 values = None
-            viz.publish_query(text, results, values, stamp)
+            try:
+                viz.publish_query(text, results, values, stamp)
+            except Exception as exc:   # the answer goes out even when a view cannot
+                self.get_logger().warning(f"query views not published: {exc}")
 
         has_image = bool(request.image.data)
         return handle_query(request, response, lambda req, resp: answer_query(

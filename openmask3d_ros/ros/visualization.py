@@ -78,8 +78,7 @@ class MapPublishers:
         if hits:
             self._pubs[MARKERS_TOPIC] = answer(MarkerArray, MARKERS_TOPIC, qos)
             self._pubs[QUERY_POINTS_TOPIC] = answer(PointCloud2, QUERY_POINTS_TOPIC, qos)
-        self._map = None
-        self._labels: np.ndarray | None = None
+        self._view: tuple[object, np.ndarray] | None = None   # (InstanceMap, point labels)
 
     @property
     def topics(self) -> list[str]:
@@ -103,9 +102,10 @@ class MapPublishers:
         imap = getattr(source, "map", source)
         header = self._header(stamp)
         points = np.asarray(imap.points, np.float32)
-        self._map = imap
-        self._labels = render.point_labels(len(points), imap.point_indices)
-        colors = render.instance_colors(points, self._labels)
+        labels = render.point_labels(len(points), imap.point_indices)
+        # one assignment: a query on a service thread sees the old view or the new, never half
+        self._view = (imap, labels)
+        colors = render.instance_colors(points, labels)
         self._pubs[INSTANCES_CLOUD_TOPIC].publish(
             arrays_to_cloud(points, colors, frame_id=header.frame_id, stamp=header.stamp))
         markers = MarkerArray(markers=[_delete_all(header)])
@@ -129,15 +129,18 @@ class MapPublishers:
         only the hits when None. The heatmap needs a map from ``publish_map``."""
         header = self._header(stamp)
         self._pubs[DETECTIONS_TOPIC].publish(_detections(header, text, results))
-        if self._map is not None:
+        view = self._view
+        if view is not None:
+            imap, labels = view
             if values is None:
-                values = np.full(self._map.num_instances, np.nan)
+                values = np.full(imap.num_instances, np.nan)
                 for r in results:
                     values[r.instance_id] = hit_value(r)
-            heat = render.heat_values(self._labels, self._map.point_indices, values)
-            self._pubs[HEATMAP_TOPIC].publish(arrays_to_cloud(
-                self._map.points, render.heat_colors(heat), frame_id=header.frame_id,
-                stamp=header.stamp))
+            if len(values) == imap.num_instances:   # else the map changed during the query
+                heat = render.heat_values(labels, imap.point_indices, values)
+                self._pubs[HEATMAP_TOPIC].publish(arrays_to_cloud(
+                    imap.points, render.heat_colors(heat), frame_id=header.frame_id,
+                    stamp=header.stamp))
         if MARKERS_TOPIC in self._pubs:
             self._pubs[MARKERS_TOPIC].publish(_hit_markers(header, text, results))
             self._pubs[QUERY_POINTS_TOPIC].publish(_hit_points(header, results))
