@@ -1,6 +1,8 @@
 """Helpers shared by the benchmark scripts (run as `python benchmarks/<script>.py`, which puts this
-folder on sys.path)."""
+folder on sys.path) and test/test_official_baseline.py."""
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -41,3 +43,38 @@ def synthetic_room(n: int, boxes: int = 12, seed: int = 0, random_sizes: bool = 
     indices = [np.arange(e - len(p), e, dtype=np.int64) for p, e in zip(parts, ends)]
     return (np.vstack(parts),
             np.vstack(cols).astype(np.uint8) if colors else None, indices)
+
+
+def image_key(image: np.ndarray) -> bytes:
+    """A key that tells frames apart (their content hash)."""
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).digest()
+
+
+class RoundBoxSegmenter:
+    """Deterministic stand-in with SAM's per-round property: a round's mask is the box of its
+    prompts grown by 2 px, its score a fixed function of the prompts, so the same rounds give the
+    same answers batched or one at a time. Records every round as (image key, prompts) in
+    ``calls`` and every call's winning box under (image key, all its prompts) in ``log``."""
+    name = "round-box-standin"
+
+    def __init__(self):
+        self.calls: list[tuple[bytes, bytes]] = []
+        self.log: dict[tuple[bytes, bytes], tuple[int, int, int, int]] = {}
+
+    def set_image(self, image):
+        self.image = image
+        self.image_id = image_key(image)
+
+    def predict(self, prompt_sets):
+        prompt_sets = np.asarray(prompt_sets)
+        H, W = self.image.shape[:2]
+        scores = np.array([0.2 + ((p.sum() * 7919) % 101) / 101.0 for p in prompt_sets],
+                          dtype=np.float32)
+        best = prompt_sets[int(np.argmax(scores))].astype(int)
+        x1, y1 = np.maximum(best.min(axis=0) - 2, 0)
+        x2, y2 = np.minimum(best.max(axis=0) + 2, [W - 1, H - 1])
+        mask = np.zeros((H, W), bool)
+        mask[y1:y2 + 1, x1:x2 + 1] = True
+        self.calls += [(self.image_id, p.astype(int).tobytes()) for p in prompt_sets]
+        self.log[(self.image_id, prompt_sets.astype(int).tobytes())] = (x1, y1, x2, y2)
+        return mask, scores

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _common import RoundBoxSegmenter  # noqa: E402
 from official_baseline import official_features  # noqa: E402
 
 from openmask3d_ros.core.config import PipelineConfig  # noqa: E402
@@ -36,32 +37,6 @@ from openmask3d_ros.core.features import compute_features  # noqa: E402
 from openmask3d_ros.core.proposals.geometric import GeometricProposals  # noqa: E402
 from openmask3d_ros.core.scene import SceneFolder  # noqa: E402
 from openmask3d_ros.core.synthetic import make_scene  # noqa: E402
-
-
-class RoundBoxSegmenter:
-    """Stand-in: round mask = box of its prompts + 2 px; score a fixed function of the prompts.
-    Records (image id, prompts) -> best mask box for every call."""
-    name = "round-box-standin"
-
-    def __init__(self):
-        self.log: dict[tuple[int, bytes], tuple[int, int, int, int]] = {}
-
-    def set_image(self, image):
-        self.image = image
-        self.image_id = hash(image[::9, ::7].tobytes())
-
-    def predict(self, prompt_sets):
-        prompt_sets = np.asarray(prompt_sets)
-        H, W = self.image.shape[:2]
-        scores = np.array([0.2 + ((p.sum() * 7919) % 101) / 101.0 for p in prompt_sets],
-                          dtype=np.float32)
-        best = prompt_sets[int(np.argmax(scores))].astype(int)
-        x1, y1 = np.maximum(best.min(axis=0) - 2, 0)
-        x2, y2 = np.minimum(best.max(axis=0) + 2, [W - 1, H - 1])
-        mask = np.zeros((H, W), bool)
-        mask[y1:y2 + 1, x1:x2 + 1] = True
-        self.log[(self.image_id, prompt_sets.astype(int).tobytes())] = (x1, y1, x2, y2)
-        return mask, scores
 
 
 class ThumbnailEncoder:

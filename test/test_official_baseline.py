@@ -19,35 +19,8 @@ from openmask3d_ros.core.synthetic import make_scene
 from openmask3d_ros.core.visibility import projection_intrinsics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _common import RoundBoxSegmenter as BoxSegmenter  # noqa: E402
 from official_baseline import official_features  # noqa: E402
-
-
-class BoxSegmenter:
-    """Deterministic per-round segmenter: each round's mask is the box of its prompts (grown by
-    2 px), its score a fixed function of the prompts; batched or one round at a time, the same
-    rounds give the same answers (the property SAM has)."""
-    name = "box-test"
-
-    def __init__(self):
-        self.calls = []
-
-    def set_image(self, image):
-        self.image = image
-
-    def predict(self, prompt_sets):
-        prompt_sets = np.asarray(prompt_sets)
-        H, W = self.image.shape[:2]
-        scores = np.array([0.2 + ((p.sum() * 7919) % 101) / 101.0 for p in prompt_sets],
-                          dtype=np.float32)
-        best = prompt_sets[int(np.argmax(scores))].astype(int)
-        mask = np.zeros((H, W), bool)
-        x1, y1 = np.maximum(best.min(axis=0) - 2, 0)
-        x2, y2 = np.minimum(best.max(axis=0) + 2, [W - 1, H - 1])
-        mask[y1:y2 + 1, x1:x2 + 1] = True
-        for p in prompt_sets:
-            self.calls.append((self.image.tobytes()[:64] + self.image[::7, ::5].tobytes(),
-                               p.astype(int).tobytes()))
-        return mask, scores
 
 
 class CropEncoder:
