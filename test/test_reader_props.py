@@ -23,28 +23,12 @@ from openmask3d_ros.core.scene import (SceneFolder, SceneWriter, read_image, rea
                                        read_scene_json, write_ply)
 from openmask3d_ros.core.camera import Intrinsics
 
+from mutations import mutated  # test/mutations.py
+
 SETTINGS = settings(max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", 60)), deadline=None,
                     derandomize=not os.environ.get("HYPOTHESIS_EXAMPLES"),
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow])
-
-
-@st.composite
-def mutated(draw, original: bytes) -> bytes:
-    """``original`` with a few truncations, byte flips, insertions and deletions."""
-    data = bytearray(original)
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["truncate", "flip", "insert", "delete"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if kind == "truncate":
-            del data[pos:]
-        elif kind == "flip" and data:
-            data[pos] ^= draw(st.integers(1, 255))
-        elif kind == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
-        else:
-            del data[pos:pos + draw(st.integers(1, 64))]
-    return bytes(data)
 
 
 def files(original: bytes):
