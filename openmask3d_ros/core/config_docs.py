@@ -44,7 +44,10 @@ def _comments(source: str) -> dict[int, tuple[int, str, bool]]:
 @cache
 def field_docs() -> dict[str, FieldDoc]:
     """Dotted pipeline key (as in ``PipelineConfig().flat()``) -> its comments in config.py."""
-    source = Path(config.__file__).read_text(encoding="utf-8")
+    try:
+        source = Path(config.__file__).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):     # installed without sources: no descriptions
+        return {}
     comments = _comments(source)
     classes: dict[str, dict[str, FieldDoc]] = {}
     for cls in ast.parse(source).body:
