@@ -3,7 +3,10 @@
 A map of ``--instances`` instances over a synthetic scene cloud (the cloud split into contiguous
 chunks; colour stand-in features) is served by one node and queried from another (same process,
 separate executors, real DDS transport on localhost). For each ``points_mode`` it prints p50/p95
-of the client's round trip for top_k = all instances, and the points returned.
+of the client's round trip for top_k = all instances, the node's own answer time (the "(x ms)"
+its reply ends with: query + message building, without serialisation and transport) and the
+points returned. ``--markers``: the server also publishes the RViz views of every answer as the
+node does (MapPublishers.publish_query_later, off the reply path).
 
     python benchmarks/bench_query_payload.py                  # 150 instances, 60k points
     python benchmarks/bench_query_payload.py --points 1000000 --repeats 10
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import threading
 import time
@@ -29,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--instances", type=int, default=150)
     p.add_argument("--points", type=int, default=60000)
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--markers", action="store_true",
+                   help="publish the RViz views of every answer, as the node does")
     args = p.parse_args(argv)
 
     import rclpy
@@ -38,7 +44,7 @@ def main(argv=None) -> int:
     from openmask3d_ros.core.instance_map import InstanceMap
     from openmask3d_ros.core.query import QueryEngine
     from openmask3d_ros.ros.client import OpenMask3DClient
-    from openmask3d_ros.ros.query_service import answer_query, handle_query
+    from openmask3d_ros.ros.query_service import QuerySettings, serve_engine
     from openmask3d_ros.srv import QueryObjects
 
     rng = np.random.default_rng(0)
@@ -53,20 +59,21 @@ def main(argv=None) -> int:
     imap = InstanceMap(pts, indices, feats, {"models": {"image_encoder": enc.name}})
     engine = QueryEngine(imap, enc)
 
-    class Settings:
-        map_frame, default_top_k, max_points_per_instance, publish_markers = "map", 5, 0, False
-        min_relevance = 0.55
-
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     server = rclpy.create_node("openmask3d", context=ctx)
+    viz = publish_hits = None
+    if args.markers:
+        from openmask3d_ros.core.render import instance_values
+        from openmask3d_ros.ros.visualization import MapPublishers
+        viz = MapPublishers(server, "map")
+        viz.publish_map(engine)
 
-    def on_query(request, response):
-        stamp = server.get_clock().now().to_msg()
-        return handle_query(request, response, lambda rq, rs: answer_query(
-            engine, rq, rs, Settings, None, stamp, "no map"), server.get_logger())
-
-    server.create_service(QueryObjects, "/openmask3d/query", on_query)
+        def publish_hits(text, results, stamp, frame):
+            viz.publish_query_later(text, results, lambda: instance_values(
+                engine, text, include_structure=True), stamp)
+    serve_engine(server, engine, QuerySettings(min_relevance=0.55, publish_markers=args.markers),
+                 publish_hits)
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(server)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -77,28 +84,50 @@ def main(argv=None) -> int:
         print("service did not appear")
         return 1
     R = QueryObjects.Request
-    print(f"{args.instances} instances, {args.points} points, {args.repeats} calls per row")
-    print("| points_mode | p50 ms | p95 ms | instances | points returned |")
-    print("|---|---|---|---|---|")
+    print(f"{args.instances} instances, {args.points} points, {args.repeats} calls per row, "
+          f"markers {'on' if args.markers else 'off'}, load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+    print("| points_mode | p50 ms | p95 ms | node answer p50 ms | CPU ms/call | rclpy (de)serialise"
+          " ms | instances | points returned |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, mode in (("all", R.POINTS_ALL), ("indices", R.POINTS_INDICES),
                        ("voxel 0.05 m", R.POINTS_VOXEL), ("none", R.POINTS_NONE)):
-        times, resp = [], None
+        times, inside, resp = [], [], None
         for i in range(args.repeats + 2):
+            if i == 2:
+                cpu0 = time.process_time()
             t = time.perf_counter()
             resp = client.query_raw("white", top_k=args.instances, min_relevance=0.0,
                                     include_structure=True, points_mode=mode, voxel_size=0.05)
             if i >= 2:                       # the first calls warm up discovery and caches
                 times.append(time.perf_counter() - t)
+                inside.append(float(re.findall(r"\(([\d.]+) ms\)$", resp.message)[0]))
+        cpu = (time.process_time() - cpu0) / args.repeats
         n_pts = sum(m.points.width for m in resp.instances)
         print(f"| {name} | {np.percentile(times, 50) * 1e3:.1f} | "
-              f"{np.percentile(times, 95) * 1e3:.1f} | {len(resp.instances)} | {n_pts} |")
+              f"{np.percentile(times, 95) * 1e3:.1f} | {np.percentile(inside, 50):.1f} | "
+              f"{cpu * 1e3:.1f} | {_conversion_ms(resp):.1f} | {len(resp.instances)} | {n_pts} |")
     client.destroy()
+    if viz is not None:
+        viz.destroy()
     executor.shutdown()
     spinner.join(timeout=5)
     planner.destroy_node()
     server.destroy_node()
     rclpy.shutdown(context=ctx)
     return 0
+
+
+def _conversion_ms(response, repeats: int = 5) -> float:
+    """p50 of rclpy serialising + deserialising ``response`` in this process: the part of the
+    round trip that rclpy spends on the message on both ends, whatever builds it."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        deserialize_message(serialize_message(response), type(response))
+        times.append(time.perf_counter() - t)
+    return float(np.percentile(times, 50) * 1e3)
 
 
 if __name__ == "__main__":

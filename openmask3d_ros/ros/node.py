@@ -337,17 +337,17 @@ class OpenMask3DNode(LifecycleNode):
         def publish_hits(text: str, results, stamp, frame: str) -> None:
             if viz is None:
                 return
-            try:      # the heatmap ranks every instance as the query does
-                values = instance_values(engine, text=None if has_image else text,
-                                         image=image_to_rgb(request.image) if has_image else None,
-                                         include_structure=bool(request.include_structure) or None)
-            except Exception as exc:   # visualisation never fails a query
-                self.get_logger().warning(f"heatmap skipped: {exc}")
-                values = None
-            try:
-                viz.publish_query(text, results, values, stamp)
-            except Exception as exc:   # the answer goes out even when a view cannot
-                self.get_logger().warning(f"query views not published: {exc}")
+
+            def values():             # on the views thread: the reply does not wait for it
+                try:      # the heatmap ranks every instance as the query does
+                    return instance_values(
+                        engine, text=None if has_image else text,
+                        image=image_to_rgb(request.image) if has_image else None,
+                        include_structure=bool(request.include_structure) or None)
+                except Exception as exc:   # visualisation never fails a query
+                    self.get_logger().warning(f"heatmap skipped: {exc}")
+                    return None
+            viz.publish_query_later(text, results, values, stamp)
 
         has_image = bool(request.image.data)
         return handle_query(request, response, lambda req, resp: answer_query(

@@ -19,12 +19,35 @@ import math
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from openmask3d_ros.msg import ObjectInstance
+from openmask3d_ros.srv import QueryObjects
 
-from .conversions import arrays_to_cloud
+
+@dataclass
+class QuerySettings:
+    """The ``settings`` of ``answer_query`` for a server without node parameters."""
+    map_frame: str = "map"
+    default_top_k: int = 5
+    max_points_per_instance: int = 0
+    publish_markers: bool = False
+    min_relevance: float | None = None      # None: the map's recorded query.min_relevance
+
+
+def serve_engine(node, engine, settings=None, publish_hits=None, name: str = "~/query"):
+    """Answer QueryObjects as ``name`` on ``node`` from ``engine`` (a QueryEngine) until the
+    service is destroyed: a query server without the mapping node (tests, benchmarks, a map
+    served read-only). Returns the service."""
+    settings = settings if settings is not None else QuerySettings()
+
+    def on_query(request, response):
+        stamp = node.get_clock().now().to_msg()
+        return handle_query(request, response, lambda rq, rs: answer_query(
+            engine, rq, rs, settings, publish_hits, stamp, "no map"), node.get_logger())
+    return node.create_service(QueryObjects, name, on_query)
 
 
 def handle_query(request, response, answer: Callable[[object, object], str], logger):
@@ -94,8 +117,8 @@ def answer_query(engine, request, response, settings, publish_hits, stamp,
         return str(exc)
     frame = str(settings.map_frame)
     cap = int(settings.max_points_per_instance)
-    response.instances = [instance_message(r, answer.query, stamp, frame, mode, voxel, cap)
-                          for r in answer.results]
+    response.instances = instance_messages(answer.results, answer.query, stamp, frame, mode,
+                                           voxel, cap)
     response.found = answer.found
     response.best_id = int(answer.best.instance_id) if answer.best else -1
     response.best_relevance = float(answer.best.relevance) if answer.best else 0.0
@@ -110,40 +133,141 @@ DEFAULT_VOXEL = 0.02
 
 def voxel_downsample(points: np.ndarray, size: float) -> np.ndarray:
     """One point per ``size`` voxel: the centroid of the points in it (float32 (n, 3))."""
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    return _voxel_groups(pts, np.array([0, len(pts)]), size)[0]
+
+
+def _voxel_groups(pts: np.ndarray, offsets: np.ndarray, size: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel centroids of every group ``pts[offsets[g]:offsets[g + 1]]`` at once, in group order
+    (within a group, in x, y, z voxel order): (points (n, 3) float32, new offsets)."""
+    G = len(offsets) - 1
     if len(pts) == 0:
-        return np.zeros((0, 3), np.float32)
-    keys = np.floor(pts / size).astype(np.int64)
+        return np.zeros((0, 3), np.float32), np.zeros(G + 1, np.int64)
+    group = np.repeat(np.arange(G, dtype=np.int64), np.diff(offsets))
+    keys = np.floor(pts.astype(np.float64) / size).astype(np.int64)
     keys -= keys.min(axis=0)
     dims = keys.max(axis=0) + 1
-    lin = (keys[:, 0] * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
-    _, inverse, counts = np.unique(lin, return_inverse=True, return_counts=True)
+    if float(G) * float(np.prod(dims.astype(np.float64))) < 2.0 ** 62:
+        lin = ((group * dims[0] + keys[:, 0]) * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
+        _, inverse, counts = np.unique(lin, return_inverse=True, return_counts=True)
+    else:      # too many voxels for one int64 key: unique rows instead (slower, same order)
+        rows = np.column_stack([group, keys])
+        _, inverse, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
     out = np.stack([np.bincount(inverse, weights=pts[:, a], minlength=len(counts))
                     for a in range(3)], axis=1) / counts[:, None]
-    return out.astype(np.float32)
+    first = np.zeros(len(counts), np.int64)
+    first[inverse[::-1]] = group[::-1]                 # the group of each voxel
+    new_off = np.zeros(G + 1, np.int64)
+    np.cumsum(np.bincount(first, minlength=G), out=new_off[1:])
+    return out.astype(np.float32), new_off
 
 
-def instance_message(r, label: str, stamp, frame: str, mode: int = 0, voxel: float = 0.0,
-                     cap: int = 0) -> ObjectInstance:
-    """One hit as an ObjectInstance; its points as ``mode`` says (see QueryObjects.srv)."""
-    inst = ObjectInstance()
-    inst.header.stamp, inst.header.frame_id = stamp, frame
-    inst.id, inst.score, inst.label = int(r.instance_id), float(r.score), label
-    inst.relevance = float(r.relevance) if math.isfinite(r.relevance) else 0.0
-    inst.structure = r.structure or ""
-    for dst, src in ((inst.centroid, r.centroid), (inst.bbox_min, r.bbox_min),
-                     (inst.bbox_max, r.bbox_max)):
-        dst.x, dst.y, dst.z = (float(v) for v in src)
-    inst.num_points = int(r.n_points)
+def _capped(offsets: np.ndarray, cap: int) -> np.ndarray:
+    """Positions keeping at most ``cap`` evenly spread points of each group (all when cap 0)."""
+    sizes = np.diff(offsets)
+    if cap <= 0 or not np.any(sizes > cap):
+        return np.arange(offsets[-1])
+    keep = np.minimum(sizes, cap)
+    group = np.repeat(np.arange(len(sizes)), keep)
+    rank = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)
+    # linspace(0, n - 1, cap) per capped group, in integers (no float rounding at the ends)
+    n, c = sizes[group], keep[group]
+    return offsets[group] + np.where(n > cap, rank * (n - 1) // np.maximum(c - 1, 1), rank)
+
+
+def _payload(results, mode: int, voxel: float, cap: int):
+    """All hits' points (or indices) in one contiguous buffer: (array.array, offsets per hit in
+    its items: bytes of xyz float32 points, or uint32 indices). One numpy pass for all hits."""
+    k = len(results)
     if mode == 1:
-        inst.point_indices = array.array(
-            "I", np.asarray(r.point_indices, dtype=np.uint32).tobytes())
-    elif mode in (0, 2):
-        pts = np.asarray(r.points, dtype=np.float32)
-        if mode == 2:
-            pts = voxel_downsample(pts, voxel if voxel > 0 else DEFAULT_VOXEL)
-        if cap > 0 and len(pts) > cap:
-            pts = pts[np.linspace(0, len(pts) - 1, cap).astype(np.int64)]
-        arrays_to_cloud(pts, frame_id=frame, stamp=stamp, msg=inst.points)
-    return inst
+        flat = (np.concatenate([r.point_indices for r in results]) if k
+                else np.zeros(0, np.int64)).astype(np.uint32)
+        off = np.zeros(k + 1, np.int64)
+        np.cumsum([len(r.point_indices) for r in results], out=off[1:])
+        return array.array("I", flat.tobytes()), off
+    pts = (np.concatenate([np.asarray(r.points, np.float32).reshape(-1, 3) for r in results])
+           if k else np.zeros((0, 3), np.float32))
+    off = np.zeros(k + 1, np.int64)
+    np.cumsum([len(r.points) for r in results], out=off[1:])
+    if mode == 2:
+        pts, off = _voxel_groups(pts, off, voxel if voxel > 0 else DEFAULT_VOXEL)
+    if cap > 0:
+        pos = _capped(off, cap)
+        off = np.concatenate([[0], np.cumsum(np.minimum(np.diff(off), cap))])
+        pts = pts[pos]
+    return array.array("B", np.ascontiguousarray(pts, dtype="<f4").tobytes()), off * 12
 
+
+def instance_messages(results, label: str, stamp, frame: str, mode: int = 0,
+                      voxel: float = 0.0, cap: int = 0) -> list:
+    """The hits as ObjectInstance messages, their points as ``mode`` says (QueryObjects.srv).
+
+    Built for speed (a reply may carry hundreds): the points of all hits are one buffer sliced
+    per hit, the header and the point fields are shared, numbers are converted in bulk."""
+    from geometry_msgs.msg import Point
+    from sensor_msgs.msg import PointCloud2
+    from std_msgs.msg import Header
+    k = len(results)
+    header = Header(frame_id=frame, stamp=stamp) if stamp is not None else Header(frame_id=frame)
+    empty_cloud = PointCloud2()          # no points (indices / none): shared, never changed
+    data, off = (_payload(results, mode, voxel, cap) if mode in (0, 1, 2)
+                 else (None, np.zeros(k + 1, np.int64)))
+    geo = np.array([[*r.centroid, *r.bbox_min, *r.bbox_max] for r in results],
+                   np.float64).reshape(k, 9).tolist()
+    fields = _xyz_fields()
+    out = []
+    for j, r in enumerate(results):
+        a, b = int(off[j]), int(off[j + 1])
+        cloud, indices = empty_cloud, array.array("I")
+        if mode == 1:
+            indices = data[a:b]
+        elif mode in (0, 2):
+            n = (b - a) // 12
+            cloud = fast_message(PointCloud2, header=header, height=1, width=n, fields=fields,
+                                 is_bigendian=False, point_step=12, row_step=12 * n,
+                                 data=data[a:b], is_dense=True)
+        g = geo[j]
+        rel = float(r.relevance)
+        out.append(fast_message(
+            ObjectInstance, header=header, id=int(r.instance_id), score=float(r.score),
+            label=str(label), centroid=fast_message(Point, x=g[0], y=g[1], z=g[2]),
+            bbox_min=fast_message(Point, x=g[3], y=g[4], z=g[5]),
+            bbox_max=fast_message(Point, x=g[6], y=g[7], z=g[8]),
+            num_points=int(r.n_points), points=cloud,
+            relevance=rel if math.isfinite(rel) else 0.0, structure=str(r.structure or ""),
+            point_indices=indices))
+    return out
+
+
+_XYZ = None
+_LAYOUT_OK: dict = {}
+
+
+def _xyz_fields() -> list:
+    global _XYZ
+    if _XYZ is None:        # immutable once built; shared by every cloud of every reply
+        from sensor_msgs.msg import PointField
+        _XYZ = [PointField(name=c, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+                for i, c in enumerate("xyz")]
+    return _XYZ
+
+
+def fast_message(cls, **fields):
+    """``cls(**fields)`` without the generated constructor's work (it builds a default for every
+    field, then copies arrays): the slots are set directly when the class has the generated
+    layout (one ``_name`` slot per field), else the constructor is used. The caller passes every
+    field with its exact Python type (int, float, str, array.array, message, list)."""
+    n = _LAYOUT_OK.get(cls)
+    if n is None:            # number of fields when the layout is the generated one, else -1
+        names = list(cls.get_fields_and_field_types())
+        same = set(getattr(cls, "__slots__", ())) == {"_" + k for k in names} | {"_check_fields"}
+        n = _LAYOUT_OK[cls] = len(names) if same else -1
+    if len(fields) != n:
+        return cls(**fields)
+    msg = cls.__new__(cls)
+    msg._check_fields = False
+    for name, value in fields.items():
+        setattr(msg, "_" + name, value)
+    return msg

@@ -7,12 +7,15 @@
 * ``publish_query(text, results, values)`` after each query: ``~/detections``
   (vision_msgs/Detection3DArray, one Detection3D per hit), ``~/heatmap`` (the scene coloured by
   each instance's value for the query, the best hottest), ``~/markers`` (a box and label per hit)
-  and ``~/query_points`` (the hits' points, the best in ``HIGHLIGHT``).
+  and ``~/query_points`` (the hits' points, the best in ``HIGHLIGHT``);
+  ``publish_query_later`` does the same on a background thread, so that a service reply never
+  waits for it (the node uses it: building these costs more than answering a large query).
 
 Colours are those of ``openmask3d render`` (core/render.py), so RViz and the PNGs agree.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -79,6 +82,7 @@ class MapPublishers:
             self._pubs[MARKERS_TOPIC] = answer(MarkerArray, MARKERS_TOPIC, qos)
             self._pubs[QUERY_POINTS_TOPIC] = answer(PointCloud2, QUERY_POINTS_TOPIC, qos)
         self._view: tuple[object, np.ndarray] | None = None   # (InstanceMap, point labels)
+        self._later = LatestJob(node.get_logger(), "openmask3d-viz")   # publish_query_later
 
     @property
     def topics(self) -> list[str]:
@@ -86,6 +90,7 @@ class MapPublishers:
         return list(self._pubs)
 
     def destroy(self) -> None:
+        self._later.close()
         for pub in self._pubs.values():
             self._node.destroy_publisher(pub)
         self._pubs.clear()
@@ -144,6 +149,70 @@ class MapPublishers:
         if MARKERS_TOPIC in self._pubs:
             self._pubs[MARKERS_TOPIC].publish(_hit_markers(header, text, results))
             self._pubs[QUERY_POINTS_TOPIC].publish(_hit_points(header, results))
+
+    def publish_query_later(self, text: str, results, values=None, stamp=None) -> None:
+        """``publish_query`` on the background thread; ``values`` may be a callable returning
+        them (computed there too). A query answered while an older one still waits replaces
+        it: the topics are latched, so only the latest answer is shown."""
+        stamp = stamp if stamp is not None else self._node.get_clock().now().to_msg()
+
+        def job():
+            self.publish_query(text, results, values() if callable(values) else values, stamp)
+        self._later.submit(job)
+
+    def wait_published(self, timeout: float = 10.0) -> bool:
+        """True once every ``publish_query_later`` so far has been published (or replaced)."""
+        return self._later.wait_idle(timeout)
+
+
+class LatestJob:
+    """One daemon thread running the latest submitted job; a job still waiting when a newer one
+    arrives is dropped. Errors are logged (``log.warning``), never raised."""
+
+    def __init__(self, log, name: str):
+        self._log = log
+        self._cond = threading.Condition()
+        self._job: Callable[[], None] | None = None
+        self._running = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=name)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._job = job
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._job is None and not self._running, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Let the running job finish (up to ``timeout``), drop a waiting one, stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._job = None
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._job is not None or self._closed)
+                if self._closed:
+                    self._cond.notify_all()
+                    return
+                job, self._job, self._running = self._job, None, True
+            try:
+                job()
+            except Exception as exc:       # visualisation never takes the node down
+                self._log.warning(f"publishing the query views failed: {exc}")
+            finally:
+                with self._cond:
+                    self._running = False
+                    self._cond.notify_all()
 
 
 # -- message builders ------------------------------------------------------------------------------

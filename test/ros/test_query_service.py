@@ -17,18 +17,11 @@ from openmask3d_ros.core.pipeline import run_pipeline  # noqa: E402
 from openmask3d_ros.core.query import open_map  # noqa: E402
 from openmask3d_ros.core.scene import SceneFolder  # noqa: E402
 from openmask3d_ros.ros.client import OpenMask3DClient, OpenMask3DError  # noqa: E402
-from openmask3d_ros.ros.query_service import answer_query, handle_query  # noqa: E402
+from openmask3d_ros.ros.query_service import QuerySettings, serve_engine  # noqa: E402
 from openmask3d_ros.srv import QueryObjects  # noqa: E402
 
 REQ = QueryObjects.Request
-
-
-class Settings:
-    map_frame = "map"
-    default_top_k = 5
-    max_points_per_instance = 0
-    publish_markers = False
-    min_relevance = 0.55
+CAP = 40
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +34,10 @@ def service(tmp_path_factory):
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     server = rclpy.create_node("openmask3d", context=ctx)
-
-    def on_query(request, response):
-        stamp = server.get_clock().now().to_msg()
-        return handle_query(request, response, lambda rq, rs: answer_query(
-            engine, rq, rs, Settings, None, stamp, "no map"), server.get_logger())
-
-    server.create_service(QueryObjects, "/openmask3d/query", on_query)
+    serve_engine(server, engine, QuerySettings(min_relevance=0.55))
+    # the same map with points capped per instance, as parameter max_points_per_instance does
+    serve_engine(server, engine, QuerySettings(min_relevance=0.55, max_points_per_instance=CAP),
+                 name="/capped/query")
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(server)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -55,16 +45,21 @@ def service(tmp_path_factory):
     planner = rclpy.create_node("planner", context=ctx)
     client = OpenMask3DClient(planner)
     assert client._query.wait_for_service(timeout_sec=10)
-    yield root, engine, client
+    planner2 = rclpy.create_node("planner_capped", context=ctx)
+    capped = OpenMask3DClient(planner2, namespace="/capped")
+    assert capped._query.wait_for_service(timeout_sec=10)
+    yield root, engine, client, capped
+    capped.destroy()
     client.destroy()
     executor.shutdown()
+    planner2.destroy_node()
     planner.destroy_node()
     server.destroy_node()
     rclpy.shutdown(context=ctx)
 
 
 def test_absent_object_is_success_without_instances(service):
-    _, _, client = service
+    _, _, client, _ = service
     for text in ("a mug", "purple", "x" * 10000):
         reply = client.ask(text)
         assert not reply.found and reply.instances == [], reply.message
@@ -74,7 +69,7 @@ def test_absent_object_is_success_without_instances(service):
 
 
 def test_present_colour_found_with_relevance(service):
-    root, engine, client = service
+    root, engine, client, _ = service
     gt = SceneFolder(root).ground_truth()
     for info in gt.labels.values():
         if info["label"] in ("table", "floor"):
@@ -88,7 +83,7 @@ def test_present_colour_found_with_relevance(service):
 
 
 def test_image_exemplar_over_the_service(service):
-    root, engine, client = service
+    root, engine, client, _ = service
     gt = SceneFolder(root).ground_truth()
     gid = next(g for g, i in gt.labels.items() if i["label"] not in ("table", "floor"))
     frame = max(range(40), key=lambda i: int((cv2.imread(
@@ -107,7 +102,7 @@ def test_image_exemplar_over_the_service(service):
 
 
 def test_point_payload_options(service):
-    _, engine, client = service
+    _, engine, client, _ = service
     everything = dict(top_k=1000, min_relevance=0.0, include_structure=True)
     full = client.ask("red", **everything)
     idx = client.ask("red", points_mode=REQ.POINTS_INDICES, **everything)
@@ -127,7 +122,7 @@ def test_point_payload_options(service):
 
 
 def test_bad_requests_are_refused(service):
-    _, _, client = service
+    _, _, client, _ = service
     for kwargs, word in ((dict(text="red", image=np.zeros((4, 4, 3), np.uint8)), "either"),
                          (dict(text="red", min_relevance=1.5), "min_relevance"),
                          (dict(text="red", points_mode=9), "points_mode"),
@@ -136,3 +131,24 @@ def test_bad_requests_are_refused(service):
         assert not resp.success and word in resp.message and not resp.instances
     with pytest.raises(OpenMask3DError, match="empty"):
         client.ask("   ")
+
+
+def test_points_capped_per_instance_are_spread_over_the_instance(service):
+    """max_points_per_instance keeps CAP points evenly spread over each larger instance (first
+    and last included), in every points mode that carries points; smaller ones are whole."""
+    _, engine, client, capped = service
+    everything = dict(top_k=1000, min_relevance=0.0, include_structure=True)
+    for mode, extra in ((REQ.POINTS_ALL, {}), (REQ.POINTS_VOXEL, {"voxel_size": 0.02})):
+        full = client.ask("red", points_mode=mode, **everything, **extra)
+        cut = capped.ask("red", points_mode=mode, **everything, **extra)
+        assert [i.id for i in full.instances] == [i.id for i in cut.instances]
+        assert any(len(f.points) > CAP for f in full.instances)
+        for f, c in zip(full.instances, cut.instances):
+            assert c.num_points == f.num_points == len(engine.map.point_indices[f.id])
+            n = len(f.points)
+            if n <= CAP:
+                np.testing.assert_array_equal(c.points, f.points)
+                continue
+            assert len(c.points) == CAP
+            keep = np.arange(CAP) * (n - 1) // (CAP - 1)
+            np.testing.assert_array_equal(c.points, f.points[keep])

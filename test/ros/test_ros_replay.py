@@ -150,7 +150,8 @@ def test_replay_map_complete_and_query(recorded, running_node, ros):
     qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
     sub = ros.create_subscription(MarkerArray, "/openmask3d/markers", got.append, qos)
-    assert client._wait(lambda: bool(got), 10)
+    # the views are published after the reply (off its path): wait for the last query's
+    assert client._wait(lambda: bool(got) and len(got[-1].markers) == 1 + 2 * len(hits), 10)
     ros.destroy_subscription(sub)
     assert {m.ns for m in got[-1].markers[1:]} == {"openmask3d/boxes", "openmask3d/labels"}
     assert len(got[-1].markers) == 1 + 2 * len(hits)   # a delete-all, then a box + label a hit
@@ -166,7 +167,8 @@ def test_replay_map_complete_and_query(recorded, running_node, ros):
                                     lambda m, name=name: views.__setitem__(name, m), qos)
             for name, kind in (("instances_cloud", PointCloud2), ("detections", Detection3DArray),
                                ("heatmap", PointCloud2))]
-    assert client._wait(lambda: len(views) == 3, 10), sorted(views)
+    assert client._wait(lambda: len(views) == 3 and views["detections"].detections and views[
+        "detections"].detections[0].results[0].hypothesis.class_id == info["color"], 10), views
     for sub in subs:
         ros.destroy_subscription(sub)
     det = views["detections"]

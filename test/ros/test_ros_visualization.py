@@ -247,3 +247,50 @@ def test_synthetic_map_query_hottest_is_the_match(context, tmp_path):
         executor.shutdown()
         listener.node.destroy_node()
         node.destroy_node()
+
+
+def test_views_published_later_never_hold_the_caller(context):
+    """publish_query_later returns before the views are built (the node's reply does not wait
+    for them); answers that arrive while one is being published replace each other, and the
+    latest is what the latched topics end on."""
+    import threading
+    imap = _scene()
+    node = Node("openmask3d", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    viz = MapPublishers(node, "map")
+    listener = Listener(context, executor)
+    release, started, computed = threading.Event(), threading.Event(), []
+
+    def slow_values(tag):
+        def values():
+            computed.append(tag)
+            started.set()
+            assert release.wait(60)          # held until the test lets it go
+            return np.arange(4.0)
+        return values
+    try:
+        viz.publish_map(imap)
+        listener.wait(["instances_cloud"], {})
+        viz.publish_query_later("first", [_result(imap, 0, 0.1)], slow_values("first"))
+        assert started.wait(60)
+        for word, m in (("second", 1), ("third", 2)):        # queued behind the held one
+            viz.publish_query_later(word, [_result(imap, m, 0.2)], slow_values(word))
+        assert not viz.wait_published(0.2)                   # still held: the caller was not
+        release.set()
+        assert viz.wait_published(60)
+        assert computed == ["first", "third"]                # "second" was replaced unbuilt
+        end = time.monotonic() + 30
+        while time.monotonic() < end:                         # the latched topic ends on "third"
+            executor.spin_once(timeout_sec=0.05)
+            det = listener.last.get("detections")
+            if det is not None and det.detections[0].results[0].hypothesis.class_id == "third":
+                break
+        assert [d.id for d in det.detections] == ["2"]
+        assert det.detections[0].results[0].hypothesis.class_id == "third"
+    finally:
+        release.set()
+        viz.destroy()
+        executor.shutdown()
+        listener.node.destroy_node()
+        node.destroy_node()
