@@ -17,7 +17,6 @@ import argparse
 import os
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -38,14 +37,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
 
     from openmask3d_ros.core.encoders.colour import ColourEncoder
     from openmask3d_ros.core.instance_map import InstanceMap
     from openmask3d_ros.core.query import QueryEngine
+    from openmask3d_ros.core.render import instance_values
     from openmask3d_ros.ros.client import OpenMask3DClient
-    from openmask3d_ros.ros.query_service import QuerySettings, serve_engine
-    from openmask3d_ros.srv import QueryObjects
+    from openmask3d_ros.ros.query_service import QuerySettings, served
+    from openmask3d_ros.ros.visualization import MapPublishers
 
     rng = np.random.default_rng(0)
     # a 4 x 4 m, 5 cm thick layer: surface-like density, as a fused scan (~1 cm spacing at 160k)
@@ -59,30 +58,33 @@ def main(argv=None) -> int:
     imap = InstanceMap(pts, indices, feats, {"models": {"image_encoder": enc.name}})
     engine = QueryEngine(imap, enc)
 
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    server = rclpy.create_node("openmask3d", context=ctx)
-    viz = publish_hits = None
-    if args.markers:
-        from openmask3d_ros.core.render import instance_values
-        from openmask3d_ros.ros.visualization import MapPublishers
-        viz = MapPublishers(server, "map")
-        viz.publish_map(engine)
+    viz = None
 
-        def publish_hits(text, results, stamp, frame):
-            viz.publish_query_later(text, results, lambda: instance_values(
-                engine, text, include_structure=True), stamp)
-    serve_engine(server, engine, QuerySettings(min_relevance=0.55, publish_markers=args.markers),
-                 publish_hits)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(server)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    planner = rclpy.create_node("planner", context=ctx)
-    client = OpenMask3DClient(planner)
-    if not client._query.wait_for_service(timeout_sec=20):
-        print("service did not appear")
-        return 1
+    def publish_hits(text, results, stamp, frame):      # the node's way (--markers)
+        viz.publish_query_later(text, results, lambda: instance_values(
+            engine, text, include_structure=True), stamp)
+    settings = QuerySettings(min_relevance=0.55, publish_markers=args.markers)
+    with served(engine, settings, publish_hits if args.markers else None) as server:
+        if args.markers:
+            viz = MapPublishers(server, "map")
+            viz.publish_map(engine)
+        planner = rclpy.create_node("planner", context=server.context)
+        client = OpenMask3DClient(planner)
+        try:
+            if not client._query.wait_for_service(timeout_sec=20):
+                print("service did not appear")
+                return 1
+            _measure(client, args)
+        finally:
+            client.destroy()
+            if viz is not None:
+                viz.destroy()
+            planner.destroy_node()
+    return 0
+
+
+def _measure(client, args) -> None:
+    from openmask3d_ros.srv import QueryObjects
     R = QueryObjects.Request
     print(f"{args.instances} instances, {args.points} points, {args.repeats} calls per row, "
           f"markers {'on' if args.markers else 'off'}, load average "
@@ -107,15 +109,6 @@ def main(argv=None) -> int:
         print(f"| {name} | {np.percentile(times, 50) * 1e3:.1f} | "
               f"{np.percentile(times, 95) * 1e3:.1f} | {np.percentile(inside, 50):.1f} | "
               f"{cpu * 1e3:.1f} | {_conversion_ms(resp):.1f} | {len(resp.instances)} | {n_pts} |")
-    client.destroy()
-    if viz is not None:
-        viz.destroy()
-    executor.shutdown()
-    spinner.join(timeout=5)
-    planner.destroy_node()
-    server.destroy_node()
-    rclpy.shutdown(context=ctx)
-    return 0
 
 
 def _conversion_ms(response, repeats: int = 5) -> float:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import array
 import math
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +50,34 @@ def serve_engine(node, engine, settings=None, publish_hits=None, name: str = "~/
         return handle_query(request, response, lambda rq, rs: answer_query(
             engine, rq, rs, settings, publish_hits, stamp, "no map"), node.get_logger())
     return node.create_service(QueryObjects, name, on_query)
+
+
+@contextmanager
+def served(engine, settings=None, publish_hits=None, node_name: str = "openmask3d",
+           context=None) -> Iterator:
+    """``serve_engine`` on a new node ``node_name`` spun by its own executor thread, in a new
+    ROS context unless ``context`` is given; yields the node; all is shut down on exit."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    own = context is None
+    if own:
+        context = rclpy.Context()
+        rclpy.init(context=context)
+    node = rclpy.create_node(node_name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    spinner = threading.Thread(target=executor.spin, daemon=True, name="query-server")
+    try:
+        serve_engine(node, engine, settings, publish_hits)
+        executor.add_node(node)
+        spinner.start()
+        yield node
+    finally:
+        executor.shutdown()
+        if spinner.is_alive():
+            spinner.join(10)
+        node.destroy_node()
+        if own:
+            rclpy.shutdown(context=context)
 
 
 def handle_query(request, response, answer: Callable[[object, object], str], logger):

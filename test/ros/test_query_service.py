@@ -3,13 +3,10 @@
 A service node answers with ros/query_service.py on a map of a generated scene; the planner side
 is OpenMask3DClient in another node (and executor thread).
 """
-import threading
-
 import cv2
 import numpy as np
 import pytest
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 
 pytest.importorskip("pybullet")
 
@@ -17,7 +14,7 @@ from openmask3d_ros.core.pipeline import run_pipeline  # noqa: E402
 from openmask3d_ros.core.query import open_map  # noqa: E402
 from openmask3d_ros.core.scene import SceneFolder  # noqa: E402
 from openmask3d_ros.ros.client import OpenMask3DClient, OpenMask3DError  # noqa: E402
-from openmask3d_ros.ros.query_service import QuerySettings, serve_engine  # noqa: E402
+from openmask3d_ros.ros.query_service import QuerySettings, served  # noqa: E402
 from openmask3d_ros.srv import QueryObjects  # noqa: E402
 
 REQ = QueryObjects.Request
@@ -31,31 +28,21 @@ def service(tmp_path_factory):
                       height=192)
     run_pipeline(root)
     engine = open_map(root)
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    server = rclpy.create_node("openmask3d", context=ctx)
-    serve_engine(server, engine, QuerySettings(min_relevance=0.55))
-    # the same map with points capped per instance, as parameter max_points_per_instance does
-    serve_engine(server, engine, QuerySettings(min_relevance=0.55, max_points_per_instance=CAP),
-                 name="/capped/query")
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(server)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    planner = rclpy.create_node("planner", context=ctx)
-    client = OpenMask3DClient(planner)
-    assert client._query.wait_for_service(timeout_sec=10)
-    planner2 = rclpy.create_node("planner_capped", context=ctx)
-    capped = OpenMask3DClient(planner2, namespace="/capped")
-    assert capped._query.wait_for_service(timeout_sec=10)
-    yield root, engine, client, capped
-    capped.destroy()
-    client.destroy()
-    executor.shutdown()
-    planner2.destroy_node()
-    planner.destroy_node()
-    server.destroy_node()
-    rclpy.shutdown(context=ctx)
+    # the same map also with points capped per instance (parameter max_points_per_instance)
+    with served(engine, QuerySettings(min_relevance=0.55)) as server, \
+            served(engine, QuerySettings(min_relevance=0.55, max_points_per_instance=CAP),
+                   node_name="capped", context=server.context):
+        planner = rclpy.create_node("planner", context=server.context)
+        client = OpenMask3DClient(planner)
+        assert client._query.wait_for_service(timeout_sec=10)
+        planner2 = rclpy.create_node("planner_capped", context=server.context)
+        capped = OpenMask3DClient(planner2, namespace="/capped")
+        assert capped._query.wait_for_service(timeout_sec=10)
+        yield root, engine, client, capped
+        capped.destroy()
+        client.destroy()
+        planner2.destroy_node()
+        planner.destroy_node()
 
 
 def test_absent_object_is_success_without_instances(service):
