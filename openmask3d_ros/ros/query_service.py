@@ -28,6 +28,8 @@ import numpy as np
 from openmask3d_ros.msg import ObjectInstance
 from openmask3d_ros.srv import QueryObjects
 
+from .fastmsg import build
+
 
 @dataclass
 class QuerySettings:
@@ -255,16 +257,16 @@ def instance_messages(results, label: str, stamp, frame: str, mode: int = 0,
             indices = data[a:b]
         elif mode in (0, 2):
             n = (b - a) // 12
-            cloud = fast_message(PointCloud2, header=header, height=1, width=n, fields=fields,
+            cloud = build(PointCloud2, header=header, height=1, width=n, fields=fields,
                                  is_bigendian=False, point_step=12, row_step=12 * n,
                                  data=data[a:b], is_dense=True)
         g = geo[j]
         rel = float(r.relevance)
-        out.append(fast_message(
+        out.append(build(
             ObjectInstance, header=header, id=int(r.instance_id), score=float(r.score),
-            label=str(label), centroid=fast_message(Point, x=g[0], y=g[1], z=g[2]),
-            bbox_min=fast_message(Point, x=g[3], y=g[4], z=g[5]),
-            bbox_max=fast_message(Point, x=g[6], y=g[7], z=g[8]),
+            label=str(label), centroid=build(Point, x=g[0], y=g[1], z=g[2]),
+            bbox_min=build(Point, x=g[3], y=g[4], z=g[5]),
+            bbox_max=build(Point, x=g[6], y=g[7], z=g[8]),
             num_points=int(r.n_points), points=cloud,
             relevance=rel if math.isfinite(rel) else 0.0, structure=str(r.structure or ""),
             point_indices=indices))
@@ -272,7 +274,6 @@ def instance_messages(results, label: str, stamp, frame: str, mode: int = 0,
 
 
 _XYZ = None
-_LAYOUT_OK: dict = {}
 
 
 def _xyz_fields() -> list:
@@ -282,22 +283,3 @@ def _xyz_fields() -> list:
         _XYZ = [PointField(name=c, offset=4 * i, datatype=PointField.FLOAT32, count=1)
                 for i, c in enumerate("xyz")]
     return _XYZ
-
-
-def fast_message(cls, **fields):
-    """``cls(**fields)`` without the generated constructor's work (it builds a default for every
-    field, then copies arrays): the slots are set directly when the class has the generated
-    layout (one ``_name`` slot per field), else the constructor is used. The caller passes every
-    field with its exact Python type (int, float, str, array.array, message, list)."""
-    n = _LAYOUT_OK.get(cls)
-    if n is None:            # number of fields when the layout is the generated one, else -1
-        names = list(cls.get_fields_and_field_types())
-        same = set(getattr(cls, "__slots__", ())) == {"_" + k for k in names} | {"_check_fields"}
-        n = _LAYOUT_OK[cls] = len(names) if same else -1
-    if len(fields) != n:
-        return cls(**fields)
-    msg = cls.__new__(cls)
-    msg._check_fields = False
-    for name, value in fields.items():
-        setattr(msg, "_" + name, value)
-    return msg

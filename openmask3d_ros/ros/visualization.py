@@ -19,12 +19,14 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
+from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion, Vector3
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core import render
 from .conversions import arrays_to_cloud
+from .fastmsg import build
 
 INSTANCES_CLOUD_TOPIC = "~/instances_cloud"     # sensor_msgs/PointCloud2 (x y z rgb)
 INSTANCE_MARKERS_TOPIC = "~/instance_markers"   # visualization_msgs/MarkerArray
@@ -216,70 +218,72 @@ class LatestJob:
 
 
 # -- message builders ------------------------------------------------------------------------------
+# Built with fastmsg.build (hundreds per answer): every sub-message is a new object, none is
+# changed after it is built.
+def _point(x, y, z):
+    return build(Point, x=float(x), y=float(y), z=float(z))
+
+
+def _pose(x, y, z):
+    """A pose at (x, y, z), identity orientation."""
+    return build(Pose, position=_point(x, y, z),
+                 orientation=build(Quaternion, x=0.0, y=0.0, z=0.0, w=1.0))
+
+
+def _vector(x, y, z):
+    return build(Vector3, x=float(x), y=float(y), z=float(z))
+
+
 def _delete_all(header) -> Marker:
-    return Marker(header=header, action=Marker.DELETEALL)
+    return build(Marker, header=header, action=Marker.DELETEALL)
 
 
 def _box_lines(header, ns: str, mid: int, lo, hi, color) -> Marker:
-    from geometry_msgs.msg import Point
-    marker = Marker(header=header, ns=ns, id=int(mid), type=Marker.LINE_LIST, action=Marker.ADD,
-                    color=color)
-    marker.pose.orientation.w = 1.0
-    marker.scale.x = 0.01
-    marker.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
-                     for p in render.box_edges(lo, hi).reshape(-1, 3)]
-    return marker
+    return build(Marker, header=header, ns=ns, id=int(mid), type=Marker.LINE_LIST,
+                 action=Marker.ADD, color=color, pose=_pose(0, 0, 0),
+                 scale=_vector(0.01, 0, 0),
+                 points=[_point(*p) for p in render.box_edges(lo, hi).reshape(-1, 3).tolist()])
 
 
 def _text(header, ns: str, mid: int, lo, hi, text: str, color) -> Marker:
-    marker = Marker(header=header, ns=ns, id=int(mid), type=Marker.TEXT_VIEW_FACING,
-                    action=Marker.ADD, text=text, color=color)
     c = (np.asarray(lo, float) + np.asarray(hi, float)) / 2
-    marker.pose.position.x, marker.pose.position.y = float(c[0]), float(c[1])
-    marker.pose.position.z = float(hi[2]) + 0.05
-    marker.pose.orientation.w = 1.0
-    marker.scale.z = 0.05
-    return marker
+    return build(Marker, header=header, ns=ns, id=int(mid), type=Marker.TEXT_VIEW_FACING,
+                 action=Marker.ADD, text=str(text), color=color,
+                 pose=_pose(c[0], c[1], float(hi[2]) + 0.05), scale=_vector(0, 0, 0.05))
 
 
 def _detections(header, text: str, results):
-    from vision_msgs.msg import (Detection3D, Detection3DArray, ObjectHypothesis,
+    from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis,
                                  ObjectHypothesisWithPose)
-    out = Detection3DArray(header=header)
+    dets = []
     for r in results:
         lo, hi = np.asarray(r.bbox_min, float), np.asarray(r.bbox_max, float)
-        det = Detection3D(header=header, id=str(int(r.instance_id)))
-        c = (lo + hi) / 2
-        det.bbox.center.position.x, det.bbox.center.position.y, det.bbox.center.position.z = (
-            float(v) for v in c)
-        det.bbox.center.orientation.w = 1.0
-        det.bbox.size.x, det.bbox.size.y, det.bbox.size.z = (float(v) for v in hi - lo)
-        hyp = ObjectHypothesisWithPose(
-            hypothesis=ObjectHypothesis(class_id=text, score=hit_value(r)))
-        cen = np.asarray(r.centroid, float)
-        hyp.pose.pose.position.x, hyp.pose.pose.position.y, hyp.pose.pose.position.z = (
-            float(v) for v in cen)
-        hyp.pose.pose.orientation.w = 1.0
-        det.results = [hyp]
-        out.detections.append(det)
-    return out
+        c, size, cen = (lo + hi) / 2, hi - lo, np.asarray(r.centroid, float)
+        hyp = build(ObjectHypothesisWithPose,
+                    hypothesis=build(ObjectHypothesis, class_id=str(text),
+                                     score=float(hit_value(r))),
+                    pose=build(PoseWithCovariance, pose=_pose(*cen)))
+        dets.append(build(Detection3D, header=header, id=str(int(r.instance_id)),
+                          bbox=build(BoundingBox3D, center=_pose(*c), size=_vector(*size)),
+                          results=[hyp]))
+    return build(Detection3DArray, header=header, detections=dets)
 
 
 def _hit_markers(header, text: str, results) -> MarkerArray:
-    markers = MarkerArray(markers=[_delete_all(header)])
+    from std_msgs.msg import ColorRGBA
+    best, other, white = (_rgba(render.HIGHLIGHT, 0.35), _rgba(render.OTHER_HIT, 0.35),
+                          build(ColorRGBA, r=1.0, g=1.0, b=1.0, a=1.0))
+    markers = [_delete_all(header)]
     for rank, r in enumerate(results):
         lo, hi = np.asarray(r.bbox_min, float), np.asarray(r.bbox_max, float)
-        rgb = render.HIGHLIGHT if rank == 0 else render.OTHER_HIT
-        box = Marker(header=header, ns="openmask3d/boxes", id=rank, type=Marker.CUBE,
-                     action=Marker.ADD, color=_rgba(rgb, 0.35))
-        c = (lo + hi) / 2
-        box.pose.position.x, box.pose.position.y, box.pose.position.z = (float(v) for v in c)
-        box.pose.orientation.w = 1.0
-        box.scale.x, box.scale.y, box.scale.z = (float(v) for v in np.maximum(hi - lo, 0.01))
+        c, size = (lo + hi) / 2, np.maximum(hi - lo, 0.01)
+        box = build(Marker, header=header, ns="openmask3d/boxes", id=rank, type=Marker.CUBE,
+                    action=Marker.ADD, color=best if rank == 0 else other, pose=_pose(*c),
+                    scale=_vector(*size))
         label = _text(header, "openmask3d/labels", rank, lo, hi,
-                      f"{text} #{rank + 1} ({hit_value(r):.2f})", _rgba((255, 255, 255)))
-        markers.markers += [box, label]
-    return markers
+                      f"{text} #{rank + 1} ({hit_value(r):.2f})", white)
+        markers += [box, label]
+    return build(MarkerArray, markers=markers)
 
 
 def _hit_points(header, results) -> PointCloud2:
@@ -287,7 +291,7 @@ def _hit_points(header, results) -> PointCloud2:
         return arrays_to_cloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8),
                                frame_id=header.frame_id, stamp=header.stamp)
     pts = [np.asarray(r.points, np.float32).reshape(-1, 3) for r in results]
-    cols = [np.tile(np.array(render.HIGHLIGHT if k == 0 else render.OTHER_HIT, np.uint8),
-                    (len(p), 1)) for k, p in enumerate(pts)]
-    return arrays_to_cloud(np.concatenate(pts), np.concatenate(cols), frame_id=header.frame_id,
+    palette = np.array([render.HIGHLIGHT] + [render.OTHER_HIT] * (len(pts) - 1), np.uint8)
+    cols = np.repeat(palette, [len(p) for p in pts], axis=0)
+    return arrays_to_cloud(np.concatenate(pts), cols, frame_id=header.frame_id,
                            stamp=header.stamp)
