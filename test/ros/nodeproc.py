@@ -1,10 +1,14 @@
 """`openmask3d node` as its own process, as a user starts it: the ROS tests' one way to start and
-stop it (from the repository root, so `config/openmask3d.yaml` resolves; output to a log file)."""
+stop it (from the repository root, so `config/openmask3d.yaml` resolves; output to a log file),
+and the tests' own rclpy contexts and client nodes."""
 import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+
+import rclpy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,3 +44,40 @@ def stop_node(proc: subprocess.Popen, timeout: float = 15) -> int:
             proc.kill()
             proc.wait(10)
     return proc.returncode
+
+
+@contextmanager
+def ros_context(domain_offset: int = 0):
+    """An rclpy context of its own, in this process's DDS domain (test/ros/conftest.py) plus
+    ``domain_offset`` (a test whose nodes must not meet the others'); shut down after."""
+    ctx = rclpy.Context()
+    domain = int(os.environ["ROS_DOMAIN_ID"]) + domain_offset if domain_offset else None
+    rclpy.init(context=ctx, domain_id=domain)
+    try:
+        yield ctx
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
+class ClientNode:
+    """A plain rclpy node in a context of its own, for a test to talk to the node with;
+    ``close()`` destroys both."""
+
+    def __init__(self, name: str):
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node(name, context=self.ctx)
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+
+
+@contextmanager
+def client_node(name: str):
+    """``ClientNode(name).node``, closed after."""
+    client = ClientNode(name)
+    try:
+        yield client.node
+    finally:
+        client.close()

@@ -9,9 +9,11 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import ReliabilityPolicy, qos_profile_sensor_data
 
-from openmask3d_ros.ros.conversions import arrays_to_cloud, matrix_to_transform, ns_to_stamp
+from openmask3d_ros.ros.conversions import arrays_to_cloud, ns_to_stamp
 from openmask3d_ros.ros.inputs import camera_qos
 from openmask3d_ros.ros.node import OpenMask3DNode
+
+from test_ros_node_inprocess import _set_tf  # same folder
 
 S = 1_000_000_000
 
@@ -38,19 +40,6 @@ def node(tmp_path):
     finally:
         n.destroy_node()
         rclpy.shutdown(context=ctx)
-
-
-def _set_tf(node, parent, child, t_ns, M):
-    lookup = node.inputs.pose_lookup
-    if hasattr(lookup.buffer, "lookup"):               # our TransformBuffer
-        lookup.buffer.set_transform(parent, child, t_ns, M)
-    else:                                              # tf2_ros on a real ROS install
-        from geometry_msgs.msg import TransformStamped
-        ts = TransformStamped()
-        ts.header.frame_id, ts.child_frame_id = parent, child
-        ts.header.stamp = ns_to_stamp(t_ns)
-        matrix_to_transform(M, ts.transform)
-        lookup.buffer.set_transform(ts, "test")
 
 
 def _moved(points, M):

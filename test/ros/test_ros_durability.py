@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -26,7 +25,7 @@ from openmask3d_ros.ros.conversions import (arrays_to_cloud, depth_to_image,
                                             ns_to_stamp, rgb_to_image)
 
 import nodeproc  # test/ros/nodeproc.py
-from nodeproc import node_env, params
+from nodeproc import ClientNode, node_env, params
 from nodeproc import stop_node as stop
 
 RELIABLE = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
@@ -48,13 +47,11 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait(10)
 
 
-class Feeder:
+class Feeder(ClientNode):
     """Publishes a scene's frames (colour, depth, camera_info, optical-frame pose) and clouds."""
 
     def __init__(self):
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("om3d_durability_feeder", context=self.ctx)
+        super().__init__("om3d_durability_feeder")
         n = self.node
         self.color = n.create_publisher(Image, "/camera/color/image_raw", RELIABLE)
         self.depth = n.create_publisher(Image, "/camera/aligned_depth_to_color/image_raw",
@@ -121,8 +118,7 @@ class Feeder:
 
     def close(self):
         self.client.destroy()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.ctx)
+        super().close()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 while processing, and queries. Messages built from a synthetic scene are handed to the node's
 input callbacks (deterministic); the node runs on its multi-threaded executor and the services
 are called from a client node."""
-import os
 import threading
 import time
 
@@ -23,6 +22,8 @@ from openmask3d_ros.ros.conversions import (BODY_T_OPTICAL, arrays_to_cloud, dep
 from openmask3d_ros.ros.node import OpenMask3DNode
 from openmask3d_ros.srv import QueryObjects
 
+from nodeproc import ros_context  # test/ros/nodeproc.py
+
 S = 1_000_000_000
 OPTICAL = "camera_color_optical_frame"
 
@@ -37,10 +38,8 @@ def scene(tmp_path_factory):
 @pytest.fixture
 def context():
     # Another DDS domain than the replay tests: nodes of this process must not linger in theirs.
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=int(os.environ["ROS_DOMAIN_ID"]) + 100)
-    yield ctx
-    rclpy.shutdown(context=ctx)
+    with ros_context(domain_offset=100) as ctx:
+        yield ctx
 
 
 class Running:

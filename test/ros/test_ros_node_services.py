@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -20,7 +19,7 @@ from rclpy.executors import SingleThreadedExecutor
 from openmask3d_ros.ros.client import OpenMask3DClient
 
 import nodeproc  # test/ros/nodeproc.py
-from nodeproc import params, stop_node
+from nodeproc import ClientNode, params, stop_node
 
 NODE = "/openmask3d"
 
@@ -29,13 +28,11 @@ def start_node(log: Path, *assignments: str) -> subprocess.Popen:
     return nodeproc.start_node(log, "--params", "config/openmask3d.yaml", *params(*assignments))
 
 
-class Client:
+class Client(ClientNode):
     """A plain rclpy client node with the standard lifecycle and parameter service clients."""
 
     def __init__(self):
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx)
-        self.node = rclpy.create_node("om3d_test_client", context=self.ctx)
+        super().__init__("om3d_test_client")
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self.diagnostics = []
@@ -80,10 +77,6 @@ class Client:
             v.type, v.string_value = ParameterType.PARAMETER_STRING, value
         req = SetParameters.Request(parameters=[ParameterMsg(name=name, value=v)])
         return self.call("set_parameters", req).results[0]
-
-    def close(self):
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.ctx)
 
 
 @pytest.fixture

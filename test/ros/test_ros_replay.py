@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from scipy.spatial import cKDTree
 
@@ -23,7 +22,7 @@ from openmask3d_ros.ros.conversions import depth_to_image, intrinsics_to_camera_
 from openmask3d_ros.ros.params import DEFAULT_REMAPPINGS
 
 import nodeproc  # test/ros/nodeproc.py
-from nodeproc import ROOT, params, stop_node
+from nodeproc import ROOT, client_node, params, stop_node
 
 NUM_FRAMES = 60
 FRAME_STEP = 10
@@ -49,12 +48,8 @@ def recorded(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ros():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("openmask3d_test_client", context=ctx)
-    yield node
-    node.destroy_node()
-    rclpy.shutdown(context=ctx)
+    with client_node("openmask3d_test_client") as node:
+        yield node
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
 from scipy.spatial import cKDTree
 
 from openmask3d_ros.core.scene import SceneFolder
@@ -23,7 +22,7 @@ from openmask3d_ros.ros.bag import POSE_TOPIC, TRIGGER_TOPIC, record_scene
 from openmask3d_ros.ros.client import OpenMask3DClient
 from openmask3d_ros.ros.dds import PROFILE_VARIABLES
 
-from nodeproc import ROOT, start_node, stop_node  # test/ros/nodeproc.py
+from nodeproc import ROOT, client_node, start_node, stop_node  # test/ros/nodeproc.py
 
 
 FRAMES, RATE, WIDTH, HEIGHT, STEP = 60, 30.0, 640, 480, 10
@@ -56,12 +55,8 @@ def stream(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ros():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("openmask3d_stream_test", context=ctx)
-    yield node
-    node.destroy_node()
-    rclpy.shutdown(context=ctx)
+    with client_node("openmask3d_stream_test") as node:
+        yield node
 
 
 CONFIGS = [  # (camera QoS, images, pose source, sim time)

@@ -1,13 +1,11 @@
 """What RViz sees: the map's instance cloud and markers, and a query's detections (vision_msgs),
 heatmap, hit markers and points, received by a second node over DDS; and config/openmask3d.rviz
 names only topics the node publishes."""
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import yaml
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -22,16 +20,16 @@ from openmask3d_ros.ros import params as P
 from openmask3d_ros.ros.conversions import cloud_to_arrays
 from openmask3d_ros.ros.visualization import MapPublishers, latched_qos
 
+from nodeproc import ros_context  # test/ros/nodeproc.py
+
 RVIZ = Path(__file__).resolve().parents[2] / "config" / "openmask3d.rviz"
 
 
 @pytest.fixture
 def context():
     # A domain of its own (derived from conftest's): no other test's nodes are seen.
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=int(os.environ["ROS_DOMAIN_ID"]) + 120)
-    yield ctx
-    rclpy.shutdown(context=ctx)
+    with ros_context(domain_offset=120) as ctx:
+        yield ctx
 
 
 def _scene():
