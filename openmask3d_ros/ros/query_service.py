@@ -9,8 +9,10 @@ touching recording. The node calls ``handle_query`` from its service callback:
 ``settings`` is any object with ``map_frame``, ``default_top_k``, ``max_points_per_instance``
 and ``publish_markers`` (optionally ``min_relevance``); ``publish_hits(text, results, stamp,
 frame)`` publishes the hits for RViz (ros/visualization.py).
-Messages are built with numpy (no per-point Python loops); a request may ask for point indices,
-a voxel-downsampled cloud or no points instead of every point (``points_mode``).
+Replies are built in bulk (``instance_messages``: one buffer for the points of all hits, messages
+filled by ``fastmsg.build``); a request may ask for point indices, a voxel-downsampled cloud or no
+points instead of every point (``points_mode``). ``serve_engine`` / ``served`` answer from a
+QueryEngine without the mapping node (tests, benchmarks, a read-only map server).
 """
 from __future__ import annotations
 
