@@ -31,6 +31,7 @@ class MapBuilder:
         self._models_ready = threading.Event()
         self.engine = None
         self._encoders: dict = {}      # text encoders by query.encoder_key, the node's own first
+        self._encoders_lock = threading.Lock()   # loader and build worker: build each once
         self._loader: threading.Thread | None = None
         self._worker: threading.Thread | None = None
         self._t0 = 0.0
@@ -74,7 +75,8 @@ class MapBuilder:
         """A query engine on ``imap`` with the encoder the map was built with (as the CLI and
         evaluation do: query.engine_for_map); encoders are built once and kept."""
         from ..core.query import engine_for_map
-        return engine_for_map(imap, self.cfg, self._encoders)
+        with self._encoders_lock:
+            return engine_for_map(imap, self.cfg, self._encoders)
 
     def _load_map(self, path: Path) -> bool:
         from ..core.instance_map import InstanceMap
