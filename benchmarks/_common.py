@@ -78,3 +78,18 @@ class RoundBoxSegmenter:
         self.calls += [(self.image_id, p.astype(int).tobytes()) for p in prompt_sets]
         self.log[(self.image_id, prompt_sets.astype(int).tobytes())] = (x1, y1, x2, y2)
         return mask, scores
+
+
+def official_sam_predict(predictor, prompt_sets) -> tuple[np.ndarray, np.ndarray]:
+    """The official code's SAM call: segment-anything's ``SamPredictor.predict`` once per round
+    (one mask, full resolution); the first round with the highest predicted IoU wins. Returns that
+    mask and every round's score."""
+    best, best_score, scores = None, -np.inf, []
+    for prompt in np.asarray(prompt_sets, np.float32):
+        masks, iou, _ = predictor.predict(point_coords=prompt,
+                                          point_labels=np.ones(len(prompt), int),
+                                          multimask_output=False)
+        scores.append(float(iou[0]))
+        if iou[0] > best_score:
+            best, best_score = masks[0], float(iou[0])
+    return best, np.asarray(scores, np.float32)

@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _common import official_sam_predict  # noqa: E402
+
 RUNS = ("official", "ours", "profile")
 SPEED_KEYS = ("segmenter.prompt_batch", "segmenter.early_stop_iou", "segmenter.precision",
               "segmenter.quantize", "encoder.preprocess", "encoder.precision", "encoder.quantize",
@@ -83,22 +85,12 @@ class Timed:
 
     def predict(self, prompt_sets):
         if self.official_sam:          # the official call: SamPredictor.predict, one round
-            out = self._timed("sam_decode", self._official_predict, prompt_sets)
+            out = self._timed("sam_decode", official_sam_predict, self.inner.predictor,
+                              prompt_sets)
         else:
             out = self._timed("sam_decode", self.inner.predict, prompt_sets)
         self.masks[self._key(prompt_sets)] = np.packbits(out[0])
         return out
-
-    def _official_predict(self, prompt_sets):
-        best, best_score, scores = None, -np.inf, []
-        for prompt in np.asarray(prompt_sets, np.float32):
-            masks, iou, _ = self.inner.predictor.predict(
-                point_coords=prompt, point_labels=np.ones(len(prompt), int),
-                multimask_output=False)
-            scores.append(float(iou[0]))
-            if iou[0] > best_score:
-                best, best_score = masks[0], float(iou[0])
-        return best, np.asarray(scores, np.float32)
 
     def predict_many(self, prompt_list):
         if not hasattr(self.inner, "predict_many"):

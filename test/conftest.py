@@ -36,3 +36,29 @@ def scene_copy(built_scene, tmp_path):
         shutil.copytree(built_scene(seed), dst)
         return dst
     return copy
+
+
+# Real architectures at random weights, saved as checkpoint files the way users point the config
+# at downloaded weights; written once a session (a vit_b state dict is ~360 MB).
+def _save_random(tmp_path_factory, filename: str, build) -> Path:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / filename
+    torch.save(build().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_b32_checkpoint(tmp_path_factory) -> Path:
+    """open_clip ViT-B-32, random weights (seed 0); skips without torch/open_clip."""
+    open_clip = pytest.importorskip("open_clip")
+    return _save_random(tmp_path_factory, "vit_b32_random.pt",
+                        lambda: open_clip.create_model("ViT-B-32", pretrained=None))
+
+
+@pytest.fixture(scope="session")
+def sam_vit_b_checkpoint(tmp_path_factory) -> Path:
+    """segment-anything vit_b, random weights (seed 0); skips without segment_anything."""
+    segment_anything = pytest.importorskip("segment_anything")
+    return _save_random(tmp_path_factory, "sam_vit_b_random.pth",
+                        lambda: segment_anything.sam_model_registry["vit_b"](checkpoint=None))

@@ -11,14 +11,6 @@ from openmask3d_ros.core.encoders.clip import ClipEncoder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("clip") / "b32.pt"
-    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def crops():
     rng = np.random.default_rng(0)
     out = []
@@ -30,12 +22,13 @@ def crops():
 
 
 @pytest.fixture(scope="module")
-def reference(ckpt, crops):
-    return ClipEncoder("ViT-B-32", str(ckpt), preprocess_mode="pil").encode_images(crops)
+def reference(clip_b32_checkpoint, crops):
+    enc = ClipEncoder("ViT-B-32", str(clip_b32_checkpoint), preprocess_mode="pil")
+    return enc.encode_images(crops)
 
 
-def test_tensor_preprocessing_matches_open_clip_pipeline(ckpt, crops, reference):
-    enc = ClipEncoder("ViT-B-32", str(ckpt))                    # the default
+def test_tensor_preprocessing_matches_open_clip_pipeline(clip_b32_checkpoint, crops, reference):
+    enc = ClipEncoder("ViT-B-32", str(clip_b32_checkpoint))      # the default
     assert enc.tensor_preprocess is not None
     pil = torch.stack([enc.preprocess(__import__("PIL.Image").Image.fromarray(c)) for c in crops])
     ten = enc.tensor_preprocess(crops)
@@ -47,8 +40,8 @@ def test_tensor_preprocessing_matches_open_clip_pipeline(ckpt, crops, reference)
 
 
 @pytest.mark.parametrize("kwargs", [{"precision": "bf16"}, {"quantize": True}])
-def test_cpu_opt_ins_stay_close(ckpt, crops, reference, kwargs):
-    enc = ClipEncoder("ViT-B-32", str(ckpt), **kwargs)
+def test_cpu_opt_ins_stay_close(clip_b32_checkpoint, crops, reference, kwargs):
+    enc = ClipEncoder("ViT-B-32", str(clip_b32_checkpoint), **kwargs)
     got = enc.encode_images(crops)
     cos = (got * reference).sum(axis=1)
     assert cos.min() > 0.99
@@ -60,6 +53,6 @@ def test_cpu_opt_ins_stay_close(ckpt, crops, reference, kwargs):
 @pytest.mark.parametrize("kwargs,key", [({"preprocess_mode": "cv2"}, "preprocess"),
                                         ({"precision": "fp8"}, "precision"),
                                         ({"precision": "fp16"}, "fp16")])
-def test_bad_options_are_named(ckpt, kwargs, key):
+def test_bad_options_are_named(clip_b32_checkpoint, kwargs, key):
     with pytest.raises(ValueError, match=key):
-        ClipEncoder("ViT-B-32", str(ckpt), **kwargs)
+        ClipEncoder("ViT-B-32", str(clip_b32_checkpoint), **kwargs)

@@ -8,6 +8,8 @@ upscaled, rounds of all masks of a frame batched). Same views, prompts and crops
 the features agree to float rounding, whatever the batch size.
 """
 import hashlib
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,9 @@ from openmask3d_ros.core.scene import SceneFolder  # noqa: E402
 from openmask3d_ros.core.segmenters.sam import SamSegmenter  # noqa: E402
 from openmask3d_ros.core.synthetic import make_scene  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _common import official_sam_predict  # noqa: E402
+
 
 class RoundByRound:
     """The pre-speed-work path: SamPredictor.predict per round, full resolution."""
@@ -38,16 +43,8 @@ class RoundByRound:
         self.sam.set_image(image)
 
     def predict(self, prompt_sets):
-        best_mask, best, scores = None, -np.inf, []
-        for prompt in np.asarray(prompt_sets, np.float32):
-            masks, iou, _ = self.sam.predictor.predict(
-                point_coords=prompt, point_labels=np.ones(len(prompt), int),
-                multimask_output=False)
-            self.calls += 1
-            scores.append(float(iou[0]))
-            if iou[0] > best:
-                best, best_mask = float(iou[0]), masks[0]
-        return best_mask, np.asarray(scores, np.float32)
+        self.calls += len(prompt_sets)
+        return official_sam_predict(self.sam.predictor, prompt_sets)
 
 
 def remember_embeddings(sam: SamSegmenter) -> None:
@@ -68,21 +65,17 @@ def remember_embeddings(sam: SamSegmenter) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, clip_b32_checkpoint, sam_vit_b_checkpoint):
     root = tmp_path_factory.mktemp("paths")
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), root / "c.pt")
-    torch.save(segment_anything.sam_model_registry["vit_b"](checkpoint=None).state_dict(),
-               root / "s.pth")
     scene = SceneFolder(make_scene(root / "scene", seed=4, num_frames=20, width=160, height=120))
     points, colors = scene.cloud()
     cfg = PipelineConfig().updated({"segmenter.k_rounds": 4})     # 4 rounds: CPU time
     masks = split_masks(points, GeometricProposals(cfg.proposals).propose(points, colors),
                         cfg.proposals.dbscan_eps, cfg.proposals.dbscan_min_points,
                         cfg.proposals.min_mask_points)[:, :4]
-    sam = SamSegmenter("vit_b", str(root / "s.pth"))
+    sam = SamSegmenter("vit_b", str(sam_vit_b_checkpoint))
     remember_embeddings(sam)
-    clip = ClipEncoder("ViT-B-32", str(root / "c.pt"), batch_size=32)
+    clip = ClipEncoder("ViT-B-32", str(clip_b32_checkpoint), batch_size=32)
     frames = scene.frame_ids[::10]
     before = compute_features(points, masks, scene, frames, RoundByRound(sam), clip, cfg)
     return points, masks, scene, frames, sam, clip, cfg, before

@@ -13,11 +13,8 @@ from openmask3d_ros.core.relevance import relevance  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("clip") / "vit_b32_random.pt"
-    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
-    enc = ClipEncoder("ViT-B-32", checkpoint=str(path), device="cpu")
+def engine(clip_b32_checkpoint):
+    enc = ClipEncoder("ViT-B-32", checkpoint=str(clip_b32_checkpoint), device="cpu")
     rng = np.random.default_rng(0)
     crops = [rng.integers(0, 255, (40 + 10 * i, 50, 3), dtype=np.uint8) for i in range(6)]
     feats = enc.encode_images(crops)

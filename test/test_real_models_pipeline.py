@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from openmask3d_ros.cli import main as cli
@@ -22,16 +21,12 @@ segment_anything = pytest.importorskip("segment_anything")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, clip_b32_checkpoint, sam_vit_b_checkpoint):
     root = tmp_path_factory.mktemp("real")
-    torch.manual_seed(0)
-    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), root / "clip.pt")
-    torch.save(segment_anything.sam_model_registry["vit_b"](checkpoint=None).state_dict(),
-               root / "sam.pth")
     config = {"encoder": {"backend": "clip", "clip_model": "ViT-B-32",
-                          "clip_checkpoint": str(root / "clip.pt"), "batch_size": 16},
+                          "clip_checkpoint": str(clip_b32_checkpoint), "batch_size": 16},
               "segmenter": {"backend": "sam", "sam_model": "vit_b",
-                            "sam_checkpoint": str(root / "sam.pth")},
+                            "sam_checkpoint": str(sam_vit_b_checkpoint)},
               "device": "auto"}
     (root / "real.yaml").write_text(yaml.safe_dump(config))
     # 20 frames at step 10 -> 2 keyframes: two SAM image embeddings on the CPU.
