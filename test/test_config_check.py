@@ -83,3 +83,15 @@ def test_cli_run_exits_2_naming_the_key(tmp_path, text, needles):
     (line,) = [ln for ln in run.stderr.splitlines() if ": error: " in ln]
     for needle in ["bad.yaml", *needles]:
         assert needle in line, line
+
+
+def test_node_pipeline_parameters_get_the_same_checks():
+    """The node's `pipeline.*` parameters go through the same checks (it stays unconfigured)."""
+    pytest.importorskip("rcl_interfaces")
+    from openmask3d_ros.ros.settings import NodeSettings
+    with pytest.raises(ValueError, match=r"visibility.share_fraction.*\[0.0, 1.0\)"):
+        NodeSettings.from_values({"pipeline.visibility.share_fraction": 2.0})
+    with pytest.raises(ValueError, match="segmenter.precision.*fp32, bf16, fp16"):
+        NodeSettings.from_values({"pipeline.segmenter.precision": "int8"})
+    ok = NodeSettings.from_values({"pipeline.segmenter.precision": "bf16"})
+    assert ok.pipeline.segmenter.precision == "bf16"

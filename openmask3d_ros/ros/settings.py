@@ -26,9 +26,7 @@ class _SettingsMethods:
             node[name] = float(value) if p.type is float else value
         pipe = {k[len(P.PIPELINE_PREFIX):]: v for k, v in values.items()
                 if k.startswith(P.PIPELINE_PREFIX)}
-        cfg = PipelineConfig().updated(pipe)
-        if cfg.frame_step < 1:
-            raise ValueError(f"pipeline.frame_step must be >= 1, got {cfg.frame_step}")
+        cfg = PipelineConfig().updated(pipe).validate()    # the CLI's range checks (config_check)
         return NodeSettings(pipeline=cfg, **node)
 
     def with_live(self, changes: dict[str, Any]) -> NodeSettings:
