@@ -132,12 +132,12 @@ def test_lifecycle_and_parameter_services(tmp_path, client):
             lambda: client.node.count_subscribers("/camera/color/image_raw") > 0, 20)
         startup = time.monotonic() - t0
         print(f"camera subscription seen by another process {startup:.2f} s after start")
-        assert startup < 6.0, f"subscriptions after {startup:.1f} s"   # + discovery, CI load
+        assert startup < 10.0, f"subscriptions after {startup:.1f} s"   # + discovery, CI load
         # the line is logged just after the subscriptions exist: it may not be written yet
         pattern = re.compile(r"active: .* \((\d+\.\d+) s after the process started\)")
         assert client.spin_until(lambda: pattern.search((tmp_path / "node.log").read_text()), 10)
         found = pattern.search((tmp_path / "node.log").read_text())
-        assert float(found.group(1)) < 2.0, (tmp_path / "node.log").read_text()
+        assert float(found.group(1)) < 5.0, (tmp_path / "node.log").read_text()
         assert client.state() == "active"
 
         names = client.call("list_parameters", ListParameters.Request()).result.names
