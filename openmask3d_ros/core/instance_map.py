@@ -60,9 +60,6 @@ class InstanceMap:
         """Instances that have a feature (were seen by at least one view)."""
         return np.linalg.norm(self.features, axis=1) > 0
 
-    def instance_points(self, m: int) -> np.ndarray:
-        return self.points[self.point_indices[m]]
-
     def flat_indices(self) -> tuple[np.ndarray, np.ndarray]:
         """(indices (K,) int64, offsets (M+1,)): instance m is indices[offsets[m]:offsets[m+1]]."""
         sizes = np.fromiter((len(i) for i in self.point_indices), np.int64,

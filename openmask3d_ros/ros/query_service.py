@@ -165,12 +165,6 @@ POINT_MODES = {0: "all", 1: "indices", 2: "voxel", 3: "none"}
 DEFAULT_VOXEL = 0.02
 
 
-def voxel_downsample(points: np.ndarray, size: float) -> np.ndarray:
-    """One point per ``size`` voxel: the centroid of the points in it (float32 (n, 3))."""
-    pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
-    return _voxel_groups(pts, np.array([0, len(pts)]), size)[0]
-
-
 def _voxel_groups(pts: np.ndarray, offsets: np.ndarray, size: float
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Voxel centroids of every group ``pts[offsets[g]:offsets[g + 1]]`` at once, in group order
