@@ -228,7 +228,9 @@ def _wait_acked(publishers: Iterable, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     late = [p.topic_name for p in publishers
             if not p.wait_for_all_acked(Duration(seconds=max(deadline - time.monotonic(), 0.0)))]
-    time.sleep(0.2)   # best-effort samples have no acknowledgement: let the last ones leave
+    # Best-effort samples have no acknowledgement, and a reader that is a few frames behind
+    # loses those still in shared memory when the publisher goes: give it time to take them.
+    time.sleep(1.0)
     if late:
         log.warning("samples on %s not acknowledged by every subscriber after %.1f s",
                     ", ".join(late), timeout)

@@ -104,7 +104,7 @@ def test_stream_is_recorded_without_loss_and_answers(stream, ros, request, qos, 
         # keyframe candidates may still wait (at most pose_wait) for their pose
         expected = FRAMES // STEP
         st = client.wait_for_status(lambda s: s.frames_received >= FRAMES
-                                    and s.keyframes >= expected and s.have_cloud, 10)
+                                    and s.keyframes >= expected and s.have_cloud, 30)
         time.sleep(2.5)
         st = client.wait_for_status(lambda s: True, 5)
         assert st is not None, log.read_text()[-3000:]
