@@ -19,6 +19,7 @@ import rclpy
 import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -171,8 +172,11 @@ class OpenMask3DNode(LifecycleNode):
         if s.load_scene_map:
             maps.append(self.scene_dir / MAP_DIRNAME)
         self.builder.start_loading(maps)
+        # A steady clock: with use_sim_time, a ROS-time timer stops when /clock stops (end of
+        # a bag, paused simulator) and the latched status would keep counts from that moment.
         self._om_timers.append(self.create_timer(s.status_period, self._on_status_timer,
-                                                 callback_group=self._timer_group))
+                                                 callback_group=self._timer_group,
+                                                 clock=Clock(clock_type=ClockType.STEADY_TIME)))
         if self.recorder.keyframes_before:
             log.info(f"scene folder {self.scene_dir} already holds "
                      f"{self.recorder.keyframes_before} keyframes; new ones are added after them")

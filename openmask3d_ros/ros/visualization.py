@@ -84,7 +84,8 @@ class MapPublishers:
             self._pubs[MARKERS_TOPIC] = answer(MarkerArray, MARKERS_TOPIC, qos)
             self._pubs[QUERY_POINTS_TOPIC] = answer(PointCloud2, QUERY_POINTS_TOPIC, qos)
         self._view: tuple[object, np.ndarray] | None = None   # (InstanceMap, point labels)
-        self._later = LatestJob(node.get_logger(), "openmask3d-viz")   # publish_query_later
+        self._later = LatestJob(node.get_logger(), "openmask3d-viz",     # publish_query_later
+                                alive=node.context.ok)
 
     @property
     def topics(self) -> list[str]:
@@ -169,10 +170,12 @@ class MapPublishers:
 
 class LatestJob:
     """One daemon thread running the latest submitted job; a job still waiting when a newer one
-    arrives is dropped. Errors are logged (``log.warning``), never raised."""
+    arrives is dropped. Errors are logged (``log.warning``), never raised; not once ``alive()``
+    is false (a job cut short by shutdown, e.g. Ctrl-C, is not a failure)."""
 
-    def __init__(self, log, name: str):
+    def __init__(self, log, name: str, alive: Callable[[], bool] = lambda: True):
         self._log = log
+        self._alive = alive
         self._cond = threading.Condition()
         self._job: Callable[[], None] | None = None
         self._running = False
@@ -210,7 +213,8 @@ class LatestJob:
             try:
                 job()
             except Exception as exc:       # visualisation never takes the node down
-                self._log.warning(f"publishing the query views failed: {exc}")
+                if self._alive():
+                    self._log.warning(f"publishing the query views failed: {exc}")
             finally:
                 with self._cond:
                     self._running = False

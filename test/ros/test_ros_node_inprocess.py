@@ -326,6 +326,30 @@ def test_pose_wait_runs_on_ros_time(context, tmp_path, scene):
         run.close()
 
 
+def test_status_keeps_coming_when_the_sim_clock_stops(context, tmp_path, scene):
+    """With use_sim_time the status is still published on time when /clock stops (end of a
+    bag, paused simulator): a subscriber sees the frames that arrive after the last tick."""
+    from rosgraph_msgs.msg import Clock
+    run = _node(context, tmp_path, pose_source="pose", use_sim_time=True, status_period=0.1)
+    node = run.node
+    seen = []
+    try:
+        run.client.create_subscription(PipelineStatus, "/openmask3d/status", seen.append, 10)
+        run.client.create_publisher(Clock, "/clock", 10).publish(Clock(clock=ns_to_stamp(100 * S)))
+        run.wait_status(lambda s: node.get_clock().now().nanoseconds >= 100 * S, 10)
+        for i, fid in enumerate(scene.frame_ids[:3]):
+            node.inputs.on_frame(*_frame_msgs(scene, fid, 100 * S + i * S // 30))
+        before = len(seen)
+        end = time.monotonic() + 10          # 5 periods, with room for a loaded machine
+        while time.monotonic() < end and len(seen) < before + 5:
+            time.sleep(0.05)
+        assert len(seen) >= before + 5, f"{len(seen) - before} status messages in 10 s"
+        assert seen[-1].frames_received == 3
+        assert seen[-1].header.stamp.sec == 100          # stamped in ROS (sim) time
+    finally:
+        run.close()
+
+
 def test_compressed_inputs_and_legacy_remapping(context, tmp_path, scene):
     """color_transport compressed / depth_transport compressedDepth subscribe to
     <topic>/compressed and <topic>/compressedDepth; remapping the old node-relative name still
