@@ -111,8 +111,9 @@ NODE_PARAMETERS: dict[str, Param] = {
                                      range=(0, 100_000_000), live=True),
     "publish_markers": Param(True, "publish RViz markers and points of the last query's hits",
                              live=True),
-    "status_period": Param(1.0, "seconds between status and /diagnostics messages (status is "
-                                "also sent on every change)", range=(0.05, 60.0)),
+    "status_period": Param(1.0, "seconds between status and /diagnostics messages, on the "
+                                "steady clock also with use_sim_time (status is also sent on "
+                                "every change)", range=(0.05, 60.0)),
 }
 
 # Declared by rclpy itself on every node: accepted in parameter files, not declared by the node
