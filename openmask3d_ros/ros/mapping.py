@@ -26,6 +26,7 @@ class MapBuilder:
         self._publish = publish
         self._on_map = on_map
         self._lock = threading.Lock()
+        self._current_lock = threading.Lock()    # views and engine swap, loader vs build worker
         self.models = None
         self.models_error: str | None = None
         self._models_ready = threading.Event()
@@ -89,19 +90,12 @@ class MapBuilder:
             self.log.error(f"loading the map at {path} failed: {exc}")
             self.board.update(message=f"loading the map at {path} failed: {exc}")
             return False
-        with self._lock:
-            if self.engine is not None:    # a build finished first: keep the newer map
-                return True
-            self.engine = engine
+        if not self._make_current(engine, replace=False):   # a build finished first: keep it
+            return True
         self.log.info(f"loaded map {path}: {imap.num_instances} instances")
         self.board.update(state=PipelineStatus.STATE_READY, num_instances=imap.num_instances,
                           message=f"map loaded from {path}")
-        self._map_ready(engine)
         return True
-
-    def wait_models(self, timeout: float | None = None) -> bool:
-        """True when the models are built (False: still loading or failed)."""
-        return self._models_ready.wait(timeout) and self.models is not None
 
     # -- building ----------------------------------------------------------------------------------
     def busy(self) -> bool:
@@ -160,9 +154,8 @@ class MapBuilder:
                               message=f"pipeline failed: {exc}")
             self._publish()
             return
+        self._make_current(engine)
         dt = time.perf_counter() - self._t0
-        with self._lock:
-            self.engine = engine
         timings = imap.meta.get("timings", {})
         stages = ", ".join(f"{k[:-2] if k.endswith('_s') else k} {v:.1f} s"
                            for k, v in timings.items() if isinstance(v, (int, float)))
@@ -173,15 +166,22 @@ class MapBuilder:
         self.board.update(state=PipelineStatus.STATE_READY, stage="", progress=1.0, elapsed=dt,
                           num_instances=imap.num_instances, message=text)
         self._publish()
-        self._map_ready(engine)
 
-    def _map_ready(self, engine) -> None:
-        if self._on_map is None:
-            return
-        try:
-            self._on_map(engine)
-        except Exception as exc:     # visualisation must never cost the map
-            self.log.warning(f"publishing the map views failed: {exc}")
+    def _make_current(self, engine, replace: bool = True) -> bool:
+        """Publish the map's views (``on_map``), then hand ``engine`` to queries, so that no
+        query sees a map whose views are not out yet. ``replace=False``: keep a map that became
+        current first (False returned)."""
+        with self._current_lock:
+            if not replace and self.engine is not None:
+                return False
+            if self._on_map is not None:
+                try:
+                    self._on_map(engine)
+                except Exception as exc:     # visualisation must never cost the map
+                    self.log.warning(f"publishing the map views failed: {exc}")
+            with self._lock:
+                self.engine = engine
+        return True
 
     def join(self, timeout: float = 10.0) -> None:
         """Wait for the loader and the build worker (a build cannot be interrupted: warn)."""
