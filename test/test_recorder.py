@@ -20,8 +20,8 @@ def scene(tmp_path_factory):
 
 
 class Clock:
-    def __init__(self):
-        self.t = 0
+    def __init__(self, t: int = 1):
+        self.t = t
 
     def __call__(self):
         return self.t
@@ -71,6 +71,26 @@ def test_candidates_wait_for_their_pose_in_caller_time(tmp_path, scene):
     np.testing.assert_allclose(out.pose("1"), scene.pose(fids[3]), atol=1e-6)
     rows = (tmp_path / "rec" / "keyframes.csv").read_text().split()
     assert rows[1] == f"1,3,{3 * PERIOD}"
+
+
+def test_wait_starts_with_a_clock_that_had_not_started(tmp_path, scene):
+    """use_sim_time before the first /clock: the node's clock reads 0. A candidate that came
+    then waits pose_wait from the clock's first reading, not from 0 (its wait would otherwise end
+    at the jump to bag time although its pose follows 30 ms later)."""
+    clock, poses = Clock(0), {}
+    rec, warnings = _recorder(tmp_path, scene, poses, clock, pose_wait_s=2.0, frame_step=1)
+    stamp = 1_700_000_000 * S
+    rec.offer(stamp, scene.frame_ids[0])
+    assert rec.process() == 0 and rec.pending() == 1      # clock not started: it waits
+    clock.t = stamp                                        # the first /clock
+    assert rec.process() == 0 and rec.pending() == 1      # still within its wait
+    clock.t = stamp + S // 30
+    poses[stamp] = scene.pose(scene.frame_ids[0])          # the pose, 33 ms later
+    assert rec.process() == 1 and not warnings
+    clock.t = stamp + 10 * S
+    rec.offer(stamp + 9 * S, scene.frame_ids[3])           # a clock that runs: waits as before
+    clock.t = stamp + 13 * S
+    assert rec.process() == 0 and rec.counters()["dropped_no_pose"] == 1
 
 
 def test_drops_by_cause(tmp_path, scene):

@@ -5,7 +5,8 @@ ROS-free, so that it is testable without rclpy; the node feeds it and drives it:
 - ``offer(stamp_ns, payload)`` (cheap; called from subscription callbacks): counts the frame,
   notices stamp gaps (frames the transport lost), and queues every ``frame_step``-th frame as a
   candidate in a bounded queue, with a deadline ``pose_wait`` seconds ahead on the caller's clock
-  (the ROS clock, so simulated time works);
+  (the ROS clock, so simulated time works; a clock that reads 0, i.e. use_sim_time before the
+  first /clock, starts the wait when it starts, instead of ending it at its first jump);
 - ``process(force=False)`` (a worker thread): each candidate waits until its pose can be
   interpolated at its stamp or its deadline passes; it is then decoded (``decode(payload)``),
   checked and written to the scene folder at once.
@@ -42,7 +43,7 @@ class _Candidate:
     index: int
     stamp_ns: int
     payload: Any
-    deadline_ns: int
+    deadline_ns: int | None          # None: the clock had not started when it came
 
 
 def existing_keyframes(scene_dir: str | Path) -> list[int]:
@@ -96,8 +97,9 @@ class KeyframeRecorder:
                 overflow = None
             else:
                 overflow = self._queue.popleft() if len(self._queue) >= self._queue_size else None
+                now = int(self._now_ns())
                 self._queue.append(_Candidate(index, stamp_ns, payload,
-                                              int(self._now_ns()) + self.pose_wait_ns))
+                                              now + self.pose_wait_ns if now > 0 else None))
                 if overflow is not None:
                     self.drops["queue_overflow"] += 1
         if missed:
@@ -146,7 +148,10 @@ class KeyframeRecorder:
                     if not self._queue:
                         return written
                     cand = self._queue[0]
-                waiting = not force and int(self._now_ns()) < cand.deadline_ns
+                now = int(self._now_ns())
+                if cand.deadline_ns is None and now > 0:
+                    cand.deadline_ns = now + self.pose_wait_ns
+                waiting = not force and (cand.deadline_ns is None or now < cand.deadline_ns)
                 try:
                     # While a later pose may still come, only an interpolated (or exact) pose
                     # is taken, not the nearest one within the tolerance.
