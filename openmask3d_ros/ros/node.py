@@ -256,6 +256,9 @@ class OpenMask3DNode(LifecycleNode):
         self._deactivate()
         if self.builder is not None:
             self.builder.join(1.0)
+        if self.viz is not None:     # its thread may be publishing: stop it before rclpy's teardown
+            self.viz.destroy()
+            self.viz = None
         if self._log_state is not None:
             restore_core_logging(self._log_state)
             self._log_state = None
