@@ -26,7 +26,7 @@ class MapBuilder:
         self._publish = publish
         self._on_map = on_map
         self._lock = threading.Lock()
-        self._current_lock = threading.Lock()    # views and engine swap, loader vs build worker
+        self._current_lock = threading.Lock()    # views + engine swap: loader vs build worker
         self.models = None
         self.models_error: str | None = None
         self._models_ready = threading.Event()
@@ -179,8 +179,7 @@ class MapBuilder:
                     self._on_map(engine)
                 except Exception as exc:     # visualisation must never cost the map
                     self.log.warning(f"publishing the map views failed: {exc}")
-            with self._lock:
-                self.engine = engine
+            self.engine = engine
         return True
 
     def join(self, timeout: float = 10.0) -> None:

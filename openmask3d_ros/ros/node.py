@@ -238,9 +238,9 @@ class OpenMask3DNode(LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
-    def _release(self) -> None:
+    def _release(self, join_timeout: float = 10.0) -> None:
         if self.builder is not None:
-            self.builder.join()
+            self.builder.join(join_timeout)
         for t in self._om_timers:
             self.destroy_timer(t)
         self._om_timers = []
@@ -253,15 +253,9 @@ class OpenMask3DNode(LifecycleNode):
         self.builder = self.recorder = self.settings = None
 
     def destroy_node(self):
+        # Also stops the views thread, which may be publishing, before rclpy's teardown.
         self._deactivate()
-        if self.builder is not None:
-            self.builder.join(1.0)
-        if self.viz is not None:     # its thread may be publishing: stop it before rclpy's teardown
-            self.viz.destroy()
-            self.viz = None
-        if self._log_state is not None:
-            restore_core_logging(self._log_state)
-            self._log_state = None
+        self._release(join_timeout=1.0)
         return super().destroy_node()
 
     # -- recording ---------------------------------------------------------------------------------
