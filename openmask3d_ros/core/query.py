@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .instance_map import InstanceMap
 from .interfaces import ImageEncoder, TextEncoder
 from .relevance import RelevanceScorer, RelevanceSettings, mentions
 from .structure import tag_structure
+from .voxel import group_voxel_centroids
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,23 @@ class QueryEngine:
             tags = tag_structure(instance_map.points, instance_map.point_indices,
                                  self.structure_cfg)
         self.structure: list[str | None] = list(tags)
+        self._voxels: dict[float, tuple[np.ndarray, np.ndarray]] = {}   # voxel_points, by size
+        self._voxels_lock = threading.Lock()
+
+    VOXEL_SIZES_KEPT = 4
+
+    def voxel_points(self, size: float) -> tuple[np.ndarray, np.ndarray]:
+        """Every instance's points averaged per voxel of ``size`` m, instance-ordered: (points
+        (n, 3) float32, offsets (M + 1,)). Computed once per size (the last few sizes asked for
+        are kept), so a query that asks for downsampled points only slices."""
+        with self._voxels_lock:
+            hit = self._voxels.pop(size, None)
+            if hit is None:
+                hit = group_voxel_centroids(self._grouped, self._offsets, size)
+            self._voxels[size] = hit                       # most recent last
+            while len(self._voxels) > self.VOXEL_SIZES_KEPT:
+                self._voxels.pop(next(iter(self._voxels)))
+        return hit
 
     # -- embeddings -----------------------------------------------------------------------------
     def embed_text(self, text: str) -> np.ndarray:

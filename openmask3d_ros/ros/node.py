@@ -165,7 +165,8 @@ class OpenMask3DNode(LifecycleNode):
         self.board.update(state=PipelineStatus.STATE_RECORDING, scene_dir=str(self.scene_dir),
                           message=f"configured; recording into {self.scene_dir}")
         # Map and query views (instance cloud, heatmap, detections, hit markers): latched.
-        self.viz = MapPublishers(self, lambda: self.settings.map_frame, hits=True, lifecycle=True)
+        self.viz = MapPublishers(self, lambda: self.settings.map_frame, hits=True, lifecycle=True,
+                                 max_rate=lambda: self.settings.views_max_rate)
         self.builder = MapBuilder(self.scene_dir, s.pipeline, self.board, log,
                                   self._publish_status, on_map=self.viz.publish_map)
         maps = [Path(s.load_map).expanduser()] if s.load_map.strip() else []

@@ -111,6 +111,10 @@ NODE_PARAMETERS: dict[str, Param] = {
                                      range=(0, 100_000_000), live=True),
     "publish_markers": Param(True, "publish RViz markers and points of the last query's hits",
                              live=True),
+    "views_max_rate": Param(10.0, "Hz: the query views (detections, heatmap, markers, query "
+                                  "points) are published at most this often; a faster stream "
+                                  "of queries shows its latest answer", range=(0.1, 1000.0),
+                            live=True),
     "status_period": Param(1.0, "seconds between status and /diagnostics messages, on the "
                                 "steady clock also with use_sim_time (status is also sent on "
                                 "every change)", range=(0.05, 60.0)),

@@ -151,8 +151,10 @@ def answer_query(engine, request, response, settings, publish_hits, stamp,
         return str(exc)
     frame = str(settings.map_frame)
     cap = int(settings.max_points_per_instance)
+    # voxel centroids are computed once per map and voxel size, not per query
+    voxelized = engine.voxel_points(voxel if voxel > 0 else DEFAULT_VOXEL) if mode == 2 else None
     response.instances = instance_messages(answer.results, answer.query, stamp, frame, mode,
-                                           voxel, cap)
+                                           cap, voxelized)
     response.found = answer.found
     response.best_id = int(answer.best.instance_id) if answer.best else -1
     response.best_relevance = float(answer.best.relevance) if answer.best else 0.0
@@ -163,33 +165,6 @@ def answer_query(engine, request, response, settings, publish_hits, stamp,
 
 POINT_MODES = {0: "all", 1: "indices", 2: "voxel", 3: "none"}
 DEFAULT_VOXEL = 0.02
-
-
-def _voxel_groups(pts: np.ndarray, offsets: np.ndarray, size: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel centroids of every group ``pts[offsets[g]:offsets[g + 1]]`` at once, in group order
-    (within a group, in x, y, z voxel order): (points (n, 3) float32, new offsets)."""
-    G = len(offsets) - 1
-    if len(pts) == 0:
-        return np.zeros((0, 3), np.float32), np.zeros(G + 1, np.int64)
-    group = np.repeat(np.arange(G, dtype=np.int64), np.diff(offsets))
-    keys = np.floor(pts.astype(np.float64) / size).astype(np.int64)
-    keys -= keys.min(axis=0)
-    dims = keys.max(axis=0) + 1
-    if float(G) * float(np.prod(dims.astype(np.float64))) < 2.0 ** 62:
-        lin = ((group * dims[0] + keys[:, 0]) * dims[1] + keys[:, 1]) * dims[2] + keys[:, 2]
-        _, inverse, counts = np.unique(lin, return_inverse=True, return_counts=True)
-    else:      # too many voxels for one int64 key: unique rows instead (slower, same order)
-        rows = np.column_stack([group, keys])
-        _, inverse, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    out = np.stack([np.bincount(inverse, weights=pts[:, a], minlength=len(counts))
-                    for a in range(3)], axis=1) / counts[:, None]
-    first = np.zeros(len(counts), np.int64)
-    first[inverse[::-1]] = group[::-1]                 # the group of each voxel
-    new_off = np.zeros(G + 1, np.int64)
-    np.cumsum(np.bincount(first, minlength=G), out=new_off[1:])
-    return out.astype(np.float32), new_off
 
 
 def _capped(offsets: np.ndarray, cap: int) -> np.ndarray:
@@ -205,9 +180,10 @@ def _capped(offsets: np.ndarray, cap: int) -> np.ndarray:
     return offsets[group] + np.where(n > cap, rank * (n - 1) // np.maximum(c - 1, 1), rank)
 
 
-def _payload(results, mode: int, voxel: float, cap: int):
+def _payload(results, mode: int, cap: int, voxelized=None):
     """All hits' points (or indices) in one contiguous buffer: (array.array, offsets per hit in
-    its items: bytes of xyz float32 points, or uint32 indices). One numpy pass for all hits."""
+    its items: bytes of xyz float32 points, or uint32 indices). One numpy pass for all hits.
+    Mode 2 slices ``voxelized`` (QueryEngine.voxel_points: every instance's voxel centroids)."""
     k = len(results)
     if mode == 1:
         flat = (np.concatenate([r.point_indices for r in results]) if k
@@ -215,12 +191,14 @@ def _payload(results, mode: int, voxel: float, cap: int):
         off = np.zeros(k + 1, np.int64)
         np.cumsum([len(r.point_indices) for r in results], out=off[1:])
         return array.array("I", flat.tobytes()), off
-    pts = (np.concatenate([np.asarray(r.points, np.float32).reshape(-1, 3) for r in results])
-           if k else np.zeros((0, 3), np.float32))
-    off = np.zeros(k + 1, np.int64)
-    np.cumsum([len(r.points) for r in results], out=off[1:])
     if mode == 2:
-        pts, off = _voxel_groups(pts, off, voxel if voxel > 0 else DEFAULT_VOXEL)
+        vpts, voff = voxelized
+        parts = [vpts[voff[r.instance_id]:voff[r.instance_id + 1]] for r in results]
+    else:
+        parts = [np.asarray(r.points, np.float32).reshape(-1, 3) for r in results]
+    pts = np.concatenate(parts) if k else np.zeros((0, 3), np.float32)
+    off = np.zeros(k + 1, np.int64)
+    np.cumsum([len(p) for p in parts], out=off[1:])
     if cap > 0:
         pos = _capped(off, cap)
         off = np.concatenate([[0], np.cumsum(np.minimum(np.diff(off), cap))])
@@ -228,9 +206,10 @@ def _payload(results, mode: int, voxel: float, cap: int):
     return array.array("B", np.ascontiguousarray(pts, dtype="<f4").tobytes()), off * 12
 
 
-def instance_messages(results, label: str, stamp, frame: str, mode: int = 0,
-                      voxel: float = 0.0, cap: int = 0) -> list:
-    """The hits as ObjectInstance messages, their points as ``mode`` says (QueryObjects.srv).
+def instance_messages(results, label: str, stamp, frame: str, mode: int = 0, cap: int = 0,
+                      voxelized=None) -> list:
+    """The hits as ObjectInstance messages, their points as ``mode`` says (QueryObjects.srv;
+    mode 2 takes ``voxelized``, the engine's ``voxel_points``).
 
     Built for speed (a reply may carry hundreds): the points of all hits are one buffer sliced
     per hit, the header and the point fields are shared, numbers are converted in bulk."""
@@ -240,7 +219,7 @@ def instance_messages(results, label: str, stamp, frame: str, mode: int = 0,
     k = len(results)
     header = Header(frame_id=frame, stamp=stamp) if stamp is not None else Header(frame_id=frame)
     empty_cloud = PointCloud2()          # no points (indices / none): shared, never changed
-    data, off = (_payload(results, mode, voxel, cap) if mode in (0, 1, 2)
+    data, off = (_payload(results, mode, cap, voxelized) if mode in (0, 1, 2)
                  else (None, np.zeros(k + 1, np.int64)))
     geo = np.array([[*r.centroid, *r.bbox_min, *r.bbox_max] for r in results],
                    np.float64).reshape(k, 9).tolist()

@@ -15,7 +15,9 @@ Colours are those of ``openmask3d render`` (core/render.py), so RViz and the PNG
 """
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -62,11 +64,13 @@ class MapPublishers:
     ``~/query_points`` (for a node that publishes those itself). ``lifecycle=True`` makes the
     query topics lifecycle publishers of a LifecycleNode (silent while inactive; create this
     object in on_configure so that activation enables them); the map topics stay plain, so a map
-    loaded while the node is still inactive reaches RViz too.
+    loaded while the node is still inactive reaches RViz too. ``max_rate`` (Hz, or a callable
+    returning it): ``publish_query_later`` publishes at most this often; a faster query stream
+    shows its latest answer (building the views costs more than answering a large query).
     """
 
     def __init__(self, node, frame: str | Callable[[], str] = "map", hits: bool = True,
-                 lifecycle: bool = False):
+                 lifecycle: bool = False, max_rate: float | Callable[[], float] = 10.0):
         from vision_msgs.msg import Detection3DArray
         self._node = node
         self._frame = frame if callable(frame) else (lambda: frame)
@@ -84,8 +88,9 @@ class MapPublishers:
             self._pubs[MARKERS_TOPIC] = answer(MarkerArray, MARKERS_TOPIC, qos)
             self._pubs[QUERY_POINTS_TOPIC] = answer(PointCloud2, QUERY_POINTS_TOPIC, qos)
         self._view: tuple[object, np.ndarray] | None = None   # (InstanceMap, point labels)
+        rate = max_rate if callable(max_rate) else (lambda: max_rate)
         self._later = LatestJob(node.get_logger(), "openmask3d-viz",     # publish_query_later
-                                alive=node.context.ok)
+                                alive=node.context.ok, min_interval=lambda: 1.0 / rate())
 
     @property
     def topics(self) -> list[str]:
@@ -170,12 +175,16 @@ class MapPublishers:
 
 class LatestJob:
     """One daemon thread running the latest submitted job; a job still waiting when a newer one
-    arrives is dropped. Errors are logged (``log.warning``), never raised; not once ``alive()``
-    is false (a job cut short by shutdown, e.g. Ctrl-C, is not a failure)."""
+    arrives is dropped. Jobs start at least ``min_interval()`` seconds apart (a job submitted
+    after a quiet spell starts at once). Errors are logged (``log.warning``), never raised; not
+    once ``alive()`` is false (a job cut short by shutdown, e.g. Ctrl-C, is not a failure)."""
 
-    def __init__(self, log, name: str, alive: Callable[[], bool] = lambda: True):
+    def __init__(self, log, name: str, alive: Callable[[], bool] = lambda: True,
+                 min_interval: Callable[[], float] = lambda: 0.0):
         self._log = log
         self._alive = alive
+        self._min_interval = min_interval
+        self._last_start = -math.inf
         self._cond = threading.Condition()
         self._job: Callable[[], None] | None = None
         self._running = False
@@ -205,11 +214,17 @@ class LatestJob:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._job is not None or self._closed)
-                if self._closed:
-                    self._cond.notify_all()
-                    return
+                while True:
+                    self._cond.wait_for(lambda: self._job is not None or self._closed)
+                    if self._closed:
+                        self._cond.notify_all()
+                        return
+                    wait = self._last_start + self._min_interval() - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)      # a newer job may replace this one meanwhile
                 job, self._job, self._running = self._job, None, True
+                self._last_start = time.monotonic()
             try:
                 job()
             except Exception as exc:       # visualisation never takes the node down
@@ -228,14 +243,29 @@ def _point(x, y, z):
     return build(Point, x=float(x), y=float(y), z=float(z))
 
 
+_IDENTITY = None
+
+
 def _pose(x, y, z):
-    """A pose at (x, y, z), identity orientation."""
-    return build(Pose, position=_point(x, y, z),
-                 orientation=build(Quaternion, x=0.0, y=0.0, z=0.0, w=1.0))
+    """A pose at (x, y, z), identity orientation (one shared Quaternion: never changed)."""
+    global _IDENTITY
+    if _IDENTITY is None:
+        _IDENTITY = build(Quaternion, x=0.0, y=0.0, z=0.0, w=1.0)
+    return build(Pose, position=_point(x, y, z), orientation=_IDENTITY)
 
 
 def _vector(x, y, z):
     return build(Vector3, x=float(x), y=float(y), z=float(z))
+
+
+def _boxes(results) -> tuple[list, list, list, list]:
+    """Per hit, as Python floats (numpy once for all hits): box centre, size, centroid, value."""
+    k = len(results)
+    lo = np.array([r.bbox_min for r in results], float).reshape(k, 3)
+    hi = np.array([r.bbox_max for r in results], float).reshape(k, 3)
+    cen = np.array([r.centroid for r in results], float).reshape(k, 3)
+    return (((lo + hi) / 2).tolist(), (hi - lo).tolist(), cen.tolist(),
+            [hit_value(r) for r in results])
 
 
 def _delete_all(header) -> Marker:
@@ -250,22 +280,20 @@ def _box_lines(header, ns: str, mid: int, lo, hi, color) -> Marker:
 
 
 def _text(header, ns: str, mid: int, lo, hi, text: str, color) -> Marker:
-    c = (np.asarray(lo, float) + np.asarray(hi, float)) / 2
+    """A label above the box (lo, hi): centred in x and y, 5 cm over its top."""
     return build(Marker, header=header, ns=ns, id=int(mid), type=Marker.TEXT_VIEW_FACING,
                  action=Marker.ADD, text=str(text), color=color,
-                 pose=_pose(c[0], c[1], float(hi[2]) + 0.05), scale=_vector(0, 0, 0.05))
+                 pose=_pose((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, float(hi[2]) + 0.05),
+                 scale=_vector(0, 0, 0.05))
 
 
 def _detections(header, text: str, results):
     from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis,
                                  ObjectHypothesisWithPose)
     dets = []
-    for r in results:
-        lo, hi = np.asarray(r.bbox_min, float), np.asarray(r.bbox_max, float)
-        c, size, cen = (lo + hi) / 2, hi - lo, np.asarray(r.centroid, float)
+    for r, c, size, cen, value in zip(results, *_boxes(results)):
         hyp = build(ObjectHypothesisWithPose,
-                    hypothesis=build(ObjectHypothesis, class_id=str(text),
-                                     score=float(hit_value(r))),
+                    hypothesis=build(ObjectHypothesis, class_id=str(text), score=value),
                     pose=build(PoseWithCovariance, pose=_pose(*cen)))
         dets.append(build(Detection3D, header=header, id=str(int(r.instance_id)),
                           bbox=build(BoundingBox3D, center=_pose(*c), size=_vector(*size)),
@@ -277,15 +305,16 @@ def _hit_markers(header, text: str, results) -> MarkerArray:
     from std_msgs.msg import ColorRGBA
     best, other, white = (_rgba(render.HIGHLIGHT, 0.35), _rgba(render.OTHER_HIT, 0.35),
                           build(ColorRGBA, r=1.0, g=1.0, b=1.0, a=1.0))
+    label_scale = _vector(0, 0, 0.05)
     markers = [_delete_all(header)]
-    for rank, r in enumerate(results):
-        lo, hi = np.asarray(r.bbox_min, float), np.asarray(r.bbox_max, float)
-        c, size = (lo + hi) / 2, np.maximum(hi - lo, 0.01)
+    for rank, (c, size, _, value) in enumerate(zip(*_boxes(results))):
         box = build(Marker, header=header, ns="openmask3d/boxes", id=rank, type=Marker.CUBE,
                     action=Marker.ADD, color=best if rank == 0 else other, pose=_pose(*c),
-                    scale=_vector(*size))
-        label = _text(header, "openmask3d/labels", rank, lo, hi,
-                      f"{text} #{rank + 1} ({hit_value(r):.2f})", white)
+                    scale=_vector(*(max(v, 0.01) for v in size)))
+        label = build(Marker, header=header, ns="openmask3d/labels", id=rank,
+                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+                      text=f"{text} #{rank + 1} ({value:.2f})", color=white,
+                      pose=_pose(c[0], c[1], c[2] + size[2] / 2 + 0.05), scale=label_scale)
         markers += [box, label]
     return build(MarkerArray, markers=markers)
 

@@ -162,8 +162,11 @@ def test_replay_map_complete_and_query(recorded, running_node, ros):
                                     lambda m, name=name: views.__setitem__(name, m), qos)
             for name, kind in (("instances_cloud", PointCloud2), ("detections", Detection3DArray),
                                ("heatmap", PointCloud2))]
+    # the last query's views: its detections, and its heatmap (the same stamp; published just
+    # after the detections, and views are rate-limited, so an older heatmap may come first)
     assert client._wait(lambda: len(views) == 3 and views["detections"].detections and views[
-        "detections"].detections[0].results[0].hypothesis.class_id == info["color"], 10), views
+        "detections"].detections[0].results[0].hypothesis.class_id == info["color"]
+        and views["heatmap"].header.stamp == views["detections"].header.stamp, 10), views
     for sub in subs:
         ros.destroy_subscription(sub)
     det = views["detections"]

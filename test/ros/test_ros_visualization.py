@@ -292,3 +292,44 @@ def test_views_published_later_never_hold_the_caller(context):
         executor.shutdown()
         listener.node.destroy_node()
         node.destroy_node()
+
+
+def test_views_keep_to_their_rate_and_end_on_the_latest_answer(context):
+    """A planner querying faster than ``max_rate`` does not make the node publish every answer's
+    views (they cost more than the answers): at most ``max_rate`` a second reach RViz, the
+    first at once, and the latched topics end on the latest answer."""
+    from rclpy.qos import QoSProfile
+    imap = _scene()
+    node = Node("openmask3d", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    viz = MapPublishers(node, "map", max_rate=2.0)
+    listener = Listener(context, executor)
+    got = []            # every detections message, in order (a deep volatile queue)
+    listener.node.create_subscription(Detection3DArray, "/openmask3d/detections",
+                                      got.append, QoSProfile(depth=100))
+    try:
+        viz.publish_map(imap)
+        listener.wait(["instances_cloud"], {})
+        t0 = time.monotonic()
+        words = [f"query {i}" for i in range(30)]
+        for i, word in enumerate(words):
+            viz.publish_query_later(word, [_result(imap, i % 4, 0.1)])
+            pause = time.monotonic() + 0.05                 # 20 queries a second
+            while time.monotonic() < pause:
+                executor.spin_once(timeout_sec=0.01)
+        assert viz.wait_published(60)
+        elapsed = time.monotonic() - t0
+        end = time.monotonic() + 30
+        while time.monotonic() < end and (
+                not got or got[-1].detections[0].results[0].hypothesis.class_id != words[-1]):
+            executor.spin_once(timeout_sec=0.05)
+        classes = [m.detections[0].results[0].hypothesis.class_id for m in got]
+        assert classes[0] == words[0]                 # the first answer is shown at once
+        assert classes[-1] == words[-1]               # and the last one is never lost
+        assert 2 <= len(classes) <= elapsed * 2.0 + 2, (len(classes), elapsed)
+    finally:
+        viz.destroy()
+        executor.shutdown()
+        listener.node.destroy_node()
+        node.destroy_node()
