@@ -14,6 +14,7 @@ sub-messages in place (build new ones). Messages are only read when they are pub
 from __future__ import annotations
 
 _TEMPLATES: dict = {}
+_MISSING = object()
 
 
 def build(cls, **fields):
@@ -21,11 +22,20 @@ def build(cls, **fields):
     entry = _TEMPLATES.get(cls)
     if entry is None:
         # the generated classes store field f in slot "_f" (plus "_check_fields")
-        entry = _TEMPLATES[cls] = (cls(), tuple(cls.__slots__))
+        template = cls()
+        entry = _TEMPLATES[cls] = (template, tuple((slot, slot[1:], getattr(template, slot))
+                                                   for slot in cls.__slots__))
     template, slots = entry
     msg = cls.__new__(cls)
-    for slot in slots:
-        setattr(msg, slot, getattr(template, slot))
-    for name, value in fields.items():
-        setattr(msg, "_" + name, value)
+    used = 0
+    for slot, name, default in slots:      # each slot once: given value, else the default
+        value = fields.get(name, _MISSING)
+        if value is _MISSING:
+            value = default
+        else:
+            used += 1
+        setattr(msg, slot, value)
+    if used != len(fields):
+        unknown = sorted(set(fields) - {name for _, name, _ in slots})
+        raise AttributeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
     return msg
