@@ -118,6 +118,14 @@ class Inputs:
                  f"{s.qos_reliability}); cloud {self.cloud_topic} ({s.cloud_qos_durability}); "
                  f"poses from {self.pose_text}")
 
+    def input_counts(self) -> str:
+        """Messages received per camera input and those the synchroniser could not match: says
+        whether lost frames were lost before the node (low counts) or in matching."""
+        received, unmatched = self.sync.counts()
+        names = ("colour", "depth", "camera_info")
+        text = ", ".join(f"{name} {n}" for name, n in zip(names, received))
+        return text + (f"; {unmatched} unmatched" if unmatched is not None else "")
+
     # -- callbacks (cheap) ------------------------------------------------------------------------
     def on_frame(self, color, depth, info) -> None:
         if isinstance(color, Image) and color.encoding not in COLOR_ENCODINGS:

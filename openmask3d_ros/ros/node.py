@@ -100,8 +100,10 @@ class OpenMask3DNode(LifecycleNode):
         if self.recorder is not None:
             self.board.merge_counters(self.recorder.counters())
         inputs = self.inputs
-        if inputs is not None and inputs.latest_cloud is not None:
-            self.board.update(have_cloud=True)
+        if inputs is not None:
+            self.board.update(inputs=inputs.input_counts())
+            if inputs.latest_cloud is not None:
+                self.board.update(have_cloud=True)
         return self.board.snapshot()
 
     def _publish_status(self) -> None:
@@ -126,7 +128,9 @@ class OpenMask3DNode(LifecycleNode):
             pass
 
     def _warn_drop(self, cause: str, text: str) -> None:
-        self._drop_loggers[cause].warning(f"{text}. To fix: {ADVICE[cause]}",
+        inputs = self.inputs
+        seen = f" (messages so far: {inputs.input_counts()})" if inputs is not None else ""
+        self._drop_loggers[cause].warning(f"{text}{seen}. To fix: {ADVICE[cause]}",
                                           throttle_duration_sec=5.0)
         self.board.update(message=text)
 

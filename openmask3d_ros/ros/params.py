@@ -87,7 +87,9 @@ NODE_PARAMETERS: dict[str, Param] = {
     "tf_cache_time": Param(60.0, "seconds of pose history kept", range=(1.0, 3600.0)),
     "sync_slop": Param(0.05, "seconds: colour, depth and camera_info stamps must agree this "
                              "closely", range=(0.0, 1.0)),
-    "sync_queue_size": Param(10, "messages per input kept for approximate-time matching",
+    "sync_queue_size": Param(30, "messages per input kept for approximate-time matching; keep "
+                                  "it at least qos_depth: a node catching up after a pause may "
+                                  "take one topic's backlog before another's",
                              range=(1, 1000)),
     "qos_reliability": Param("best_effort", "camera topics: best_effort (sensor data) or "
                                             "reliable", choices=_RELIABILITY),

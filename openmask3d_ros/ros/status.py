@@ -35,7 +35,8 @@ class StatusBoard:
                        stage_total=0, progress=0.0, elapsed=0.0, frames_received=0, keyframes=0,
                        frames_without_pose=0, frames_rejected=0, frames_missed=0,
                        frames_overflow=0, have_cloud=False, num_instances=0, scene_dir="",
-                       models="", notes=[], message="")
+                       models="", notes=[], message="",
+                       inputs="")    # diagnostics only: messages per camera input
 
     def update(self, **fields) -> None:
         with self._lock:
@@ -79,7 +80,7 @@ def diagnostics(fields: dict, node_name: str, stamp, new_drops: dict[str, int]) 
         rec.level = DiagnosticStatus.OK
         rec.message = f"{fields['keyframes']} keyframes from {fields['frames_received']} frames"
     keys = ("frames_received", "keyframes", "frames_missed", "frames_overflow",
-            "frames_without_pose", "frames_rejected", "have_cloud")
+            "frames_without_pose", "frames_rejected", "have_cloud", "inputs")
     rec.values = [KeyValue(key=k, value=str(fields[k])) for k in keys]
     m = DiagnosticStatus(name=f"{node_name}: map", hardware_id=node_name)
     m.level = DiagnosticStatus.ERROR if fields["state"] == PipelineStatus.STATE_ERROR else \

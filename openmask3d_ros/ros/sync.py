@@ -26,12 +26,14 @@ class ApproximateTimeSync:
         self.slop_ns = int(slop * 1e9)
         self._queues: list[list[tuple[int, object]]] = [[] for _ in range(n)]
         self._lock = threading.Lock()
+        self.received = [0] * n   # messages per input
         self.dropped = 0   # messages that left a queue without being part of a set
 
     def add(self, index: int, msg) -> bool:
         """Add a message of input ``index``; returns True when it completed a set."""
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
+            self.received[index] += 1
             q = self._queues[index]
             q.append((stamp, msg))
             q.sort(key=lambda item: item[0])
@@ -76,8 +78,18 @@ class _MessageFiltersSync:
                      for msg_type, topic in specs]
         self.sync = message_filters.ApproximateTimeSynchronizer(self.subs, queue_size, slop)
         self.sync.registerCallback(callback)
+        self.received = [0] * len(self.subs)
+        for i, sub in enumerate(self.subs):
+            sub.registerCallback(lambda _msg, i=i: self._count(i))
         self._node = node
         self.name = "message_filters"
+
+    def _count(self, i: int) -> None:
+        self.received[i] += 1
+
+    def counts(self) -> tuple[list[int], int | None]:
+        """(messages received per input, messages never matched: unknown here)."""
+        return list(self.received), None
 
     def destroy(self) -> None:
         for s in self.subs:
@@ -94,6 +106,10 @@ class _OwnSync:
                      for (msg_type, topic), cb in zip(specs, self.sync.inputs())]
         self.name = "openmask3d ApproximateTimeSync"
 
+    def counts(self) -> tuple[list[int], int | None]:
+        """(messages received per input, messages that left the queues unmatched)."""
+        return list(self.sync.received), self.sync.dropped
+
     def destroy(self) -> None:
         for s in self.subs:
             self._node.destroy_subscription(s)
@@ -104,7 +120,7 @@ def make_synchronizer(node, specs: Sequence[tuple[type, str]], qos, callback,
                       queue_size: int = 10, slop: float = 0.05, prefer_message_filters=True,
                       callback_group=None):
     """Subscribe to ``specs`` [(type, topic), ...] and call ``callback(*msgs)`` per matched set
-    (in ``callback_group``). The returned object has ``name`` and ``destroy()``."""
+    (in ``callback_group``). The returned object has ``name``, ``counts()`` and ``destroy()``."""
     if prefer_message_filters:
         try:
             return _MessageFiltersSync(node, specs, qos, callback, queue_size, slop,

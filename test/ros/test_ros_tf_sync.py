@@ -136,3 +136,14 @@ def test_sync_drops_older_and_handles_reordering():
     assert out[-1] == ("a6", "b6")
     sync.add(1, _Stamped(5 * S, "b5"))                     # older than the last emitted set
     assert out[-1] == ("a6", "b6")                         # a5 was dropped with the older ones
+
+
+def test_sync_counts_what_each_input_delivered_and_what_never_matched():
+    out = []
+    sync = ApproximateTimeSync(2, lambda *m: out.append(m), queue_size=5, slop=0.01)
+    a, b = sync.inputs()
+    for k in range(4):
+        a(_Stamped(k * 100_000_000, "a"))
+    b(_Stamped(300_000_000, "b"))     # matches a's last; a's three older ones never matched
+    assert len(out) == 1
+    assert sync.received == [4, 1] and sync.dropped == 3
