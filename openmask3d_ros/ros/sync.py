@@ -80,7 +80,7 @@ class _MessageFiltersSync:
         self.sync.registerCallback(callback)
         self.received = [0] * len(self.subs)
         for i, sub in enumerate(self.subs):
-            sub.registerCallback(lambda _msg, i=i: self._count(i))
+            sub.registerCallback(lambda *_msg, i=i: self._count(i))
         self._node = node
         self.name = "message_filters"
 
