@@ -243,14 +243,11 @@ def _point(x, y, z):
     return build(Point, x=float(x), y=float(y), z=float(z))
 
 
-_IDENTITY = None
+_IDENTITY = build(Quaternion, x=0.0, y=0.0, z=0.0, w=1.0)   # shared: never changed
 
 
 def _pose(x, y, z):
-    """A pose at (x, y, z), identity orientation (one shared Quaternion: never changed)."""
-    global _IDENTITY
-    if _IDENTITY is None:
-        _IDENTITY = build(Quaternion, x=0.0, y=0.0, z=0.0, w=1.0)
+    """A pose at (x, y, z), identity orientation."""
     return build(Pose, position=_point(x, y, z), orientation=_IDENTITY)
 
 
@@ -258,14 +255,15 @@ def _vector(x, y, z):
     return build(Vector3, x=float(x), y=float(y), z=float(z))
 
 
-def _boxes(results) -> tuple[list, list, list, list]:
-    """Per hit, as Python floats (numpy once for all hits): box centre, size, centroid, value."""
+def _boxes(results) -> tuple[list, ...]:
+    """Per hit, as Python floats (numpy once for all hits): box min, max, centre and size,
+    centroid, value."""
     k = len(results)
     lo = np.array([r.bbox_min for r in results], float).reshape(k, 3)
     hi = np.array([r.bbox_max for r in results], float).reshape(k, 3)
     cen = np.array([r.centroid for r in results], float).reshape(k, 3)
-    return (((lo + hi) / 2).tolist(), (hi - lo).tolist(), cen.tolist(),
-            [hit_value(r) for r in results])
+    return (lo.tolist(), hi.tolist(), ((lo + hi) / 2).tolist(), (hi - lo).tolist(),
+            cen.tolist(), [hit_value(r) for r in results])
 
 
 def _delete_all(header) -> Marker:
@@ -291,7 +289,7 @@ def _detections(header, text: str, results):
     from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis,
                                  ObjectHypothesisWithPose)
     dets = []
-    for r, c, size, cen, value in zip(results, *_boxes(results)):
+    for r, _, _, c, size, cen, value in zip(results, *_boxes(results)):
         hyp = build(ObjectHypothesisWithPose,
                     hypothesis=build(ObjectHypothesis, class_id=str(text), score=value),
                     pose=build(PoseWithCovariance, pose=_pose(*cen)))
@@ -305,16 +303,13 @@ def _hit_markers(header, text: str, results) -> MarkerArray:
     from std_msgs.msg import ColorRGBA
     best, other, white = (_rgba(render.HIGHLIGHT, 0.35), _rgba(render.OTHER_HIT, 0.35),
                           build(ColorRGBA, r=1.0, g=1.0, b=1.0, a=1.0))
-    label_scale = _vector(0, 0, 0.05)
     markers = [_delete_all(header)]
-    for rank, (c, size, _, value) in enumerate(zip(*_boxes(results))):
+    for rank, (lo, hi, c, size, _, value) in enumerate(zip(*_boxes(results))):
         box = build(Marker, header=header, ns="openmask3d/boxes", id=rank, type=Marker.CUBE,
                     action=Marker.ADD, color=best if rank == 0 else other, pose=_pose(*c),
                     scale=_vector(*(max(v, 0.01) for v in size)))
-        label = build(Marker, header=header, ns="openmask3d/labels", id=rank,
-                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
-                      text=f"{text} #{rank + 1} ({value:.2f})", color=white,
-                      pose=_pose(c[0], c[1], c[2] + size[2] / 2 + 0.05), scale=label_scale)
+        label = _text(header, "openmask3d/labels", rank, lo, hi,
+                      f"{text} #{rank + 1} ({value:.2f})", white)
         markers += [box, label]
     return build(MarkerArray, markers=markers)
 
