@@ -39,7 +39,7 @@ def worker(backend: str, n_points: int, runs: int, num_queries: int) -> dict:
     times, n_masks, extra = [], 0, {}
     for _ in range(runs):
         t = time.perf_counter()
-        masks = model.propose(points, colors)
+        masks = model.propose(points, colors).masks
         times.append(time.perf_counter() - t)
         n_masks = int(masks.shape[1])
         extra = dict(getattr(model, "last_timing", {}) or {})

@@ -61,7 +61,6 @@ def _serve(args) -> int:
     from openmask3d_ros.core.encoders.colour import ColourEncoder
     from openmask3d_ros.core.instance_map import InstanceMap
     from openmask3d_ros.core.query import QueryEngine
-    from openmask3d_ros.core.render import instance_values
     from openmask3d_ros.ros.query_service import QuerySettings, served
     from openmask3d_ros.ros.visualization import MapPublishers
 
@@ -78,9 +77,14 @@ def _serve(args) -> int:
     engine = QueryEngine(imap, enc)
     viz = None
 
-    def publish_hits(text, results, stamp, frame):      # the node's way (--markers)
-        viz.publish_query_later(text, results, lambda: instance_values(
-            engine, text, include_structure=True), stamp)
+    def publish_hits(answer, stamp, frame, *older):     # the node's way (--markers)
+        if older:      # a tree before QueryAnswer.instance_values: (text, results, stamp, frame)
+            from openmask3d_ros.core.render import instance_values
+            text, results, stamp = answer, stamp, frame
+            viz.publish_query_later(text, results, lambda: instance_values(
+                engine, text, include_structure=True), stamp)
+        else:
+            viz.publish_query_later(answer.query, answer.results, answer.instance_values, stamp)
     settings = QuerySettings(min_relevance=0.55, publish_markers=args.markers)
     with served(engine, settings, publish_hits if args.markers else None) as server:
         if args.markers:

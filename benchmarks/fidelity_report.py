@@ -108,7 +108,7 @@ def main() -> int:
         points, colors = scene.cloud()
         cfg = PipelineConfig()
         p = cfg.proposals
-        masks = split_masks(points, GeometricProposals(p).propose(points, colors), p.dbscan_eps,
+        masks = split_masks(points, GeometricProposals(p).propose(points, colors).masks, p.dbscan_eps,
                             p.dbscan_min_points, p.min_mask_points)
         frames = scene.frame_ids[::args.frame_step]
         for seed in args.seeds:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from openmask3d_ros.cli import main as cli
-from openmask3d_ros.core import generations
+from openmask3d_ros.core import map_versions
 from openmask3d_ros.core.instance_map import InstanceMap
 from openmask3d_ros.core.scene import read_ply, write_ply
 
@@ -25,7 +25,7 @@ def scene(scene_copy):
 
 
 def gen(scene: Path) -> Path:
-    return generations.current(scene / "openmask3d")
+    return map_versions.current(scene / "openmask3d")
 
 
 def fails(capsys, argv, *needles) -> str:
@@ -129,9 +129,9 @@ def test_jpeg_cut_to_a_third_is_skipped_with_a_warning(scene, capsys, caplog):
     png.unlink()
     truncate(jpg, 1 / 3)
     assert cli(["run", str(scene), *STEP]) == 0
-    skipped = InstanceMap.load(scene).meta["frames"]["skipped"]
+    skipped = InstanceMap.load(scene).meta.frames.skipped
     assert "4" in skipped and "truncated" in skipped["4"]
-    assert "4" not in InstanceMap.load(scene).meta["frames"]["used"]
+    assert "4" not in InstanceMap.load(scene).meta.frames.used
     assert any("4.jpg" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
 
@@ -143,7 +143,7 @@ def test_malformed_scene_json(scene, capsys):
 def test_garbage_pose_file_skips_that_frame(scene):
     (scene / "pose" / "2.txt").write_bytes(b"\x00\xff garbage")
     assert cli(["run", str(scene), *STEP]) == 0
-    assert "2.txt" in InstanceMap.load(scene).meta["frames"]["skipped"]["2"]
+    assert "2.txt" in InstanceMap.load(scene).meta.frames.skipped["2"]
 
 
 # -- configuration and other inputs ------------------------------------------------------------

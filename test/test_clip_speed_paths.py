@@ -7,7 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
+from openmask3d_ros.core.config import EncoderConfig  # noqa: E402
 from openmask3d_ros.core.encoders.clip import ClipEncoder  # noqa: E402
+from openmask3d_ros.core.precision import resolve_precision  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,20 @@ def test_cpu_opt_ins_stay_close(clip_b32_checkpoint, crops, reference, kwargs):
     assert cos.min() < 0.999999                                 # the option really changed it
     if kwargs.get("quantize"):
         assert "quantized" in type(enc.model.visual.transformer.resblocks[0].mlp.c_fc).__module__
+
+
+def test_precision_names_say_what_runs(clip_b32_checkpoint, crops, reference):
+    """``auto`` (the default) is fp16 autocast on a GPU and fp32 on a CPU; ``fp32`` is fp32 on
+    both; so on this CPU the default and fp32 give the same features."""
+    assert EncoderConfig().precision == "auto"
+    assert [resolve_precision(p, on_gpu=True) for p in ("auto", "fp32", "bf16", "fp16")] == \
+        ["fp16", "fp32", "bf16", "fp16"]
+    assert [resolve_precision(p, on_gpu=False) for p in ("auto", "fp32", "bf16")] == \
+        ["fp32", "fp32", "bf16"]
+    enc = ClipEncoder("ViT-B-32", str(clip_b32_checkpoint), preprocess_mode="pil",
+                      precision="fp32")
+    assert enc.precision == "fp32"
+    np.testing.assert_array_equal(enc.encode_images(crops), reference)   # reference: the default
 
 
 @pytest.mark.parametrize("kwargs,key", [({"preprocess_mode": "cv2"}, "preprocess"),

@@ -21,7 +21,7 @@ BAD = [  # (YAML, what the message must say)
     ("segmenter: {sam_model: vit_x}\n", ["segmenter.sam_model", "vit_h", "vit_b", "vit_t"]),
     ("segmenter: {quantize: maybe}\n", ["segmenter.quantize", "true/false"]),
     ("encoder: {preprocess: opencv}\n", ["encoder.preprocess", "tensor, pil", "opencv"]),
-    ("encoder: {precision: fp8}\n", ["encoder.precision", "fp32, bf16, fp16"]),
+    ("encoder: {precision: fp8}\n", ["encoder.precision", "auto, fp32, bf16, fp16"]),
     ("encoder: {quantize: 1}\n", ["encoder.quantize", "true/false"]),
     ("query: {negatives: [object, ' ']}\n", ["query.negatives", "empty"]),
     ("structure: {cell_size: 0}\n", ["structure.cell_size", "> 0"]),
@@ -51,6 +51,8 @@ def test_bad_value_is_named_with_what_is_allowed(tmp_path, text, needles):
     "encoder: {backend: clip, preprocess: pil, precision: fp16}\ndevice: cuda:0\n",
     "encoder: {backend: clip, precision: fp16, quantize: true}\ndevice: auto\n",   # checked later
     "segmenter: {precision: fp16}\ndevice: cpu\n",      # the hull stand-in has no precision
+    "encoder: {backend: clip, precision: auto}\ndevice: cpu\n",   # fp32 on a CPU
+    "encoder: {backend: clip, precision: fp32}\ndevice: cuda\n",  # fp32 on a GPU too
     "threads: 3\nseed: 7\n",
 ])
 def test_good_values_load(tmp_path, text):

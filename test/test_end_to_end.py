@@ -47,12 +47,12 @@ def test_every_colour_query_returns_its_object(built):
 def test_map_records_models_and_reuses_frames(built):
     root, imap = built
     meta = InstanceMap.load(root).meta
-    assert meta["models"]["image_encoder"] == "colour-standin"
-    assert any("STAND-IN" in n for n in meta["models"]["notes"])
-    assert meta["frame_step"] == 10 and meta["frames"]["keyframes"] == 10
+    assert meta.models.image_encoder == "colour-standin"
+    assert any("STAND-IN" in n for n in meta.models.notes)
+    assert meta.frame_step == 10 and meta.frames.keyframes == 10
     # each used frame is embedded once, however many masks chose it
-    assert meta["segmenter_images"] == len(meta["frames"]["used"]) <= 10
-    assert meta["crops_encoded"] == 3 * sum(len(i["views"]) for i in meta["instances"])
+    assert meta.segmenter_images == len(meta.frames.used) <= 10
+    assert meta.crops_encoded == 3 * sum(len(i.views) for i in meta.instances)
     assert imap.features.shape == (imap.num_instances, 12)
 
 
@@ -79,7 +79,7 @@ def test_precomputed_masks_replace_proposals(built, tmp_path):
     out = tmp_path / "map"
     assert cli(["run", str(root), "--masks", str(tmp_path / "masks.npy"), "--out", str(out)]) == 0
     engine = open_map(out)
-    assert engine.map.meta["models"]["proposals"] == "precomputed"
+    assert engine.map.meta.models.proposals == "precomputed"
     red = [i for i in ids if gt.labels[i]["color"] == "red"]
     if red:
         top = engine.query("red", top_k=1)[0]
@@ -109,7 +109,7 @@ def test_corrupt_frames_are_skipped_with_a_warning(tmp_path, caplog):
     pose = root / "pose" / "30.txt"
     pose.write_text(pose.read_text().replace(pose.read_text().split()[3], "-inf", 1))
     imap = run_pipeline(root)
-    skipped = imap.meta["frames"]["skipped"]
+    skipped = imap.meta.frames.skipped
     assert set(skipped) == {"10", "20", "30"}, skipped
-    assert "20" not in imap.meta["frames"]["used"] and imap.valid.any()
+    assert "20" not in imap.meta.frames.used and imap.valid.any()
     assert "frame 10 skipped" in caplog.text

@@ -19,6 +19,7 @@ from openmask3d_ros.core.evaluation.ap import _average_precision
 from openmask3d_ros.core.evaluation.ground_truth import gt_classes
 from openmask3d_ros.core.evaluation.runner import EvalScene, find_scenes
 from openmask3d_ros.core.instance_map import InstanceMap
+from openmask3d_ros.core.map_meta import InstanceRecord, MapMeta
 from openmask3d_ros.core.scene import SceneWriter, write_ply
 
 P = 2000
@@ -41,8 +42,24 @@ def run(ids, labels, preds, classes=("a",), **kw):
 
 
 def test_overlaps_are_the_benchmarks():
-    assert len(OVERLAPS) == 10
+    """The evaluator scores at the benchmark's overlaps (0.50..0.90, then 0.25), IoU strictly
+    above each: two predictions whose IoUs fall between them, AP worked out by hand."""
     np.testing.assert_allclose(OVERLAPS, [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.25])
+    ids, labels = gt_two_objects()
+    # A: 130 of GT 1's 200 points + 50 void, IoU 130 / 250 = 0.52 (matches at 0.50, not 0.55)
+    # B: 120 of GT 2's 200 points + 80 void, IoU 120 / 280 = 0.43 (matches at 0.25 only), scored
+    # higher than A
+    a = np.concatenate([np.arange(130), np.arange(1000, 1050)])
+    b = np.concatenate([np.arange(500, 620), np.arange(1100, 1180)])
+    r = run(ids, labels, [(a, "a", 0.4), (b, "a", 0.9)])
+    # 0.50: B (0.9) is a false positive (void 80/200 <= 0.5), A (0.4) a true positive, GT 2
+    # missed. Curve points (precision, recall): (1/2, 1/2) at 0.4, (0, 0) at 0.9, closed with
+    # (1, 0); step widths 1/4, 1/4, 0 -> AP50 = 1/2 * 1/4 = 0.125.
+    # 0.55 .. 0.90: no true positive -> 0. 0.25: both true positives -> 1.
+    expected = [0.125, 0, 0, 0, 0, 0, 0, 0, 0, 1.0]
+    np.testing.assert_allclose(r.ap_table[0], expected)
+    assert (r.ap50, r.ap25) == (0.125, 1.0)
+    assert r.ap == pytest.approx(0.125 / 9)             # the mean over 0.50..0.90 only
 
 
 def test_perfect_prediction_gives_one_at_every_threshold():
@@ -285,6 +302,27 @@ def test_evaluate_scenes_both_modes():
     assert rep.results["open-vocab"].class_ap("wall")["ap"] == 1.0
 
 
+@pytest.mark.parametrize("scores, ap, source", [
+    ([0.1, 0.9, 0.8], 1.0, "proposal_score"),        # Mask3D ranks the stray mask last
+    ([0.9, 0.2, 0.1], 5 / 12, "proposal_score"),     # ... or first: its scores decide
+    ([None, None, None], 5 / 6, "uniform"),           # unscored masks: 1.0 each (the paper)
+])
+def test_class_agnostic_ap_ranks_masks_by_their_proposal_score(scores, ap, source, tmp_path):
+    """Mask3D's own protocol: masks ranked by the proposal_score the map stores, read back from
+    the saved map; maps without scores are ranked uniformly, and the report says which."""
+    ids = np.zeros(P, dtype=np.int64)
+    ids[:200], ids[500:700] = 1, 2
+    stray = np.r_[np.arange(60), np.arange(500, 560), np.arange(1000, 1100)]   # IoU < 0.25
+    meta = MapMeta(instances=[InstanceRecord(proposal_score=s) for s in scores])
+    InstanceMap(np.random.default_rng(0).random((P, 3), dtype=np.float32),
+                [stray, np.arange(200), np.arange(500, 700)], np.eye(3, 4, dtype=np.float32),
+                meta).save(tmp_path / "map")
+    scene = EvalScene("s", ids, {1: "a", 2: "a"}, InstanceMap.load(tmp_path / "map"))
+    rep = evaluate_scenes([scene], modes=["agnostic"], classes=["a"])
+    assert rep.results["agnostic"].ap == pytest.approx(ap)
+    assert rep.agnostic_scores == source == rep.to_dict()["agnostic_scores"]
+
+
 def test_evaluate_scenes_wrong_class_is_penalised():
     gt = {1: "mug", 2: "chair"}
     s = _scene([[1, 0, 0, 0], [1, 0, 0, 0]], [np.arange(200), np.arange(500, 700)], gt)
@@ -405,7 +443,7 @@ class AnyPrompt(FakeText):
 def test_each_maps_recorded_class_template_is_used():
     gt = {1: "mug", 2: "chair"}
     s = _scene([[1, 0, 0, 0], [0, 1, 0, 0]], [np.arange(200), np.arange(500, 700)], gt)
-    s.instances.meta["config"] = {"encoder": {"prompt_template": "a photo of a {}"}}
+    s.instances.meta.config = {"encoder": {"prompt_template": "a photo of a {}"}}
     plain = _scene([[1, 0, 0, 0]], [np.arange(200)], {1: "mug"}, name="plain")   # no config
     enc = AnyPrompt()
     rep = evaluate_scenes([s, plain], modes=["open-vocab"], classes=["mug", "chair"],
@@ -426,7 +464,7 @@ def test_cli_eval_reports_the_maps_template(tmp_path, capsys):
 
     root = _write_scene(tmp_path / "s1")
     imap = Map.load(root / "openmask3d")
-    imap.meta["config"]["encoder"]["prompt_template"] = "a photo of a {}"
+    imap.meta.config["encoder"]["prompt_template"] = "a photo of a {}"
     imap.save(root / "openmask3d")
     assert main(["eval", str(root), "--label-key", "color"]) == 0
     out = capsys.readouterr().out

@@ -70,7 +70,7 @@ def setup(tmp_path_factory, clip_b32_checkpoint, sam_vit_b_checkpoint):
     scene = SceneFolder(make_scene(root / "scene", seed=4, num_frames=20, width=160, height=120))
     points, colors = scene.cloud()
     cfg = PipelineConfig().updated({"segmenter.k_rounds": 4})     # 4 rounds: CPU time
-    masks = split_masks(points, GeometricProposals(cfg.proposals).propose(points, colors),
+    masks = split_masks(points, GeometricProposals(cfg.proposals).propose(points, colors).masks,
                         cfg.proposals.dbscan_eps, cfg.proposals.dbscan_min_points,
                         cfg.proposals.min_mask_points)[:, :4]
     sam = SamSegmenter("vit_b", str(sam_vit_b_checkpoint))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from openmask3d_ros.cli import main as cli
-from openmask3d_ros.core import generations
+from openmask3d_ros.core import map_versions
 from openmask3d_ros.core.errors import InputError
 from openmask3d_ros.core.instance_map import InstanceMap, has_map
 from openmask3d_ros.core.pipeline import run_pipeline
@@ -57,7 +57,7 @@ def test_each_build_is_a_new_generation_and_old_ones_are_pruned(scene):
         assert (root / "CURRENT").read_text().strip() == expected
     assert sorted(p.name for p in root.iterdir()) == ["CURRENT", "gen-000002", "gen-000003"]
     meta = InstanceMap.load(scene).meta
-    assert meta["generation"] == "gen-000003"
+    assert meta.generation == "gen-000003"
     gen_meta = json.loads((root / "gen-000003" / "meta.json").read_text())
     assert gen_meta["cloud"]["file"] == "cloud.ply" and len(gen_meta["cloud"]["sha256"]) == 64
     # nothing in the stored metadata points outside the generation folder
@@ -92,7 +92,7 @@ def test_shuffled_scene_cloud_does_not_change_answers(scene):
 
 
 def test_tampered_map_cloud_is_refused_by_hash(scene, capsys):
-    gen = generations.current(scene / "openmask3d")
+    gen = map_versions.current(scene / "openmask3d")
     pts, cols = read_ply(gen / "cloud.ply")
     write_ply(gen / "cloud.ply", pts[::-1].copy(), cols[::-1].copy())   # same size, other order
     assert cli(["query", str(scene), "red"]) == 2
@@ -104,28 +104,26 @@ def test_pointer_missing_or_garbage_falls_back_to_newest_complete(scene):
     root = scene / "openmask3d"
     assert cli(["run", str(scene), *STEP]) == 0
     (root / "CURRENT").write_text("gen-999999\n")
-    assert InstanceMap.load(scene).meta["generation"] == "gen-000002"
+    assert InstanceMap.load(scene).meta.generation == "gen-000002"
     (root / "CURRENT").unlink()
-    assert InstanceMap.load(scene).meta["generation"] == "gen-000002"
+    assert InstanceMap.load(scene).meta.generation == "gen-000002"
     # an abandoned build folder is never loaded, and the next build removes it
     (root / ".building-gen-000003-999999999").mkdir()
-    assert InstanceMap.load(scene).meta["generation"] == "gen-000002"
+    assert InstanceMap.load(scene).meta.generation == "gen-000002"
     assert cli(["run", str(scene), *STEP]) == 0
     assert not any(p.name.startswith(".building") for p in root.iterdir())
 
 
-def test_old_single_folder_maps_still_load(scene):
-    """Format 1: instances.npz + meta.json directly in SCENE/openmask3d."""
-    gen = generations.current(scene / "openmask3d")
-    legacy = scene / "legacy"
-    legacy.mkdir()
-    shutil.copy(gen / "instances.npz", legacy / "instances.npz")
-    meta = json.loads((gen / "meta.json").read_text())
-    del meta["cloud"]
-    (legacy / "meta.json").write_text(json.dumps(meta))
-    imap = InstanceMap.load(legacy)
-    assert imap.num_instances == InstanceMap.load(scene).num_instances
-    assert has_map(legacy) and not has_map(scene / "color")
+def test_a_folder_without_generations_is_refused_naming_what_to_do(scene):
+    """instances.npz + meta.json directly in a folder (a pre-release layout) is not a map."""
+    gen = map_versions.current(scene / "openmask3d")
+    loose = scene / "loose"
+    loose.mkdir()
+    shutil.copy(gen / "instances.npz", loose / "instances.npz")
+    shutil.copy(gen / "meta.json", loose / "meta.json")
+    with pytest.raises(InputError, match="openmask3d run"):
+        InstanceMap.load(loose)
+    assert not has_map(loose) and not has_map(scene / "color") and has_map(scene)
 
 
 @pytest.mark.parametrize("crash_at", ["files", "rename", "pointer", "prune"])
@@ -143,7 +141,7 @@ def test_crash_at_every_step_of_a_save_leaves_a_complete_map(scene, monkeypatch,
         raise Killed
 
     target = {"files": (np, "savez_compressed"), "rename": (os, "rename"),
-              "pointer": (os, "replace"), "prune": (generations, "prune")}[crash_at]
+              "pointer": (os, "replace"), "prune": (map_versions, "prune")}[crash_at]
     monkeypatch.setattr(*target, die)
     with pytest.raises(Killed):
         run_pipeline(scene, None, cloud=(half, cols[::2]), frame_step=2)
@@ -152,13 +150,13 @@ def test_crash_at_every_step_of_a_save_leaves_a_complete_map(scene, monkeypatch,
     expect_new = crash_at == "prune"             # the switch happened, only cleanup was lost
     if crash_at == "pointer":
         # the new generation is complete but not yet current: CURRENT still names the old one
-        assert got.meta["generation"] == old.meta["generation"]
+        assert got.meta.generation == old.meta.generation
     assert len(got.points) == (len(half) if expect_new else len(old.points))
     for idx in got.point_indices:
         assert idx.max() < len(got.points)
     # a later build completes and becomes current
     run_pipeline(scene, None, frame_step=2)
-    assert InstanceMap.load(scene).meta["generation"] > got.meta["generation"]
+    assert InstanceMap.load(scene).meta.generation > got.meta.generation
 
 
 def _run_cli(scene: Path) -> subprocess.Popen:
@@ -198,7 +196,7 @@ def test_sigkill_of_openmask3d_run_keeps_the_last_complete_map(scene, new_cloud)
         assert red_points(scene) == before
     proc = _run_cli(scene)
     _kill_when(proc, building)                   # inside the save itself
-    assert generations.current(root).name in ("gen-000001", "gen-000002")
+    assert map_versions.current(root).name in ("gen-000001", "gen-000002")
     got = red_points(scene)
     assert got == before or iou(got, truth_now) >= 0.5
     # a complete rerun succeeds, becomes current and answers correctly on the new cloud

@@ -217,7 +217,7 @@ def test_missing_file_names_the_file_and_where_to_get_it(tmp_path):
 def test_propose_returns_point_masks(backend, caplog):
     points, colors = synthetic_scene(6000)
     with caplog.at_level(logging.INFO):
-        masks = backend.propose(points, colors)
+        masks = backend.propose(points, colors).masks
     assert masks.dtype == bool and masks.shape[0] == len(points)
     assert 1 <= masks.shape[1] <= 8
     assert masks.any(axis=0).all()
@@ -233,7 +233,7 @@ def test_propose_returns_point_masks(backend, caplog):
 def test_masks_follow_the_logits(backend):
     points, colors = synthetic_scene(3000, seed=1)
     _, voxel_logits, inverse = backend.predict_logits(points, colors)
-    masks = backend.propose(points, colors)
+    masks = backend.propose(points, colors).masks
     expected = (voxel_logits > 0)[inverse]
     expected = expected[:, expected.any(axis=0)]
     # every proposal is one query's thresholded mask
@@ -243,7 +243,7 @@ def test_masks_follow_the_logits(backend):
 
 @needs_me
 def test_empty_cloud(backend):
-    out = backend.propose(np.zeros((0, 3)), np.zeros((0, 3), np.uint8))
+    out = backend.propose(np.zeros((0, 3)), np.zeros((0, 3), np.uint8)).masks
     assert out.shape == (0, 0) and out.dtype == bool
 
 
@@ -314,11 +314,11 @@ def test_openmask3d_run_with_mask3d_checkpoint_on_a_synthetic_scene(backend, tmp
     scene = make_scene(tmp_path / "scene", seed=5, num_frames=20, width=160, height=120)
     assert cli(["run", str(scene), "--config", str(tmp_path / "c.yaml")]) == 0
     meta = InstanceMap.load(scene).meta
-    assert meta["models"]["proposals"] == "mask3d"
-    assert meta["config"]["proposals"]["mask3d_num_queries"] == 150
-    assert len(meta["instances"]) >= 1
+    assert meta.models.proposals == "mask3d"
+    assert meta.config["proposals"]["mask3d_num_queries"] == 150
+    assert len(meta.instances) >= 1
     # official post-processing (the default): every instance keeps its Mask3D score, best first
-    scores = [inst["proposal_score"] for inst in meta["instances"]]
+    scores = [inst.proposal_score for inst in meta.instances]
     assert scores == sorted(scores, reverse=True) and all(0 <= x <= 1 for x in scores)
 
 
@@ -415,15 +415,16 @@ def test_official_backend_scores_and_colour_mode(backend):
     from openmask3d_ros.core.proposals.mask3d.postprocess import official_masks
     points, colors = synthetic_scene(4000, seed=2)
     assert backend.fidelity == "official"
-    masks = backend.propose(points, colors)
-    assert len(backend.last_scores) == masks.shape[1] >= 1
-    assert np.all(np.diff(backend.last_scores) <= 0)
+    out = backend.propose(points, colors)
+    masks = out.masks
+    assert out.final and len(out.scores) == masks.shape[1] >= 1
+    assert np.all(np.diff(out.scores) <= 0)
     class_logits, voxel_logits, inverse = backend.predict_logits(points, colors)
     ref = official_masks(class_logits, voxel_logits, backend._last_voxel_xyz, inverse)
     assert np.array_equal(ref.masks, masks)
     paper = Mask3DBackend(checkpoint=None, device="cpu", num_queries=8, fidelity="paper")
     paper.model.load_state_dict(backend.model.state_dict())
-    paper_masks = paper.propose(points, colors)
-    assert paper.last_scores is None and paper_masks.shape[1] <= 8
+    paper_out = paper.propose(points, colors)
+    assert paper_out.scores is None and not paper_out.final and paper_out.masks.shape[1] <= 8
     # the two modes feed the network different colours: different logits
     assert not np.allclose(paper.predict_logits(points, colors)[1], voxel_logits)

@@ -12,14 +12,15 @@ import pytest
 from openmask3d_ros.core.config import PipelineConfig
 from openmask3d_ros.core.crops import crop_boxes
 from openmask3d_ros.core.features import compute_features
+from openmask3d_ros.core.fidelity import Fidelity
 from openmask3d_ros.core.prompt_plan import plan_official_prompts
 from openmask3d_ros.core.refine import mask_box
 from openmask3d_ros.core.scene import SceneFolder
 from openmask3d_ros.core.synthetic import make_scene
-from openmask3d_ros.core.visibility import projection_intrinsics
+from openmask3d_ros.core.visibility import projection_intrinsics, visible_points
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _common import RoundBoxSegmenter as BoxSegmenter  # noqa: E402
+from _common import RoundBoxSegmenter as BoxSegmenter, image_key  # noqa: E402
 from official_baseline import official_features  # noqa: E402
 
 
@@ -100,10 +101,49 @@ def test_official_mode_equals_the_official_algorithm(scene_and_masks):
     assert report.segmenter_images < trace.set_image_calls       # one embedding per frame
 
 
+def paper_crop_boxes(box, W, H, levels=3, k_exp=0.1):
+    """The paper's crop rule written out: level l grows each side by int((x2 - x1) * k_exp * l),
+    inclusive edges clipped to the image."""
+    x1, y1, x2, y2 = box
+    grow = [(int((x2 - x1) * k_exp * lv), int((y2 - y1) * k_exp * lv)) for lv in range(levels)]
+    return [(max(0, x1 - dx), max(0, y1 - dy), min(W - 1, x2 + dx), min(H - 1, y2 + dy))
+            for dx, dy in grow]
+
+
 def test_paper_mode_is_a_different_algorithm(scene_and_masks):
+    """``paper`` does what the paper's text says (views ranked by visible points, crops grown by
+    int((x2 - x1) * 0.1 * l)), and that is not the official algorithm: other view scores, other
+    crops, other features."""
     scene, points, masks, frames = scene_and_masks
     cfg = PipelineConfig().updated({"fidelity": "paper", "visibility.two_sided": False})
-    _, trace = official_features(points, masks, scene, frames, BoxSegmenter(), CropEncoder())
-    _, report = compute_features(points, masks, scene, frames, BoxSegmenter(), CropEncoder(),
-                                 cfg)
-    assert len(report.views) == masks.shape[1]       # runs; the choices may differ (docs)
+    assert cfg.fidelity is Fidelity.PAPER
+    feats_o, trace = official_features(points, masks, scene, frames, BoxSegmenter(),
+                                       CropEncoder())
+    seg, enc = BoxSegmenter(), CropEncoder()
+    feats, report = compute_features(points, masks, scene, frames, seg, enc, cfg)
+
+    # views: each mask's top 5 frames by visible *points* (rounded pixels, one-sided occlusion
+    # at the depth intrinsics), ties to the earlier frame, frames that see none left out
+    counts = np.stack([masks.T.astype(np.int64) @ visible_points(
+        points, scene.pose(f), scene.depth(f), scene.depth_intrinsics(), 0.2,
+        fidelity="paper", two_sided=False) for f in frames])                     # (F, M)
+    expected = [[frames[j] for j in sorted(range(len(frames)), key=lambda j: (-counts[j, m], j))[:5]
+                 if counts[j, m] > 0] for m in range(masks.shape[1])]
+    assert report.views == expected
+    assert sum(len(v) for v in expected) >= masks.shape[1] * 2             # a real test
+    assert not np.array_equal(counts, trace.scores)      # the official score: distinct pixels
+
+    # crops: every refined box of every (mask, view), grown by the paper's rule, in order
+    W, H = scene.color_intrinsics().width, scene.color_intrinsics().height
+    images = {image_key(scene.color(f)): scene.color(f) for f in frames}
+    boxes = [(images[image], box) for (image, _), box in seg.log.items()]
+    assert len(boxes) == sum(len(v) for v in report.views)
+    assert enc.crops == [(c.shape, c.tobytes()) for image, box in boxes
+                         for x1, y1, x2, y2 in paper_crop_boxes(box, W, H)
+                         for c in [image[y1:y2 + 1, x1:x2 + 1]]]
+    assert any(paper_crop_boxes(box, W, H) != crop_boxes(box, W, H, 3, 0.1, "official")
+               for _, box in boxes)
+
+    # ... so the features are not the official ones
+    official = feats_o / np.linalg.norm(feats_o, axis=1, keepdims=True).clip(1e-12)
+    assert not np.allclose(feats, official, atol=1e-3)

@@ -99,11 +99,11 @@ def test_official_masks_file_runs_column_for_column(tmp_path):
     assert cli(["run", str(root), "--masks", str(tmp_path / "scene_masks.pt"),
                 "--frame-step", "2"]) == 0
     meta = InstanceMap.load(root).meta
-    assert [i["mask_column"] for i in meta["instances"]] == [0] + list(range(2, masks.shape[1]))
-    assert [i["num_points"] for i in meta["instances"]][:2] == [int(two_parts.sum()), 5]
+    assert [i.mask_column for i in meta.instances] == [0] + list(range(2, masks.shape[1]))
+    assert [i.num_points for i in meta.instances][:2] == [int(two_parts.sum()), 5]
     (tmp_path / "paper.yaml").write_text("fidelity: paper\n")
     assert cli(["run", str(root), "--masks", str(tmp_path / "scene_masks.pt"),
                 "--frame-step", "2", "--config", str(tmp_path / "paper.yaml")]) == 0
     meta = InstanceMap.load(root).meta
-    sizes = [i["num_points"] for i in meta["instances"]]
+    sizes = [i.num_points for i in meta.instances]
     assert 5 not in sizes and len(sizes) == masks.shape[1] - 2    # small part dropped

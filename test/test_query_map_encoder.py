@@ -38,7 +38,7 @@ def save_clip_map(root):
 
 def set_recorded_checkpoint(scene, path) -> None:
     """Rewrite the map's recorded encoder.clip_checkpoint (as if the map came from elsewhere)."""
-    meta_file = InstanceMap.load(scene).meta["map_dir"] + "/meta.json"
+    meta_file = InstanceMap.load(scene).meta.map_dir + "/meta.json"
     with open(meta_file) as f:
         meta = json.load(f)
     meta["config"]["encoder"]["clip_checkpoint"] = str(path)

@@ -89,6 +89,20 @@ def test_floor_never_answers_an_object_query(scene):
     assert set(floors) <= {r.instance_id for r in flagged.results}
 
 
+def test_instance_values_are_the_full_listing(scene):
+    """An answer carries what its ranking gave every instance (the heatmap): the relevance of
+    each instance a full listing of the same query returns, NaN for the others, whatever the
+    answer's own top_k and min_score. No second query is needed to draw it."""
+    _, engine, _, _ = scene
+    for text, structure in (("red", None), ("grey", True), ("grey", None)):
+        top = engine.ask(text, top_k=1, min_score=0.5, include_structure=structure)
+        full = engine.ask(text, top_k=0, min_relevance=0.0, include_structure=structure)
+        expected = np.full(engine.map.num_instances, np.nan)
+        for r in full.results:
+            expected[r.instance_id] = r.relevance
+        np.testing.assert_array_equal(top.instance_values, expected)
+
+
 def _object_crop(root, gid):
     """The tight crop (+2 px) of object ``gid`` in the frame that shows most of it."""
     folder = SceneFolder(root)

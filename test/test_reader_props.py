@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openmask3d_ros.core import generations
+from openmask3d_ros.core import map_versions
 from openmask3d_ros.core.config import PipelineConfig, load_config
 from openmask3d_ros.core.errors import InputError
 from openmask3d_ros.core.instance_map import InstanceMap, read_instances, read_meta
@@ -200,12 +200,12 @@ def test_map_round_trip(work, n, m, d, seed):
     idx = [np.sort(rng.choice(n, rng.integers(1, n + 1), replace=False)) for _ in range(m)]
     feats = rng.normal(size=(m, d)).astype(np.float32)
     root = work / "rt_map"
-    gen = InstanceMap(pts, idx, feats, {"k": [1, 2]}).save(root, keep=2)
+    gen = InstanceMap(pts, idx, feats, {"k": [1, 2]}).save(root, keep=2)   # key of another version
     got = InstanceMap.load(root)
-    assert got.meta["generation"] == gen.name == generations.current(root).name
+    assert got.meta.generation == gen.name == map_versions.current(root).name
     assert np.array_equal(got.points, pts) and np.array_equal(got.features, feats)
     assert all(np.array_equal(a, b) for a, b in zip(got.point_indices, idx))
-    assert got.meta["k"] == [1, 2] and len(generations.generations(root)) <= 2
+    assert got.meta.extra == {"k": [1, 2]} and len(map_versions.generations(root)) <= 2
 
 
 @SETTINGS

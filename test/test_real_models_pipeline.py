@@ -38,13 +38,13 @@ def run_dir(tmp_path_factory, clip_b32_checkpoint, sam_vit_b_checkpoint):
 def test_map_built_with_clip_and_sam(run_dir):
     _, scene = run_dir
     meta = InstanceMap.load(scene).meta
-    assert meta["models"]["segmenter"] == "sam:vit_b"
-    assert meta["models"]["image_encoder"] == "clip:ViT-B-32"
-    assert not any("STAND-IN" in n for n in meta["models"]["notes"])
-    used = meta["frames"]["used"]
+    assert meta.models.segmenter == "sam:vit_b"
+    assert meta.models.image_encoder == "clip:ViT-B-32"
+    assert not any("STAND-IN" in n for n in meta.models.notes)
+    used = meta.frames.used
     assert 1 <= len(used) <= 2
-    assert meta["segmenter_images"] == len(used)          # SAM encoder once per used frame
-    assert meta["crops_encoded"] == 3 * sum(len(i["views"]) for i in meta["instances"])
+    assert meta.segmenter_images == len(used)          # SAM encoder once per used frame
+    assert meta.crops_encoded == 3 * sum(len(i.views) for i in meta.instances)
 
 
 def test_saved_map_answers_queries_with_recorded_clip(run_dir, capsys):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from openmask3d_ros.core.recorder import KeyframeRecorder
+from openmask3d_ros.core.recorder import Drop, KeyframeRecorder, RecorderCounters
 from openmask3d_ros.core.scene import SceneFolder
 
 S = 1_000_000_000
@@ -63,9 +63,9 @@ def test_candidates_wait_for_their_pose_in_caller_time(tmp_path, scene):
     poses[6 * PERIOD + S // 100] = scene.pose(fids[6])   # near, not exact: used after the wait
     assert rec.process() == 1
     c = rec.counters()
-    assert c["keyframes"] == 3 and c["dropped_no_pose"] == 1 and c["pending"] == 0
-    assert c["frames_received"] == 12
-    assert [w[0] for w in warnings] == ["no_pose"]
+    assert c.keyframes == 3 and c.drops[Drop.frames_without_pose] == 1 and c.pending == 0
+    assert c.frames_received == 12
+    assert [w[0] for w in warnings] == [Drop.frames_without_pose]
     out = SceneFolder(tmp_path / "rec")
     assert out.frame_ids == ["0", "1", "2"] and out.keyframe_step == 3
     np.testing.assert_allclose(out.pose("1"), scene.pose(fids[3]), atol=1e-6)
@@ -90,7 +90,7 @@ def test_wait_starts_with_a_clock_that_had_not_started(tmp_path, scene):
     clock.t = stamp + 10 * S
     rec.offer(stamp + 9 * S, scene.frame_ids[3])           # a clock that runs: waits as before
     clock.t = stamp + 13 * S
-    assert rec.process() == 0 and rec.counters()["dropped_no_pose"] == 1
+    assert rec.process() == 0 and rec.counters().drops[Drop.frames_without_pose] == 1
 
 
 def test_drops_by_cause(tmp_path, scene):
@@ -100,17 +100,26 @@ def test_drops_by_cause(tmp_path, scene):
     for t in stamps:
         rec.offer(t, scene.frame_ids[0])
     c = rec.counters()
-    assert c["dropped_stamp_gap"] == 4 and c["frames_received"] == 9
-    assert c["dropped_queue_overflow"] == 7 and c["pending"] == 2
+    assert c.drops[Drop.frames_missed] == 4 and c.frames_received == 9
+    assert c.drops[Drop.frames_overflow] == 7 and c.pending == 2
     rec.reject("unsupported depth encoding '8UC3'")
     poses[7 * PERIOD] = poses[12 * PERIOD] = scene.pose(scene.frame_ids[0])
     rec.offer(13 * PERIOD, "bad")                    # pushes the candidate at 7 out
     poses[13 * PERIOD] = np.eye(4)
     rec.process(force=True)
     c = rec.counters()
-    assert c["keyframes"] == 1 and c["dropped_rejected"] == 2
-    assert c["dropped_queue_overflow"] == 8 and c["dropped_no_pose"] == 0
-    assert {w[0] for w in warnings} == {"stamp_gap", "queue_overflow", "rejected"}
+    assert c == RecorderCounters(frames_received=11, keyframes=1, pending=0, drops={
+        Drop.frames_missed: 4, Drop.frames_overflow: 8, Drop.frames_without_pose: 0,
+        Drop.frames_rejected: 2})
+    assert {w[0] for w in warnings} == {Drop.frames_missed, Drop.frames_overflow,
+                                        Drop.frames_rejected}
+
+
+def test_each_counter_has_one_name():
+    """A drop cause's name is its counter's name everywhere; a misspelt one is an error."""
+    assert all(d.name == d.value for d in Drop)
+    with pytest.raises(AttributeError):
+        Drop.stamp_gap  # noqa: B018  (the old name of frames_missed)
 
 
 def test_restart_continues_numbering_and_pipeline_respects_step(tmp_path, scene):
@@ -132,5 +141,5 @@ def test_restart_continues_numbering_and_pipeline_respects_step(tmp_path, scene)
     pts, cols = scene.cloud()
     imap = run_pipeline(out, PipelineConfig(), cloud=(pts, cols))   # cfg.frame_step is 10
     meta = imap.meta
-    assert meta["frames"]["keyframes"] == 4 and meta["frame_step"] == 4
+    assert meta.frames.keyframes == 4 and meta.frame_step == 4
     assert json.loads((tmp_path / "rec" / "scene.json").read_text())["keyframe_step"] == 4

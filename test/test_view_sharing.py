@@ -46,8 +46,8 @@ def test_bad_fraction_is_named():
 def _meta(scene) -> dict:
     import json
 
-    from openmask3d_ros.core import generations
-    return json.loads((generations.current(scene / "openmask3d") / "meta.json").read_text())
+    from openmask3d_ros.core import map_versions
+    return json.loads((map_versions.current(scene / "openmask3d") / "meta.json").read_text())
 
 
 def test_map_metadata_reports_the_sharing(built_scene, scene_copy):

@@ -7,7 +7,8 @@ import logging
 import sys
 
 # Each module exposes ``register(subparsers)``; its subcommands set ``func(args) -> int``.
-SUBCOMMAND_MODULES = ("scene_cmds", "node_cmd", "eval_cmd", "render_cmd")
+SUBCOMMAND_MODULES = ("scene_cmds", "node_cmd", "params_cmd", "bag_cmds", "eval_cmd",
+                      "render_cmd")
 
 
 class CliError(Exception):

@@ -85,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     # the class prompt: --template, else each map's recorded encoder.prompt_template
     templates = ([args.template] if args.template else
-                 sorted({map_template(s.instances.meta) for s in scenes}))
+                 sorted({map_template(s.instances.meta.config) for s in scenes}))
     report = evaluate_scenes(scenes, modes, classes=classes, exclude=exclude, splits=splits,
                              text_encoder=encoder, template=args.template, score=args.score,
                              min_region_size=args.min_region_size)
@@ -102,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      f"score {args.score})")
             per_class = args.per_class
         else:
-            title = "class-agnostic"
+            title = f"class-agnostic (mask confidences: {report.agnostic_scores})"
             per_class = False
         print()
         print(format_table(result, title, per_class=per_class))

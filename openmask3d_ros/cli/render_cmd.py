@@ -21,7 +21,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from ..core import picture, render
+    from ..core import picture
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {out}: the picture is written as PNG; name it *.png")
@@ -29,8 +29,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.query:
         from ..core.query import open_map
         engine = open_map(args.scene, load_config(args.config) if args.config else None)
-        values = render.instance_values(engine, args.query)
-        hits = engine.query(args.query, top_k=args.top_k)
+        answer = engine.ask(args.query, top_k=args.top_k)
+        values, hits = answer.instance_values, answer.results
         has_relevance = bool(hits) and hasattr(hits[0], "relevance")
         image = picture.render_query_picture(
             engine.map, values, hits, args.query, size=args.size,

@@ -67,11 +67,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.close()
     from ..core.instance_map import MAP_DIRNAME
     out = Path(args.out) if args.out else Path(args.scene) / MAP_DIRNAME
-    models = imap.meta["models"]
+    models = imap.meta.models
     print(f"{imap.num_instances} instances ({int(imap.valid.sum())} with features) -> {out}")
-    print(f"models: proposals={models['proposals']} segmenter={models['segmenter']} "
-          f"encoder={models['image_encoder']} device={models['device']}")
-    for note in models["notes"]:
+    print(f"models: proposals={models.proposals} segmenter={models.segmenter} "
+          f"encoder={models.image_encoder} device={models.device}")
+    for note in models.notes:
         print(f"note: {note}")
     return 0
 

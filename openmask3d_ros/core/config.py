@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 import yaml
 
 from .errors import InputError
+from .fidelity import Fidelity
 
 
 @dataclass
@@ -83,7 +85,8 @@ class EncoderConfig:
     prompt_template: str = "a {} in a scene"
     text_cache_size: int = 1024
     preprocess: str = "tensor"           # tensor (batched, on the device) | pil (open_clip's)
-    precision: str = "fp32"              # fp32 (fp16 autocast on GPU) | bf16 | fp16 (GPU)
+    precision: str = "auto"              # auto (fp16 autocast on GPU, fp32 on CPU) | fp32 |
+                                         # bf16 | fp16 (GPU)
     quantize: bool = False               # opt-in: dynamic int8 image tower (CPU)
 
 
@@ -117,7 +120,7 @@ class PipelineConfig:
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     threads: int = 0                     # CPU threads, 0 = cores - 1 (env OPENMASK3D_THREADS wins)
     seed: int = 0
-    fidelity: str = "official"           # official (the released code) | paper (its text)
+    fidelity: Fidelity = Fidelity.OFFICIAL  # official (the released code) | paper (its text)
     keep_generations: int = 3            # map generations kept on disk (the newest ones)
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
@@ -127,9 +130,12 @@ class PipelineConfig:
     query: QueryConfig = field(default_factory=QueryConfig)
     structure: StructureConfig = field(default_factory=StructureConfig)
 
+    def __post_init__(self) -> None:
+        self.fidelity = Fidelity.parse(self.fidelity)      # PipelineConfig(fidelity="paper") too
+
     def to_dict(self) -> dict[str, Any]:
-        """Nested plain-dict view (for metadata and YAML)."""
-        return dataclasses.asdict(self)
+        """Nested plain-dict view (for metadata and YAML): enums as their plain names."""
+        return dataclasses.asdict(self, dict_factory=_plain_dict)
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view, the form ROS parameters take."""
@@ -149,6 +155,10 @@ class PipelineConfig:
         for key, value in flatten(values).items():
             _set_field(cfg, key, value, strict)
         return cfg
+
+
+def _plain_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {k: v.value if isinstance(v, Enum) else v for k, v in pairs}
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -191,6 +201,11 @@ def _coerce(key: str, current: Any, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ValueError(f"configuration key '{key}' expects true/false, got {value!r}")
+    if issubclass(kind, Enum):
+        if isinstance(value, str) and value in kind._value2member_map_:
+            return kind(value)
+        raise ValueError(f"configuration key '{key}' must be one of "
+                         f"{', '.join(m.value for m in kind)}, got {value!r}")
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):

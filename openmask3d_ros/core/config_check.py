@@ -12,7 +12,8 @@ from typing import Any
 from collections.abc import Callable
 
 from .errors import InputError
-from .precision import PRECISIONS
+from .fidelity import FIDELITY_MODES
+from .precision import ENCODER_PRECISIONS, PRECISIONS
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
@@ -53,7 +54,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "threads": _ge(0),
     "seed": _ge(0),
     "keep_generations": _ge(1),
-    "fidelity": _one_of("official", "paper"),
+    "fidelity": _one_of(*FIDELITY_MODES),
     "proposals.backend": _one_of("geometric", "mask3d", "precomputed"),
     "proposals.dbscan_eps": _gt(0),
     "proposals.dbscan_min_points": _ge(1),
@@ -84,7 +85,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "encoder.prompt_template": lambda v: None if "{}" in v else "must contain {} for the text",
     "encoder.text_cache_size": _ge(0),
     "encoder.preprocess": _one_of("tensor", "pil"),
-    "encoder.precision": _one_of(*PRECISIONS),
+    "encoder.precision": _one_of(*ENCODER_PRECISIONS),
     "query.temperature": _gt(0),
     "query.min_relevance": _within(0.0, 1.0),
     "query.prompt_template": lambda v: None if "{}" in v else "must contain {} for the text",

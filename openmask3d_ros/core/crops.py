@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fidelity import Fidelity
+
 
 def crop_boxes(box: tuple[int, int, int, int], width: int, height: int, levels: int = 3,
-               k_exp: float = 0.1, fidelity: str = "official") -> list[tuple[int, int, int, int]]:
+               k_exp: float = 0.1, fidelity: Fidelity | str = Fidelity.OFFICIAL
+               ) -> list[tuple[int, int, int, int]]:
     """Boxes of the L crop levels, inclusive pixel coordinates (x1, y1, x2, y2), clipped.
 
     ``official`` (OpenMask3D's ``mask2box_multi_level``): the box is [x1, x2 + 1) and level l
     grows each side by ``int(box_width * k_exp) * l`` with box_width = x2 + 1 - x1 (a 100 px
     box: 0/10/20 px). ``paper``: ``int((x2 - x1) * k_exp * l)`` (0/9/19 px for the same box).
     """
+    official = Fidelity.parse(fidelity) is Fidelity.OFFICIAL
     x1, y1, x2, y2 = (int(c) for c in box)
     out = []
     for level in range(levels):
-        if fidelity == "official":
+        if official:
             dx = int(abs(x2 + 1 - x1) * k_exp) * level
             dy = int(abs(y2 + 1 - y1) * k_exp) * level
         else:

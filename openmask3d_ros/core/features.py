@@ -18,6 +18,7 @@ from scipy import sparse
 from .camera import project, usable_pose
 from .config import PipelineConfig
 from .crops import crop_boxes, cut
+from .fidelity import Fidelity
 from .interfaces import ImageEncoder, Segmenter, l2_normalize
 from .prompt_plan import plan_official_prompts
 from .refine import points_box, refine_many, sample_prompts
@@ -80,15 +81,18 @@ def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
                       frame_ids: list[str], k_threshold: float, report: FeatureReport,
                       progress: Progress | None = None,
                       seen_out: dict[int, np.ndarray] | None = None,
-                      fidelity: str = "official", two_sided: bool = True) -> np.ndarray:
+                      fidelity: Fidelity | str = Fidelity.OFFICIAL, two_sided: bool = True
+                      ) -> np.ndarray:
     """View scores for all frames j and masks i: int (F, M), visible points (``paper``) or
     distinct pixels they cover (``official``). Unusable frames count zero.
 
     ``seen_out`` (optional) receives each usable frame's visible points, bit-packed (P/8 bytes a
     frame), so later stages need not reload depth and project again.
     """
-    K_depth = projection_intrinsics(scene, fidelity)    # a bad fidelity fails here, not per frame
-    S = mask_matrix(masks) if fidelity == "paper" else sparse.csr_matrix(masks)
+    fidelity = Fidelity.parse(fidelity)                # a bad fidelity fails here, not per frame
+    paper = fidelity is Fidelity.PAPER
+    K_depth = projection_intrinsics(scene, fidelity)
+    S = mask_matrix(masks) if paper else sparse.csr_matrix(masks)
     num_pixels = K_depth.width * K_depth.height
     counts = np.zeros((len(frame_ids), masks.shape[1]), dtype=np.int64)
     for j, fid in enumerate(frame_ids):
@@ -106,7 +110,7 @@ def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
             report.frames_skipped[fid] = str(exc)
             log.warning("frame %s skipped: %s", fid, exc)
             continue
-        counts[j] = (count_visible(seen, S) if fidelity == "paper"
+        counts[j] = (count_visible(seen, S) if paper
                      else count_pixels(seen, pix, S, num_pixels))
         if seen_out is not None:
             seen_out[j] = np.packbits(seen)
@@ -123,10 +127,53 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
     report = FeatureReport()
     M = masks.shape[1]
     seen_packed: dict[int, np.ndarray] = {}
-    official = cfg.fidelity == "official"
+    official = cfg.fidelity == Fidelity.OFFICIAL
     counts = visibility_counts(points, masks, scene, frame_ids, cfg.visibility.k_threshold,
                                report, progress, seen_packed, cfg.fidelity,
                                cfg.visibility.two_sided)
+    views = _choose_views(counts, cfg, official, report)
+    report.views = [[frame_ids[j] for j in row if j >= 0] for row in views]
+    report.fallbacks = [0] * M
+    by_frame = _masks_by_frame(views)
+
+    K_color = scene.color_intrinsics()
+    plan = None
+    if official:   # prompts drawn up front, in the official mask-major order (core/prompt_plan)
+        plan = plan_official_prompts(
+            points, masks, views,
+            lambda j: np.unpackbits(seen_packed[j], count=len(points)).astype(bool),
+            lambda j: scene.pose(frame_ids[j]), projection_intrinsics(scene, Fidelity.OFFICIAL),
+            K_color,
+            cfg.segmenter.k_rounds, cfg.segmenter.k_sample, cfg.seed)
+    batcher = _CropBatcher(encoder, M, cfg.encoder.batch_size)
+    for done, j in enumerate(sorted(by_frame)):
+        fid = frame_ids[j]
+        pose = scene.pose(fid)
+        image = _color_frame(scene, fid, K_color, report)
+        if image is None:                              # its masks keep their other views
+            continue
+        seen = np.unpackbits(seen_packed[j], count=len(points)).astype(bool)
+        segmenter.set_image(image)
+        report.segmenter_images += 1
+        report.frames_used.append(fid)
+        # all masks of this frame are prompted together: a segmenter with predict_many shares
+        # decoder calls between them (on a GPU, one call for every round of every mask)
+        jobs = _prompt_jobs(by_frame[j], j, plan, points, masks, seen, pose, K_color, cfg)
+        results = refine_many(segmenter, [p for _, p, _ in jobs], [b for _, _, b in jobs],
+                              cfg.segmenter.min_score)
+        _add_crops(batcher, image, jobs, results, K_color, cfg, report)
+        if progress:
+            progress("features", done + 1, len(by_frame))
+    batcher.flush()
+    report.crops_encoded = batcher.encoded
+    features = l2_normalize(batcher.sums / np.maximum(batcher.counts, 1)[:, None])
+    features[batcher.counts == 0] = 0.0
+    return features.astype(np.float32), report
+
+
+def _choose_views(counts: np.ndarray, cfg: PipelineConfig, official: bool,
+                  report: FeatureReport) -> np.ndarray:
+    """Top-k views per mask (rows of frame indices, -1 = none), shared when configured."""
     views = select_views(counts, cfg.visibility.k_view, cfg.visibility.min_visible_points,
                          "official" if official else "stable")
     if cfg.visibility.share_fraction > 0:             # opt-in: fewer frames for SAM to embed
@@ -137,65 +184,62 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
                  "lost %.1f%% mean, %.1f%% max", sharing.fraction, sharing.frames_shared,
                  sharing.frames_topk, 100 * sharing.visibility_lost_mean,
                  100 * sharing.visibility_lost_max)
-    report.views = [[frame_ids[j] for j in row if j >= 0] for row in views]
-    report.fallbacks = [0] * M
+    return views
+
+
+def _masks_by_frame(views: np.ndarray) -> dict[int, list[int]]:
+    """Frame index -> the masks that chose it as a view, in mask order."""
     by_frame: dict[int, list[int]] = defaultdict(list)
     for m, row in enumerate(views):
         for j in row[row >= 0]:
             by_frame[int(j)].append(m)
+    return by_frame
 
-    K_color = scene.color_intrinsics()
-    s, c = cfg.segmenter, cfg.crops
-    plan = None
-    if official:   # prompts drawn up front, in the official mask-major order (core/prompt_plan)
-        plan = plan_official_prompts(
-            points, masks, views,
-            lambda j: np.unpackbits(seen_packed[j], count=len(points)).astype(bool),
-            lambda j: scene.pose(frame_ids[j]), projection_intrinsics(scene, "official"), K_color,
-            s.k_rounds, s.k_sample, cfg.seed)
-    batcher = _CropBatcher(encoder, M, cfg.encoder.batch_size)
-    for done, j in enumerate(sorted(by_frame)):
-        fid = frame_ids[j]
-        pose = scene.pose(fid)
-        try:
-            image = scene.color(fid)
-            if image.shape[:2] != (K_color.height, K_color.width):
-                raise ValueError(f"colour frame {fid} is {image.shape[1]}x{image.shape[0]}, the "
-                                 f"intrinsics are for {K_color.width}x{K_color.height}")
-        except (SceneError, ValueError) as exc:       # its masks keep their other views
-            report.frames_skipped[fid] = str(exc)
-            log.warning("frame %s skipped: %s", fid, exc)
-            continue
-        seen = np.unpackbits(seen_packed[j], count=len(points)).astype(bool)
-        segmenter.set_image(image)
-        report.segmenter_images += 1
-        report.frames_used.append(fid)
-        # all masks of this frame are prompted together: a segmenter with predict_many shares
-        # decoder calls between them (on a GPU, one call for every round of every mask)
-        jobs: list[tuple[int, np.ndarray, tuple[int, int, int, int]]] = []
-        for m in by_frame[j]:
-            if plan is not None:
-                if (m, j) not in plan.prompts:
-                    continue
-                jobs.append((m, plan.prompts[(m, j)], plan.boxes[(m, j)]))
-            else:
-                idx = np.flatnonzero(masks[:, m] & seen)
-                uv, _ = project(points[idx], pose, K_color.K)
-                uv = np.clip(uv, 0, [K_color.width - 1, K_color.height - 1])
-                rng = np.random.default_rng([cfg.seed, m, j])
-                jobs.append((m, sample_prompts(uv, s.k_rounds, s.k_sample, rng),
-                             points_box(uv, K_color.width, K_color.height)))
-        results = refine_many(segmenter, [p for _, p, _ in jobs], [b for _, _, b in jobs],
-                              s.min_score)
-        for (m, _, _), result in zip(jobs, results):
-            report.fallbacks[m] += int(result.fallback)
-            for box in crop_boxes(result.box, K_color.width, K_color.height, c.levels, c.k_exp,
-                                  cfg.fidelity):
-                batcher.add(cut(image, box), m)
-        if progress:
-            progress("features", done + 1, len(by_frame))
-    batcher.flush()
-    report.crops_encoded = batcher.encoded
-    features = l2_normalize(batcher.sums / np.maximum(batcher.counts, 1)[:, None])
-    features[batcher.counts == 0] = 0.0
-    return features.astype(np.float32), report
+
+def _color_frame(scene: SceneFolder, fid: str, K_color, report: FeatureReport
+                 ) -> np.ndarray | None:
+    """The frame's colour image, or None (recorded as skipped) when unreadable or of the wrong
+    size for the colour intrinsics."""
+    try:
+        image = scene.color(fid)
+        if image.shape[:2] != (K_color.height, K_color.width):
+            raise ValueError(f"colour frame {fid} is {image.shape[1]}x{image.shape[0]}, the "
+                             f"intrinsics are for {K_color.width}x{K_color.height}")
+    except (SceneError, ValueError) as exc:
+        report.frames_skipped[fid] = str(exc)
+        log.warning("frame %s skipped: %s", fid, exc)
+        return None
+    return image
+
+
+def _prompt_jobs(mask_ids: list[int], j: int, plan, points: np.ndarray, masks: np.ndarray,
+                 seen: np.ndarray, pose: np.ndarray, K_color, cfg: PipelineConfig
+                 ) -> list[tuple[int, np.ndarray, tuple[int, int, int, int]]]:
+    """(mask, point prompts, box) for each mask viewed in frame ``j``: from the official plan
+    when there is one, else sampled from the mask's visible points projected into the frame."""
+    s = cfg.segmenter
+    jobs: list[tuple[int, np.ndarray, tuple[int, int, int, int]]] = []
+    for m in mask_ids:
+        if plan is not None:
+            if (m, j) not in plan.prompts:
+                continue
+            jobs.append((m, plan.prompts[(m, j)], plan.boxes[(m, j)]))
+        else:
+            idx = np.flatnonzero(masks[:, m] & seen)
+            uv, _ = project(points[idx], pose, K_color.K)
+            uv = np.clip(uv, 0, [K_color.width - 1, K_color.height - 1])
+            rng = np.random.default_rng([cfg.seed, m, j])
+            jobs.append((m, sample_prompts(uv, s.k_rounds, s.k_sample, rng),
+                         points_box(uv, K_color.width, K_color.height)))
+    return jobs
+
+
+def _add_crops(batcher: _CropBatcher, image: np.ndarray, jobs: list, results: list, K_color,
+               cfg: PipelineConfig, report: FeatureReport) -> None:
+    """Count the refinement fallbacks and queue the multi-level crops of each refined box."""
+    c = cfg.crops
+    for (m, _, _), result in zip(jobs, results):
+        report.fallbacks[m] += int(result.fallback)
+        for box in crop_boxes(result.box, K_color.width, K_color.height, c.levels, c.k_exp,
+                              cfg.fidelity):
+            batcher.add(cut(image, box), m)

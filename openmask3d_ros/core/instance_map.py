@@ -1,15 +1,15 @@
 """The OpenMask3D map: class-agnostic instances over the scene cloud and one feature per instance.
 
 On disk: a map folder (``SCENE/openmask3d/`` by default) holds generations (see
-``generations``); each generation folder holds
+``map_versions``); each generation folder holds
 ```
 cloud.ply       the cloud the map was built on (its content hash is in meta.json)
 instances.npz   point_indices (int64, concatenated), offsets (M+1,)  -> points of instance m are
                 point_indices[offsets[m]:offsets[m+1]] (indices into this cloud.ply)
                 features (M, D) float32 L2-normalised (zero row: no view saw the instance)
                 centroids (M, 3), bbox_min (M, 3), bbox_max (M, 3)
-meta.json       cloud {file, num_points, sha256}, models (names, stand-in flags), parameters,
-                versions, per-instance diagnostics; paths in it are relative
+meta.json       ``MapMeta`` (core/map_meta.py): cloud {file, num_points, sha256}, models
+                (names, stand-in notes), parameters, versions, per-instance diagnostics
 ```
 """
 from __future__ import annotations
@@ -23,16 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import generations
+from . import map_versions
 from .errors import InputError, input_error_from
+from .map_meta import FORMAT_VERSION, CloudRecord, MapMeta
 
 log = logging.getLogger(__name__)
 
 MAP_DIRNAME = "openmask3d"
 CLOUD_FILE = "cloud.ply"
-FORMAT_VERSION = 2
 DEFAULT_KEEP = 3
-_LOAD_ONLY = ("map_dir", "generation")       # added by load(), not stored
 
 
 @dataclass
@@ -42,11 +41,13 @@ class InstanceMap:
     points: np.ndarray                     # (N, 3) float32, the scene cloud
     point_indices: list[np.ndarray]        # M arrays of int64 indices into ``points``
     features: np.ndarray                   # (M, D) float32, L2-normalised rows (or zero)
-    meta: dict = field(default_factory=dict)
+    meta: MapMeta = field(default_factory=MapMeta)
     # (centroids, bbox_min, bbox_max), each (M, 3) float64: stored or computed once
     _geom: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.meta, dict):     # a meta.json object: typed (and checked) here
+            self.meta = MapMeta.from_json(self.meta)
         if len(self.point_indices) != len(self.features):
             raise ValueError(f"{len(self.point_indices)} instances but "
                              f"{len(self.features)} feature rows")
@@ -86,10 +87,10 @@ class InstanceMap:
 
     @staticmethod
     def from_masks(points: np.ndarray, masks: np.ndarray, features: np.ndarray,
-                   meta: dict | None = None) -> InstanceMap:
+                   meta: MapMeta | None = None) -> InstanceMap:
         """Build from a (P, M) boolean mask matrix."""
         indices = [np.flatnonzero(masks[:, m]).astype(np.int64) for m in range(masks.shape[1])]
-        return InstanceMap(points, indices, features, dict(meta or {}))
+        return InstanceMap(points, indices, features, meta or MapMeta())
 
     # -- storage --------------------------------------------------------------------------------
     def save(self, folder: str | Path, keep: int = DEFAULT_KEEP,
@@ -99,7 +100,7 @@ class InstanceMap:
         The generation holds its own copy of the cloud (``colors`` optional) and the cloud's
         content hash; the ``keep`` newest generations are kept. Returns the generation folder."""
         root = Path(folder)
-        tmp, name = generations.begin(root)
+        tmp, name = map_versions.begin(root)
         try:
             return self._write_generation(root, tmp, name, keep, colors)
         except BaseException:
@@ -119,12 +120,14 @@ class InstanceMap:
                             centroids=centroids.astype(np.float32),
                             bbox_min=bmin.astype(np.float32), bbox_max=bmax.astype(np.float32),
                             num_points=np.int64(len(self.points)))
-        meta = {k: v for k, v in self.meta.items() if k not in _LOAD_ONLY}
-        meta.update(format_version=FORMAT_VERSION, num_instances=self.num_instances,
-                    cloud={"file": CLOUD_FILE, "num_points": int(len(self.points)),
-                           "sha256": cloud_hash(self.points)})
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
-        return generations.publish(root, tmp, name, keep)
+        meta = self.meta
+        meta.format_version, meta.num_instances = FORMAT_VERSION, self.num_instances
+        meta.cloud = CloudRecord(CLOUD_FILE, int(len(self.points)), cloud_hash(self.points))
+        (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2,
+                                                  default=_json_default))
+        gen = map_versions.publish(root, tmp, name, keep)
+        meta.map_dir, meta.generation = str(gen), gen.name
+        return gen
 
     @staticmethod
     def load(folder: str | Path, points: np.ndarray | None = None) -> InstanceMap:
@@ -132,29 +135,26 @@ class InstanceMap:
 
         ``points``: the cloud the caller will use the map with; refused unless it is the cloud
         the map was built on (content hash). Bad files raise ``InputError`` naming them."""
-        gen, legacy = find_map(Path(folder))
-        if legacy:
-            return _load_legacy(gen, points)
+        gen = find_map(Path(folder))
         meta = read_meta(gen / "meta.json")
-        cloud = meta.get("cloud")
-        if not isinstance(cloud, dict) or not isinstance(cloud.get("sha256"), str):
+        cloud = meta.cloud
+        if cloud is None or not cloud.sha256:
             raise InputError("no 'cloud' record with a 'sha256' (not a map written by this "
                              "version?)", gen / "meta.json", "cloud")
         from .scene import read_ply
-        snapshot, _ = read_ply(gen / str(cloud.get("file", CLOUD_FILE)))
-        if cloud_hash(snapshot) != cloud["sha256"]:
+        snapshot, _ = read_ply(gen / cloud.file)
+        if cloud_hash(snapshot) != cloud.sha256:
             raise InputError(f"the map's cloud does not match the map (content hash "
-                             f"{cloud_hash(snapshot)[:12]} != recorded {cloud['sha256'][:12]}): "
+                             f"{cloud_hash(snapshot)[:12]} != recorded {cloud.sha256[:12]}): "
                              "the file was changed or damaged; rebuild the map",
                              gen / CLOUD_FILE)
-        if points is not None and cloud_hash(np.asarray(points, np.float32)) != cloud["sha256"]:
+        if points is not None and cloud_hash(np.asarray(points, np.float32)) != cloud.sha256:
             raise InputError(f"the map was built on another cloud ({len(snapshot)} points, hash "
-                             f"{cloud['sha256'][:12]}) than the one given ({len(points)} points, "
+                             f"{cloud.sha256[:12]}) than the one given ({len(points)} points, "
                              f"hash {cloud_hash(np.asarray(points, np.float32))[:12]}): "
                              "rebuild the map on this cloud", gen)
         indices, features, geometry = read_instances(gen / "instances.npz", len(snapshot))
-        meta["map_dir"] = str(gen)
-        meta["generation"] = gen.name
+        meta.map_dir, meta.generation = str(gen), gen.name
         imap = InstanceMap(snapshot, indices, features, meta)
         imap._geom = geometry
         return imap
@@ -175,34 +175,29 @@ def has_map(folder: str | Path) -> bool:
     return True
 
 
-def find_map(path: Path) -> tuple[Path, bool]:
-    """(the generation folder to load, whether it is the old single-folder layout)."""
+def find_map(path: Path) -> Path:
+    """The generation folder to load for a scene folder, a map folder or a generation."""
     for root in (path, path / MAP_DIRNAME):
-        if (root / generations.POINTER).is_file() or generations.generations(root):
-            gen = generations.current(root)
+        if (root / map_versions.POINTER).is_file() or map_versions.generations(root):
+            gen = map_versions.current(root)
             if gen is not None:
-                return gen, False
+                return gen
     if (path / "meta.json").is_file() and (path / CLOUD_FILE).is_file() and \
             (path / "instances.npz").is_file():
-        return path, False                          # one generation folder given directly
-    for root in (path, path / MAP_DIRNAME):
-        if (root / "instances.npz").is_file():
-            return root, True                       # format 1: one folder, no cloud copy
+        return path                                 # one generation folder given directly
     if not path.exists():
         raise InputError("no such map or scene folder", path)
     raise InputError("no OpenMask3D map here (expected a CURRENT file and gen-* folders, "
                      f"or {MAP_DIRNAME}/ holding them; run `openmask3d run SCENE` first)", path)
 
 
-def read_meta(path: Path) -> dict:
-    """meta.json as a dict, or ``InputError`` naming the file."""
+def read_meta(path: Path) -> MapMeta:
+    """meta.json as ``MapMeta``, or ``InputError`` naming the file (and the bad key)."""
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise input_error_from(exc, path, "map metadata") from exc
-    if not isinstance(meta, dict):
-        raise InputError(f"expected a JSON object, got {type(meta).__name__}", path)
-    return meta
+    return MapMeta.from_json(data, path)
 
 
 _REQUIRED = ("point_indices", "offsets", "features")
@@ -279,21 +274,6 @@ def instance_geometry(points: np.ndarray, flat: np.ndarray, offsets: np.ndarray
     out[1][full] = np.minimum.reduceat(pts, starts)
     out[2][full] = np.maximum.reduceat(pts, starts)
     return out[0], out[1], out[2]
-
-
-def _load_legacy(folder: Path, points: np.ndarray | None) -> InstanceMap:
-    """Format 1 (one folder, tied to the scene cloud by point count only)."""
-    meta = read_meta(folder / "meta.json")
-    if points is None:
-        from .scene import SceneFolder, read_ply
-        points, _ = read_ply(SceneFolder(folder.parent).cloud_path)
-    log.warning("%s uses the old map layout (no cloud copy, no hash): it is checked against the "
-                "scene cloud by point count only; rerun `openmask3d run` to upgrade", folder)
-    indices, features, geometry = read_instances(folder / "instances.npz", len(points))
-    meta["map_dir"] = str(folder)
-    imap = InstanceMap(np.asarray(points, np.float32), indices, features, meta)
-    imap._geom = geometry
-    return imap
 
 
 def _json_default(obj):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from collections.abc import Sequence
@@ -9,14 +10,38 @@ from collections.abc import Sequence
 import numpy as np
 
 
+@dataclass
+class Proposals:
+    """A proposal backend's output.
+
+    ``masks``: boolean (P, M), column m marks the points of mask m. ``scores``: (M,) the
+    backend's own confidence per mask, highest first (Mask3D's official post-processing), or
+    None for unscored masks. ``final``: the masks are already split into contiguous parts and
+    filtered (the pipeline's DBSCAN split is skipped). ``columns``: (M,) each mask's column in
+    the masks file it was read from, when the file's columns are kept."""
+
+    masks: np.ndarray
+    scores: np.ndarray | None = None
+    final: bool = False
+    columns: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.scores is not None and len(self.scores) != self.masks.shape[1]:
+            raise ValueError(f"{len(self.scores)} scores for {self.masks.shape[1]} masks")
+
+
 @runtime_checkable
 class ProposalBackend(Protocol):
-    """Class-agnostic 3D instance proposals."""
+    """Class-agnostic 3D instance proposals (``uses_segments``: whether ``propose`` votes over
+    per-point superpoint ids, so the pipeline looks for the scene's segments file)."""
 
     name: str
+    uses_segments: bool
 
-    def propose(self, points: np.ndarray, colors: np.ndarray) -> np.ndarray:
-        """Boolean (P, M) matrix: column m marks the points of mask m."""
+    def propose(self, points: np.ndarray, colors: np.ndarray,
+                segments: np.ndarray | None = None) -> Proposals:
+        """Masks over the (P, 3) cloud; ``segments``: per-point superpoint ids (ScanNet) for
+        backends that vote over them, ignored by the others."""
 
 
 @runtime_checkable

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -14,8 +16,11 @@ from .camera import usable_pose
 from .config import PipelineConfig
 from .errors import InputError, input_error_from
 from .dbscan_split import split_masks
-from .features import Progress, compute_features
+from .features import FeatureReport, Progress, compute_features
+from .fidelity import Fidelity
 from .instance_map import MAP_DIRNAME, InstanceMap
+from .interfaces import Proposals
+from .map_meta import FrameUse, InstanceRecord, MapMeta, ModelNames, StructureRecord
 from .models import Models, build_models
 from .proposals.precomputed import load_masks
 from .scene import SceneError, SceneFolder, check_cloud
@@ -43,23 +48,86 @@ def keyframes(scene: SceneFolder, frame_step: int) -> list[str]:
     return scene.frame_ids[::frame_step]
 
 
+@dataclass
+class BuildInputs:
+    """What a build reads: the scene, its keyframes (usable poses) and the cloud."""
+
+    scene: SceneFolder
+    frame_ids: list[str]
+    pose_skipped: dict[str, str]
+    points: np.ndarray
+    colors: np.ndarray | None
+    cloud_source: str            # "cloud.ply" (the scene's) or "given"
+    frame_step: int              # relative to the original stream
+
+    @property
+    def num_keyframes(self) -> int:
+        return len(self.frame_ids) + len(self.pose_skipped)
+
+
 def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None = None,
-                 models: Models | None = None, masks: np.ndarray | str | Path | None = None,
-                 progress: Progress | None = None, out_dir: str | Path | None = None,
-                 frame_step: int | None = None,
-                 cloud: tuple[np.ndarray, np.ndarray | None] | None = None) -> InstanceMap:
+                 models: Models | None = None, *, masks: np.ndarray | str | Path | None = None,
+                 cloud: tuple[np.ndarray, np.ndarray | None] | None = None,
+                 frame_step: int | None = None, progress: Progress | None = None,
+                 out_dir: str | Path | None = None) -> InstanceMap:
     """Run OpenMask3D on a scene folder and save the map (``out_dir`` or ``SCENE/openmask3d``).
 
     ``masks``: precomputed P x M masks (array or .npy/.pt path) instead of the proposal backend.
-    ``frame_step``: overrides ``cfg.frame_step``. A folder whose scene.json has ``keyframe_step``
-    (recorded by the node) already holds keyframes: ``cfg.frame_step`` is then not applied again,
-    and meta.json records the step relative to the original stream.
-    ``progress(stage, done, total)`` is called as stages advance.
     ``cloud``: (points (N, 3), colours (N, 3) uint8 or None) to build on instead of the scene's
     cloud.ply; the map keeps its own copy, so the scene's cloud file is never overwritten.
+    ``frame_step``: overrides ``cfg.frame_step`` (see ``read_inputs``).
+    ``progress(stage, done, total)`` is called as stages advance.
     """
     cfg = cfg or PipelineConfig()
     cfg.validate()
+    inputs = read_inputs(scene_dir, cfg, frame_step, cloud)
+    models = models or build_models(cfg)
+    timings: dict[str, float] = {}
+    with _stage("proposals", progress, timings):
+        proposals, source = propose(inputs, models, masks)
+        split = split_proposals(inputs.points, proposals, source, cfg)
+    log.info("proposals: %d masks from %s, %d after DBSCAN split (%.1f s)",
+             proposals.masks.shape[1], source, split.masks.shape[1], timings["proposals_s"])
+    with _stage("features", None, timings):
+        features, report = compute_features(inputs.points, split.masks, inputs.scene,
+                                            inputs.frame_ids, models.segmenter,
+                                            models.image_encoder, cfg, progress)
+    check_frames_read(inputs, report)
+    log.info("features: %d instances, %d/%d frames used, %d segmenter images, %d crops (%.1f s)",
+             split.masks.shape[1], len(report.frames_used), len(inputs.frame_ids),
+             report.segmenter_images, report.crops_encoded, timings["features_s"])
+    meta = map_meta(inputs, split, report, models, source, cfg, timings)
+    imap = InstanceMap.from_masks(inputs.points, split.masks, features, meta)
+    # floor, walls, table tops: tagged once here, left out of object queries (core/structure.py)
+    meta.structure = StructureRecord(**structure_meta(inputs.points, imap.point_indices,
+                                                      cfg.structure))
+    out = Path(out_dir) if out_dir else inputs.scene.root / MAP_DIRNAME
+    imap.save(out, keep=cfg.keep_generations, colors=inputs.colors)
+    if progress:
+        progress("done", 1, 1)
+    log.info("map saved to %s (%s)", out, meta.generation)
+    return imap
+
+
+@contextmanager
+def _stage(name: str, progress: Progress | None, timings: dict[str, float]):
+    """Time a stage into ``timings[name + '_s']`` and report its start and end."""
+    if progress:
+        progress(name, 0, 1)
+    t0 = time.perf_counter()
+    yield
+    timings[f"{name}_s"] = time.perf_counter() - t0
+    if progress:
+        progress(name, 1, 1)
+
+
+def read_inputs(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig,
+                frame_step: int | None = None,
+                cloud: tuple[np.ndarray, np.ndarray | None] | None = None) -> BuildInputs:
+    """The scene's keyframes with usable poses and the cloud, checked before any costly stage.
+
+    A folder whose scene.json has ``keyframe_step`` (recorded by the node) already holds
+    keyframes: ``cfg.frame_step`` is then not applied again (``frame_step`` still is)."""
     scene = scene_dir if isinstance(scene_dir, SceneFolder) else SceneFolder(scene_dir)
     recorded = scene.keyframe_step
     if frame_step is not None:
@@ -74,100 +142,77 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     if not frame_ids:
         raise SceneError(f"{scene.root}: no frames (need color/, depth/ and pose/ files with "
                          "matching names)")
-    # Unusable poses are found before the costly stages; a run with none usable is an error,
-    # never an empty map.
+    # a run with no usable pose is an error, never an empty map
     frame_ids, pose_skipped = usable_poses(scene, frame_ids)
     if cloud is None:
         points, colors = check_cloud(*scene.cloud(), source=str(scene.cloud_path))
-        cloud_source = scene.cloud_path.name
+        source = scene.cloud_path.name
     else:
-        points, colors = check_cloud(*cloud)
-        cloud_source = "given"
-    models = models or build_models(cfg)
-    timings: dict[str, float] = {}
+        (points, colors), source = check_cloud(*cloud), "given"
+    return BuildInputs(scene, frame_ids, pose_skipped, points, colors, source,
+                       step * (recorded or 1))
 
-    def stage(name: str, done: int = 0, total: int = 1) -> None:
-        if progress:
-            progress(name, done, total)
 
-    t0 = time.perf_counter()
-    stage("proposals")
-    scores = source_columns = None
-    if masks is None:
-        if hasattr(models.proposals, "segments"):    # Mask3D: ScanNet superpoint voting
-            from .proposals.mask3d.segments import find_segments
-            models.proposals.segments = find_segments(scene.root, len(points)) \
-                if cloud is None else None
-        raw = models.proposals.propose(points, colors)
-        proposal_name = models.proposals.name
-        scores = getattr(models.proposals, "last_scores", None)
-    else:
-        raw = _read_masks(masks, len(points))
-        proposal_name = "precomputed"
-    p = cfg.proposals
-    if scores is not None:      # official Mask3D post-processing: split, scored, sorted already
-        split = raw
-    elif proposal_name == "precomputed" and cfg.fidelity == "official":
+def propose(inputs: BuildInputs, models: Models, masks: np.ndarray | str | Path | None = None
+            ) -> tuple[Proposals, str]:
+    """(the class-agnostic proposals, their source: the backend's name or "precomputed")."""
+    if masks is not None:
+        return Proposals(_read_masks(masks, len(inputs.points))), "precomputed"
+    segments = None
+    if models.proposals.uses_segments and inputs.cloud_source != "given":
+        # ScanNet superpoints belong to the scene's own cloud
+        from .proposals.mask3d.segments import find_segments
+        segments = find_segments(inputs.scene.root, len(inputs.points))
+    return models.proposals.propose(inputs.points, inputs.colors, segments), \
+        models.proposals.name
+
+
+def split_proposals(points: np.ndarray, proposals: Proposals, source: str,
+                    cfg: PipelineConfig) -> Proposals:
+    """Masks split into spatially contiguous parts (DBSCAN), unless they are final already."""
+    if proposals.final:     # official Mask3D post-processing: split, scored, sorted already
+        return proposals
+    if source == "precomputed" and cfg.fidelity == Fidelity.OFFICIAL:
         # the official feature stage takes a masks file as it is (no split, no size filter);
         # only empty columns go (a map instance needs points); each keeps its file column
-        source_columns = np.flatnonzero(raw.any(axis=0))
-        split = raw[:, source_columns]
-    else:
-        split = split_masks(points, raw, p.dbscan_eps, p.dbscan_min_points, p.min_mask_points)
-    timings["proposals_s"] = time.perf_counter() - t0
-    stage("proposals", 1, 1)
-    log.info("proposals: %d masks from %s, %d after DBSCAN split (%.1f s)", raw.shape[1],
-             proposal_name, split.shape[1], timings["proposals_s"])
+        columns = np.flatnonzero(proposals.masks.any(axis=0))
+        return Proposals(proposals.masks[:, columns], final=True, columns=columns)
+    p = cfg.proposals
+    return Proposals(split_masks(points, proposals.masks, p.dbscan_eps, p.dbscan_min_points,
+                                 p.min_mask_points), final=True)
 
-    t1 = time.perf_counter()
-    features, report = compute_features(points, split, scene, frame_ids, models.segmenter,
-                                        models.image_encoder, cfg, progress)
-    timings["features_s"] = time.perf_counter() - t1
-    report.frames_skipped.update(pose_skipped)
-    if len(set(report.frames_skipped) & set(frame_ids)) == len(frame_ids):
-        raise SceneError(f"{scene.root}: none of the {len(frame_ids)} usable-pose keyframes could "
-                         f"be read ({_first_reason(report.frames_skipped)}); no map was written")
-    log.info("features: %d instances, %d/%d frames used, %d segmenter images, %d crops (%.1f s)",
-             split.shape[1], len(report.frames_used), len(frame_ids), report.segmenter_images,
-             report.crops_encoded, timings["features_s"])
 
-    described = models.describe()
-    described["proposals"] = proposal_name
-    meta = {
-        "scene": scene.root.name,
-        "cloud_source": cloud_source,
-        "models": described,
-        "config": cfg.to_dict(),
-        "frame_step": step * (recorded or 1),
-        "keyframe_step": recorded,
-        "versions": library_versions(),
-        "timings": timings,
-        "frames": {"keyframes": len(frame_ids) + len(pose_skipped), "used": report.frames_used,
-                   "skipped": report.frames_skipped},
-        "segmenter_images": report.segmenter_images,
-        "crops_encoded": report.crops_encoded,
+def check_frames_read(inputs: BuildInputs, report: FeatureReport) -> None:
+    """Fold the pose-skipped frames into the report; SceneError when no keyframe was readable."""
+    report.frames_skipped.update(inputs.pose_skipped)
+    if len(set(report.frames_skipped) & set(inputs.frame_ids)) == len(inputs.frame_ids):
+        raise SceneError(f"{inputs.scene.root}: none of the {len(inputs.frame_ids)} usable-pose "
+                         f"keyframes could be read ({_first_reason(report.frames_skipped)}); "
+                         "no map was written")
+
+
+def map_meta(inputs: BuildInputs, proposals: Proposals, report: FeatureReport, models: Models,
+             source: str, cfg: PipelineConfig, timings: dict[str, float]) -> MapMeta:
+    """The map's metadata: inputs, models, configuration and per-instance diagnostics."""
+    names = ModelNames(**models.describe())
+    names.proposals = source
+    scores = proposals.scores if proposals.scores is not None else [None] * len(report.views)
+    columns = proposals.columns if proposals.columns is not None else [None] * len(scores)
+    instances = [InstanceRecord(views=v, point_box_fallbacks=int(f), num_points=int(n),
+                                proposal_score=None if s is None else float(s),
+                                mask_column=None if c is None else int(c))
+                 for v, f, n, s, c in zip(report.views, report.fallbacks,
+                                          proposals.masks.sum(axis=0), scores, columns)]
+    return MapMeta(
+        scene=inputs.scene.root.name, cloud_source=inputs.cloud_source, models=names,
+        config=cfg.to_dict(), frame_step=inputs.frame_step,
+        keyframe_step=inputs.scene.keyframe_step, versions=library_versions(), timings=timings,
+        frames=FrameUse(inputs.num_keyframes, report.frames_used, report.frames_skipped),
+        segmenter_images=report.segmenter_images, crops_encoded=report.crops_encoded,
         # visibility.share_fraction > 0: frames embedded with and without sharing, embeddings
-        # saved, visible points lost (core/view_sharing.py); null: the paper's top-k views
-        "view_sharing": report.view_sharing or None,
-        "instances": [{"views": v, "point_box_fallbacks": f, "num_points": int(n)}
-                      for v, f, n in zip(report.views, report.fallbacks, split.sum(axis=0))],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if scores is not None:      # Mask3D scores, highest first; equal features keep this order
-        for inst, score in zip(meta["instances"], scores):
-            inst["proposal_score"] = float(score)
-    if source_columns is not None:
-        for inst, col in zip(meta["instances"], source_columns):
-            inst["mask_column"] = int(col)
-    imap = InstanceMap.from_masks(points, split, features, meta)
-    # floor, walls, table tops: tagged once here, left out of object queries (core/structure.py)
-    imap.meta["structure"] = structure_meta(points, imap.point_indices, cfg.structure)
-    out = Path(out_dir) if out_dir else scene.root / MAP_DIRNAME
-    gen = imap.save(out, keep=cfg.keep_generations, colors=colors)
-    imap.meta.update(map_dir=str(gen), generation=gen.name)
-    stage("done", 1, 1)
-    log.info("map saved to %s (%s)", out, gen.name)
-    return imap
+        # saved, visible points lost (core/view_sharing.py); None: the paper's top-k views
+        view_sharing=report.view_sharing or None, instances=instances,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 
 def usable_poses(scene: SceneFolder, frame_ids: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PipelineConfig, QueryConfig, StructureConfig
+from .config import EncoderConfig, PipelineConfig, QueryConfig, StructureConfig
 from .errors import InputError
 from .instance_map import InstanceMap
 from .interfaces import ImageEncoder, TextEncoder
@@ -61,6 +61,10 @@ class QueryAnswer:
     min_relevance: float
     include_structure: bool
     excluded_structure: list[int] = field(default_factory=list)
+    # (M,) what the ranking used for every instance of the map: its relevance; NaN for the
+    # instances this query cannot return (no feature; scene structure left out). top_k,
+    # min_relevance and min_score do not apply: it is what a heatmap of the query shows.
+    instance_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def found(self) -> bool:
@@ -98,13 +102,12 @@ class QueryEngine:
                  image_encoder: ImageEncoder | None = None, query_cfg: QueryConfig | None = None,
                  structure_cfg: StructureConfig | None = None):
         if instance_map.num_instances and instance_map.features.shape[1] != text_encoder.dim:
-            built = (instance_map.meta.get("models") or {}).get("text_encoder", "unrecorded")
+            built = instance_map.meta.models.text_encoder or "unrecorded"
             raise ValueError(f"map features are {instance_map.features.shape[1]}-d (built with "
                              f"text encoder {built}) but the text encoder {text_encoder.name} "
                              f"gives {text_encoder.dim}-d embeddings: query a map with the "
                              "encoder it was built with (query.open_map / engine_for_map)")
-        recorded = PipelineConfig().updated(instance_map.meta.get("config", {}) or {},
-                                            strict=False)
+        recorded = instance_map.meta.pipeline_config()
         self.query_cfg = query_cfg or recorded.query
         self.structure_cfg = structure_cfg or recorded.structure
         self.map = instance_map
@@ -121,7 +124,8 @@ class QueryEngine:
         self._flat = flat
         self._grouped = np.asarray(instance_map.points, np.float32)[flat]   # instance-ordered
         self._valid = instance_map.valid
-        tags = (instance_map.meta.get("structure") or {}).get("reasons")
+        structure = instance_map.meta.structure
+        tags = structure.reasons if structure is not None else None
         if tags is None or len(tags) != instance_map.num_instances:
             tags = tag_structure(instance_map.points, instance_map.point_indices,
                                  self.structure_cfg)
@@ -159,10 +163,9 @@ class QueryEngine:
             raise ValueError(f"query image must be RGB (h, w, 3), got shape {img.shape}")
         if img.dtype != np.uint8:
             raise ValueError(f"query image must be uint8, got {img.dtype}")
-        if self.image_encoder.name != self.map.meta.get("models", {}).get(
-                "image_encoder", self.image_encoder.name):
-            raise ValueError(f"the map was built with image encoder "
-                             f"{self.map.meta['models']['image_encoder']}, not "
+        built = self.map.meta.models.image_encoder
+        if built and self.image_encoder.name != built:
+            raise ValueError(f"the map was built with image encoder {built}, not "
                              f"{self.image_encoder.name}")
         return self.image_encoder.encode_images([np.ascontiguousarray(img)])[0]
 
@@ -204,6 +207,7 @@ class QueryEngine:
             include_structure = asks_structure
         cos, rel = self.relevance(self.map.features, q)
         is_structure = np.array([t is not None for t in self.structure], dtype=bool)
+        candidates = self._valid & ~is_structure if not include_structure else self._valid
         eligible = self._valid & (cos >= min_score)
         excluded = []
         if not include_structure:
@@ -215,7 +219,8 @@ class QueryEngine:
         if top_k:
             keep = keep[:top_k]
         return QueryAnswer(label, [self._result(m, cos, rel) for m in keep], best,
-                           float(min_relevance), bool(include_structure), excluded)
+                           float(min_relevance), bool(include_structure), excluded,
+                           np.where(candidates & np.isfinite(rel), rel, np.nan))
 
     def query(self, text: str, top_k: int = 5, min_score: float = -1.0,
               min_relevance: float | None = None, include_structure: bool | None = None
@@ -253,21 +258,23 @@ def map_config(imap: InstanceMap, local: PipelineConfig | None = None) -> Pipeli
     """The configuration ``imap`` was built with, adapted to this machine by ``local``.
 
     The encoder (backend, model) is always the map's: features of one model cannot be
-    compared with another's embeddings. ``local`` gives the device, the checkpoint file of the
+    compared with another's embeddings. ``local`` gives the device, the encoder precision (how
+    this machine runs it; the default ``auto`` without ``local``), the checkpoint file of the
     same CLIP model when it names one (weights kept elsewhere on this machine) and the query
     settings (negatives, temperature, template, min_relevance).
     """
-    recorded = PipelineConfig().updated(imap.meta.get("config", {}) or {}, strict=False)
+    recorded = imap.meta.pipeline_config()
     if local is None:
-        return recorded
+        return recorded.updated({"encoder": {"precision": EncoderConfig.precision}})
     enc = recorded.encoder
-    changes: dict = {"device": local.device, "query": vars(local.query)}
+    changes: dict = {"device": local.device, "query": vars(local.query),
+                     "encoder": {"precision": local.encoder.precision}}
     if local.encoder.backend != enc.backend or (
             enc.backend == "clip" and local.encoder.clip_model != enc.clip_model):
         log.info("the map was built with the %s text encoder; querying it with that one, not "
                  "the configured %s", _describe(enc), _describe(local.encoder))
     elif enc.backend == "clip" and local.encoder.clip_checkpoint:
-        changes["encoder"] = {"clip_checkpoint": local.encoder.clip_checkpoint}
+        changes["encoder"]["clip_checkpoint"] = local.encoder.clip_checkpoint
     return recorded.updated(changes)
 
 
@@ -292,10 +299,10 @@ def map_encoder(imap: InstanceMap, cfg: PipelineConfig, cache: dict | None = Non
     try:
         encoder = build_text_encoder(cfg)
     except (OSError, ImportError, ValueError, RuntimeError) as exc:
-        where = imap.meta.get("map_dir") or "the map"
+        where = imap.meta.map_dir or "the map"
         raise InputError(f"the map was built with the {_describe(cfg.encoder)} text encoder, "
                          f"which cannot be built here: {exc}", where, "encoder") from exc
-    built_with = (imap.meta.get("models") or {}).get("text_encoder")
+    built_with = imap.meta.models.text_encoder
     if built_with and built_with != encoder.name:
         log.warning("map was built with text encoder '%s' but '%s' answers it", built_with,
                     encoder.name)

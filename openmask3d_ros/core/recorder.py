@@ -11,8 +11,9 @@ ROS-free, so that it is testable without rclpy; the node feeds it and drives it:
   interpolated at its stamp or its deadline passes; it is then decoded (``decode(payload)``),
   checked and written to the scene folder at once.
 
-Every frame that does not become a keyframe when it should have is counted by cause
-(``DROP_CAUSES``), and ``warn(cause, text)`` is called so the caller can say what to change.
+Every frame that does not become a keyframe when it should have is counted by cause (``Drop``),
+and ``warn(cause, text)`` is called so the caller can say what to change. ``counters()`` returns
+them as one typed record (``RecorderCounters``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import statistics
 import threading
 from collections import deque
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable
@@ -29,10 +31,31 @@ import numpy as np
 from .camera import Intrinsics, usable_pose
 from .scene import SceneWriter
 
-# stamp_gap: frames missing between consecutive stamps (lost in transport before the node);
-# queue_overflow: candidates pushed out of the full queue; no_pose: no camera pose at the
-# stamp within the wait; rejected: an image that could not be used (encoding, size, camera).
-DROP_CAUSES = ("stamp_gap", "queue_overflow", "no_pose", "rejected")
+
+class Drop(str, Enum):
+    """Why a frame that should have become a keyframe did not. A member's name (= its value) is
+    its counter's one name everywhere: ``RecorderCounters.drops``, the PipelineStatus field, the
+    /diagnostics key and docs/ros.md."""
+
+    # frames missing between consecutive stamps (lost in transport before the node)
+    frames_missed = "frames_missed"
+    # candidates pushed out of the full queue
+    frames_overflow = "frames_overflow"
+    # no camera pose at the stamp within the wait
+    frames_without_pose = "frames_without_pose"
+    # an image that could not be used (encoding, size, camera)
+    frames_rejected = "frames_rejected"
+
+
+@dataclass(frozen=True)
+class RecorderCounters:
+    """A snapshot of the recorder's counters. ``frames_received``, ``keyframes`` and each
+    ``Drop`` are PipelineStatus fields of the same name; ``pending`` is not published."""
+
+    frames_received: int
+    keyframes: int          # in the scene folder: found at start plus written since
+    pending: int            # candidates still waiting for their pose
+    drops: dict[Drop, int]  # one entry per Drop
 
 Decode = Callable[[Any], tuple[np.ndarray, np.ndarray, Intrinsics]]
 PoseAt = Callable[[int, bool], np.ndarray]
@@ -57,7 +80,7 @@ class KeyframeRecorder:
 
     def __init__(self, scene_dir: str | Path, frame_step: int, decode: Decode, pose_at: PoseAt,
                  now_ns: Callable[[], int], pose_wait_s: float = 2.0, queue_size: int = 64,
-                 warn: Callable[[str, str], None] | None = None,
+                 warn: Callable[[Drop, str], None] | None = None,
                  info: Callable[[str], None] | None = None):
         if frame_step < 1:
             raise ValueError(f"frame_step must be >= 1, got {frame_step}")
@@ -83,7 +106,7 @@ class KeyframeRecorder:
         self._intervals: deque[int] = deque(maxlen=31)
         self.frames_received = 0
         self.keyframes_written = 0
-        self.drops = {cause: 0 for cause in DROP_CAUSES}
+        self.drops: dict[Drop, int] = {cause: 0 for cause in Drop}
 
     # -- fed from callbacks -------------------------------------------------------------------
     def offer(self, stamp_ns: int, payload: Any) -> bool:
@@ -101,12 +124,12 @@ class KeyframeRecorder:
                 self._queue.append(_Candidate(index, stamp_ns, payload,
                                               now + self.pose_wait_ns if now > 0 else None))
                 if overflow is not None:
-                    self.drops["queue_overflow"] += 1
+                    self.drops[Drop.frames_overflow] += 1
         if missed:
-            self._warn("stamp_gap", f"{missed} frame(s) missing before the frame stamped "
+            self._warn(Drop.frames_missed, f"{missed} frame(s) missing before the frame stamped "
                        f"{stamp_ns / 1e9:.3f} s (gap in the stamps)")
         if overflow is not None:
-            self._warn("queue_overflow", f"keyframe candidate {overflow.index} dropped: "
+            self._warn(Drop.frames_overflow, f"keyframe candidate {overflow.index} dropped: "
                        f"{self._queue_size} candidates already waiting for their pose")
         return index % self.frame_step == 0
 
@@ -121,7 +144,7 @@ class KeyframeRecorder:
             period = statistics.median(self._intervals)
             if period > 0 and dt > 1.5 * period:
                 missed = int(round(dt / period)) - 1
-                self.drops["stamp_gap"] += missed
+                self.drops[Drop.frames_missed] += missed
         if not missed:
             self._intervals.append(dt)
         return missed
@@ -130,8 +153,8 @@ class KeyframeRecorder:
         """Count a frame that cannot be used (e.g. its encoding is unsupported)."""
         with self._lock:
             self.frames_received += 1
-            self.drops["rejected"] += 1
-        self._warn("rejected", f"frame skipped: {reason}")
+            self.drops[Drop.frames_rejected] += 1
+        self._warn(Drop.frames_rejected, f"frame skipped: {reason}")
 
     # -- the worker ------------------------------------------------------------------------------
     def pending(self) -> int:
@@ -160,24 +183,24 @@ class KeyframeRecorder:
                     if waiting:
                         return written   # later candidates wait behind it (poses come in order)
                     self._pop(cand)
-                    self._count("no_pose")
-                    self._warn("no_pose", f"keyframe candidate {cand.index} skipped: no camera "
-                               f"pose at its stamp ({exc})")
+                    self._count(Drop.frames_without_pose)
+                    self._warn(Drop.frames_without_pose, f"keyframe candidate {cand.index} "
+                               f"skipped: no camera pose at its stamp ({exc})")
                     continue
                 self._pop(cand)
                 try:
                     self._write(cand, pose)
                     written += 1
                 except ValueError as exc:
-                    self._count("rejected")
-                    self._warn("rejected", f"frame {cand.index} skipped: {exc}")
+                    self._count(Drop.frames_rejected)
+                    self._warn(Drop.frames_rejected, f"frame {cand.index} skipped: {exc}")
 
     def _pop(self, cand: _Candidate) -> None:
         with self._lock:
             if self._queue and self._queue[0] is cand:   # not already pushed out by overflow
                 self._queue.popleft()
 
-    def _count(self, cause: str) -> None:
+    def _count(self, cause: Drop) -> None:
         with self._lock:
             self.drops[cause] += 1
 
@@ -220,11 +243,9 @@ class KeyframeRecorder:
         with self._lock:
             return self.keyframes_before + self.keyframes_written
 
-    def counters(self) -> dict[str, int]:
-        """frames_received, keyframes, pending and one ``dropped_<cause>`` per cause."""
+    def counters(self) -> RecorderCounters:
+        """All counters at one moment."""
         with self._lock:
-            out = {"frames_received": self.frames_received,
-                   "keyframes": self.keyframes_before + self.keyframes_written,
-                   "pending": len(self._queue)}
-            out.update({f"dropped_{c}": n for c, n in self.drops.items()})
-        return out
+            return RecorderCounters(self.frames_received,
+                                    self.keyframes_before + self.keyframes_written,
+                                    len(self._queue), dict(self.drops))

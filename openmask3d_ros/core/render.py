@@ -2,7 +2,8 @@
 
 The colour rules here are shared with the ROS visualisation (``ros/visualization.py``), so that
 RViz and the PNGs agree: instance ``m`` always has ``instance_palette(m)``, and a heatmap maps the
-per-instance value of a query linearly onto ``HEAT_LUT`` (the best instance is ``HEAT_LUT[-1]``).
+per-instance value of a query (``QueryAnswer.instance_values``, computed with the answer) linearly
+onto ``HEAT_LUT`` (the best instance is ``HEAT_LUT[-1]``).
 Everything is vectorised over points: a z-buffer is one ``np.minimum.at`` per view. The PNG
 layout (views side by side, legend) is in :mod:`openmask3d_ros.core.picture`.
 """
@@ -98,26 +99,6 @@ def heat_values(labels: np.ndarray, point_indices, values) -> np.ndarray:
 def heat_colors(heat: np.ndarray) -> np.ndarray:
     """(N, 3) uint8 colours of values in [0, 1]."""
     return HEAT_LUT[np.clip(np.round(np.asarray(heat) * 255), 0, 255).astype(np.int64)]
-
-
-def instance_values(engine, text: str | None = None, image=None,
-                    include_structure: bool | None = None) -> np.ndarray:
-    """(M,) what a query (``text`` or an exemplar ``image``) ranks instances by: relevance when
-    the engine computes one (the ranking key), else the cosine score; NaN for instances the
-    query cannot return (no feature; scene structure unless ``include_structure``)."""
-    m = engine.map.num_instances
-    if hasattr(engine, "ask"):
-        out = np.full(m, np.nan)
-        answer = engine.ask(text, image=image, top_k=0, min_relevance=0.0,
-                            include_structure=include_structure)
-        for r in answer.results:
-            rel = getattr(r, "relevance", float("nan"))
-            out[r.instance_id] = rel if np.isfinite(rel) else r.score
-        return out
-    if image is not None:
-        raise ValueError("this query engine answers text only")
-    s = np.asarray(engine.scores(text), np.float64)
-    return np.where(np.isfinite(s), s, np.nan)
 
 
 # -- rasterising --------------------------------------------------------------------------------

@@ -208,111 +208,172 @@ def make_scene(out_dir, seed: int = 0, num_frames: int = 100, width: int = 320,
     if width < 8 or height < 8:
         raise ValueError(f"image size too small: {width}x{height}")
     rng = np.random.default_rng(seed)
+    names, colors = _choose_objects(rng, num_objects)
+    _clear_previous(out)
+
+    p, cid = _connect()
+    try:
+        floor, table, top_z, placed = _build_world(p, cid, rng, names, colors)
+        spec = _make_spec(rng, placed, top_z, seed, num_frames, width, height, depth_noise)
+        camera = _OrbitCamera(p, cid, width, height, _instance_lut(floor, table, placed, spec))
+        writer = SceneWriter(out)
+        writer.write_intrinsics(camera.intr)
+        parts = _render_orbit(camera, writer, out, spec, rng, num_frames, depth_noise)
+        _write_cloud_and_truth(writer, out, spec, parts)
+    finally:
+        p.disconnect(physicsClientId=cid)
+    log.info("synthetic scene %s: seed %d, %d objects (%s), %d frames %dx%d, %d cloud points, "
+             "%.1f s (render %.1f s)", out, seed, len(spec.objects),
+             ", ".join(f"{o.color} {o.label}" for o in spec.objects), num_frames, width, height,
+             spec.num_points, time.perf_counter() - t0, camera.t_render)
+    return out
+
+
+def _choose_objects(rng: np.random.Generator,
+                    num_objects: int | None) -> tuple[list[str], list[str]]:
+    """Draw the object names and their colours (count seed-chosen 4-6 unless given)."""
     n_obj = int(rng.integers(4, 7)) if num_objects is None else int(num_objects)
     if not 1 <= n_obj <= min(len(PALETTE), len(CATALOGUE)):
         raise ValueError(f"num_objects must be in 1..{min(len(PALETTE), len(CATALOGUE))}, "
                          f"got {num_objects}")
     names = [list(CATALOGUE)[i] for i in rng.permutation(len(CATALOGUE))[:n_obj]]
     colors = [list(PALETTE)[i] for i in rng.permutation(len(PALETTE))[:n_obj]]
-    _clear_previous(out)
+    return names, colors
 
-    p, cid = _connect()
-    try:
-        floor = p.loadURDF("plane.urdf", physicsClientId=cid)
-        _paint(p, cid, floor, FLOOR_RGB)
-        table = p.loadURDF(TABLE_URDF, [0, 0, 0], useFixedBase=True, physicsClientId=cid)
-        _paint(p, cid, table, TABLE_RGB)
-        top_z = float(p.getAABB(table, physicsClientId=cid)[1][2])
-        placed = _place_objects(p, cid, rng, names, colors, top_z)
 
-        K_obj = len(placed)
-        spec = SyntheticSceneSpec(
-            seed=int(seed), num_frames=int(num_frames), width=int(width), height=int(height),
-            depth_noise=float(depth_noise), objects=[o for _, o in placed],
-            table_id=K_obj + 1, floor_id=K_obj + 2, table_top_z=top_z,
-            orbit_radius=float(rng.uniform(1.1, 1.3)), orbit_height=float(rng.uniform(1.4, 1.55)),
-            orbit_start=float(rng.uniform(0, 2 * np.pi)))
-        # body unique id -> ground-truth instance id (pixels of nothing stay 0)
-        lut = np.zeros(max([floor, table] + [b for b, _ in placed]) + 2, dtype=np.int32)
-        lut[floor + 1] = spec.floor_id
-        lut[table + 1] = spec.table_id
-        for b, o in placed:
-            lut[b + 1] = o.instance_id
+def _build_world(p, cid, rng: np.random.Generator, names: list[str], colors: list[str]):
+    """Load and paint the floor and table, place the objects: (floor, table, top_z, placed)."""
+    floor = p.loadURDF("plane.urdf", physicsClientId=cid)
+    _paint(p, cid, floor, FLOOR_RGB)
+    table = p.loadURDF(TABLE_URDF, [0, 0, 0], useFixedBase=True, physicsClientId=cid)
+    _paint(p, cid, table, TABLE_RGB)
+    top_z = float(p.getAABB(table, physicsClientId=cid)[1][2])
+    return floor, table, top_z, _place_objects(p, cid, rng, names, colors, top_z)
 
-        intr = tinyrenderer_intrinsics(width, height)
-        proj = p.computeProjectionMatrixFOV(FOV_Y, width / height, NEAR, FAR)
-        writer = SceneWriter(out)
-        writer.write_intrinsics(intr)
-        seg_dir = out / "ground_truth" / "instance_masks"
-        seg_dir.mkdir(parents=True, exist_ok=True)
-        target = np.array([0.0, 0.0, top_z])
-        crop_lo = np.array([-TABLE_HALF[0] - CROP_MARGIN, -TABLE_HALF[1] - CROP_MARGIN])
-        crop_hi = -crop_lo
 
-        keys, labels, cols, pts = [], [], [], []
-        # Consecutive orbit frames overlap heavily: fusing about 50 of them covers the scene.
-        fuse_every = max(1, -(-num_frames // MAX_FUSED_FRAMES))
-        t_render = 0.0
-        for i in range(num_frames):
-            a = spec.orbit_start + 2 * np.pi * i / num_frames
-            # a gentle bob keeps the views from being all at one height
-            h = spec.orbit_height + 0.08 * np.sin(3 * a)
-            eye = np.array([spec.orbit_radius * np.cos(a), spec.orbit_radius * np.sin(a), h])
-            pose = _look_at(eye, target)
-            tr = time.perf_counter()
-            _, _, rgba, zbuf, seg = p.getCameraImage(
-                width, height, _gl_view(pose), proj, renderer=p.ER_TINY_RENDERER,
-                shadow=0, lightDirection=[0.4, -0.3, 1.0], lightAmbientCoeff=0.7,
-                lightDiffuseCoeff=0.35, lightSpecularCoeff=0.0, physicsClientId=cid)
-            t_render += time.perf_counter() - tr
-            rgb = np.ascontiguousarray(
-                np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[:, :, :3])
-            zbuf = np.asarray(zbuf, dtype=np.float64).reshape(height, width)
-            seg = np.asarray(seg, dtype=np.int64).reshape(height, width)
-            depth = FAR * NEAR / (FAR - (FAR - NEAR) * zbuf)
-            valid = (seg >= 0) & (zbuf < 1.0)
-            if depth_noise > 0:
-                depth = depth + rng.normal(0.0, depth_noise, depth.shape)
-                valid &= depth > NEAR
-            # the fused cloud is built from exactly what is written: millimetre depth
-            depth = np.where(valid, np.round(depth * 1000.0) / 1000.0, 0.0)
-            inst = np.where(valid, lut[np.clip(seg, -1, len(lut) - 2) + 1], 0).astype(np.int32)
-            writer.write_frame(i, rgb, depth, pose)
-            cv2.imwrite(str(seg_dir / f"{i}.png"), inst.astype(np.uint16))
-            if i % fuse_every:
-                continue
+def _make_spec(rng: np.random.Generator, placed: list[tuple[int, SyntheticObject]],
+               top_z: float, seed, num_frames, width, height, depth_noise) -> SyntheticSceneSpec:
+    """The scene spec for the placed objects; draws the camera orbit from ``rng``."""
+    K_obj = len(placed)
+    return SyntheticSceneSpec(
+        seed=int(seed), num_frames=int(num_frames), width=int(width), height=int(height),
+        depth_noise=float(depth_noise), objects=[o for _, o in placed],
+        table_id=K_obj + 1, floor_id=K_obj + 2, table_top_z=top_z,
+        orbit_radius=float(rng.uniform(1.1, 1.3)), orbit_height=float(rng.uniform(1.4, 1.55)),
+        orbit_start=float(rng.uniform(0, 2 * np.pi)))
 
-            v, u = np.nonzero(valid)
-            xyz = backproject_pixels(u, v, depth[v, u], intr.K, pose)
-            keep = np.all((xyz[:, :2] >= crop_lo) & (xyz[:, :2] <= crop_hi), axis=1)
-            xyz, v, u = xyz[keep], v[keep], u[keep]
-            vox = np.floor((xyz + VOXEL_OFFSET) / VOXEL).astype(np.int64) + (1 << 20)
-            keys.append((vox[:, 0] << 42) | (vox[:, 1] << 21) | vox[:, 2])
-            labels.append(inst[v, u])
-            cols.append(rgb[v, u])
-            pts.append(xyz.astype(np.float32))
 
-        points, colors_out, gt = _fuse(np.concatenate(keys), np.concatenate(pts),
-                                       np.concatenate(cols), np.concatenate(labels),
-                                       spec.floor_id + 1)
-        spec.num_points = int(len(points))
-        writer.write_cloud(points, colors_out)
-        gt_labels = {o.instance_id: {"label": o.label, "color": o.color} for o in spec.objects}
-        gt_labels[spec.table_id] = {"label": "table", "color": "brown"}
-        gt_labels[spec.floor_id] = {"label": "floor", "color": "grey"}
-        writer.write_ground_truth(gt, gt_labels)
+def _instance_lut(floor: int, table: int, placed: list[tuple[int, SyntheticObject]],
+                  spec: SyntheticSceneSpec) -> np.ndarray:
+    """Body unique id + 1 -> ground-truth instance id (pixels of nothing, id -1, stay 0)."""
+    lut = np.zeros(max([floor, table] + [b for b, _ in placed]) + 2, dtype=np.int32)
+    lut[floor + 1] = spec.floor_id
+    lut[table + 1] = spec.table_id
+    for b, o in placed:
+        lut[b + 1] = o.instance_id
+    return lut
 
-        meta_path = out / "scene.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        meta["synthetic"] = _jsonable(asdict(spec))
-        meta_path.write_text(json.dumps(meta, indent=2))
-    finally:
-        p.disconnect(physicsClientId=cid)
-    log.info("synthetic scene %s: seed %d, %d objects (%s), %d frames %dx%d, %d cloud points, "
-             "%.1f s (render %.1f s)", out, seed, len(spec.objects),
-             ", ".join(f"{o.color} {o.label}" for o in spec.objects), num_frames, width, height,
-             spec.num_points, time.perf_counter() - t0, t_render)
-    return out
+
+class _OrbitCamera:
+    """TinyRenderer images of the scene from a pose; sums the time spent rendering."""
+
+    def __init__(self, p, cid, width: int, height: int, lut: np.ndarray):
+        self.p, self.cid, self.width, self.height, self.lut = p, cid, width, height, lut
+        self.intr = tinyrenderer_intrinsics(width, height)
+        self.proj = p.computeProjectionMatrixFOV(FOV_Y, width / height, NEAR, FAR)
+        self.t_render = 0.0
+
+    def render(self, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rgb uint8 HxWx3, OpenGL z-buffer float64, body-id segmentation int64)."""
+        p, width, height = self.p, self.width, self.height
+        tr = time.perf_counter()
+        _, _, rgba, zbuf, seg = p.getCameraImage(
+            width, height, _gl_view(pose), self.proj, renderer=p.ER_TINY_RENDERER,
+            shadow=0, lightDirection=[0.4, -0.3, 1.0], lightAmbientCoeff=0.7,
+            lightDiffuseCoeff=0.35, lightSpecularCoeff=0.0, physicsClientId=self.cid)
+        self.t_render += time.perf_counter() - tr
+        rgb = np.ascontiguousarray(
+            np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[:, :, :3])
+        zbuf = np.asarray(zbuf, dtype=np.float64).reshape(height, width)
+        seg = np.asarray(seg, dtype=np.int64).reshape(height, width)
+        return rgb, zbuf, seg
+
+
+def _orbit_pose(spec: SyntheticSceneSpec, i: int, num_frames: int,
+                target: np.ndarray) -> np.ndarray:
+    """Camera-to-world pose of frame ``i`` on the orbit, looking at ``target``."""
+    a = spec.orbit_start + 2 * np.pi * i / num_frames
+    # a gentle bob keeps the views from being all at one height
+    h = spec.orbit_height + 0.08 * np.sin(3 * a)
+    eye = np.array([spec.orbit_radius * np.cos(a), spec.orbit_radius * np.sin(a), h])
+    return _look_at(eye, target)
+
+
+def _depth_and_instances(zbuf: np.ndarray, seg: np.ndarray, lut: np.ndarray,
+                         rng: np.random.Generator, depth_noise: float):
+    """(depth in m, mm-quantised, 0 where invalid; valid mask; instance id per pixel)."""
+    depth = FAR * NEAR / (FAR - (FAR - NEAR) * zbuf)
+    valid = (seg >= 0) & (zbuf < 1.0)
+    if depth_noise > 0:
+        depth = depth + rng.normal(0.0, depth_noise, depth.shape)
+        valid &= depth > NEAR
+    # the fused cloud is built from exactly what is written: millimetre depth
+    depth = np.where(valid, np.round(depth * 1000.0) / 1000.0, 0.0)
+    inst = np.where(valid, lut[np.clip(seg, -1, len(lut) - 2) + 1], 0).astype(np.int32)
+    return depth, valid, inst
+
+
+def _render_orbit(camera: _OrbitCamera, writer: SceneWriter, out: Path,
+                  spec: SyntheticSceneSpec, rng: np.random.Generator, num_frames: int,
+                  depth_noise: float) -> list[tuple[np.ndarray, ...]]:
+    """Render and write every orbit frame and its instance mask; the cloud parts of the fused ones."""
+    seg_dir = out / "ground_truth" / "instance_masks"
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    target = np.array([0.0, 0.0, spec.table_top_z])
+    parts = []
+    # Consecutive orbit frames overlap heavily: fusing about 50 of them covers the scene.
+    fuse_every = max(1, -(-num_frames // MAX_FUSED_FRAMES))
+    for i in range(num_frames):
+        pose = _orbit_pose(spec, i, num_frames, target)
+        rgb, zbuf, seg = camera.render(pose)
+        depth, valid, inst = _depth_and_instances(zbuf, seg, camera.lut, rng, depth_noise)
+        writer.write_frame(i, rgb, depth, pose)
+        cv2.imwrite(str(seg_dir / f"{i}.png"), inst.astype(np.uint16))
+        if not i % fuse_every:
+            parts.append(_cloud_part(valid, depth, inst, rgb, camera.intr.K, pose))
+    return parts
+
+
+def _cloud_part(valid: np.ndarray, depth: np.ndarray, inst: np.ndarray, rgb: np.ndarray,
+                K: np.ndarray, pose: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One frame's valid pixels inside the crop: (voxel keys, points, colours, instance ids)."""
+    crop_lo = np.array([-TABLE_HALF[0] - CROP_MARGIN, -TABLE_HALF[1] - CROP_MARGIN])
+    crop_hi = -crop_lo
+    v, u = np.nonzero(valid)
+    xyz = backproject_pixels(u, v, depth[v, u], K, pose)
+    keep = np.all((xyz[:, :2] >= crop_lo) & (xyz[:, :2] <= crop_hi), axis=1)
+    xyz, v, u = xyz[keep], v[keep], u[keep]
+    vox = np.floor((xyz + VOXEL_OFFSET) / VOXEL).astype(np.int64) + (1 << 20)
+    keys = (vox[:, 0] << 42) | (vox[:, 1] << 21) | vox[:, 2]
+    return keys, xyz.astype(np.float32), rgb[v, u], inst[v, u]
+
+
+def _write_cloud_and_truth(writer: SceneWriter, out: Path, spec: SyntheticSceneSpec,
+                           parts: list[tuple[np.ndarray, ...]]) -> None:
+    """Fuse the cloud parts; write the cloud, its ground truth and the spec into scene.json."""
+    keys, pts, cols, labels = (np.concatenate(x) for x in zip(*parts))
+    points, colors_out, gt = _fuse(keys, pts, cols, labels, spec.floor_id + 1)
+    spec.num_points = int(len(points))
+    writer.write_cloud(points, colors_out)
+    gt_labels = {o.instance_id: {"label": o.label, "color": o.color} for o in spec.objects}
+    gt_labels[spec.table_id] = {"label": "table", "color": "brown"}
+    gt_labels[spec.floor_id] = {"label": "floor", "color": "grey"}
+    writer.write_ground_truth(gt, gt_labels)
+
+    meta_path = out / "scene.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta["synthetic"] = _jsonable(asdict(spec))
+    meta_path.write_text(json.dumps(meta, indent=2))
 
 
 def _clear_previous(out: Path) -> None:

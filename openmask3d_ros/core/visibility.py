@@ -23,33 +23,26 @@ import numpy as np
 from scipy import sparse
 
 from .camera import Intrinsics, official_adapted_intrinsic, project, project_pixels_official
-
-FIDELITY_MODES = ("official", "paper")
-
-
-def check_fidelity(fidelity: str) -> str:
-    if fidelity not in FIDELITY_MODES:
-        raise ValueError(f"fidelity must be one of {FIDELITY_MODES}, got {fidelity!r}")
-    return fidelity
+from .fidelity import Fidelity
 
 
 def frame_visibility(points: np.ndarray, cam_to_world: np.ndarray, depth: np.ndarray,
                      depth_intrinsics: Intrinsics, k_threshold: float = 0.2, *,
-                     fidelity: str = "official", two_sided: bool = True,
+                     fidelity: Fidelity | str = Fidelity.OFFICIAL, two_sided: bool = True,
                      depth_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Visible points (bool (P,)) and their pixel ids ``v * W + u`` (int64 (P,), -1 outside).
 
     ``depth_scale`` (official mode): the depth PNG's units per metre; float32 depth is
     re-quantised to the float64 ``raw / scale`` the official code compares against.
     """
-    check_fidelity(fidelity)
+    fidelity = Fidelity.parse(fidelity)
     if depth.shape != (depth_intrinsics.height, depth_intrinsics.width):
         raise ValueError(f"depth image is {depth.shape[1]}x{depth.shape[0]} but its intrinsics "
                          f"are for {depth_intrinsics.width}x{depth_intrinsics.height}")
     H, W = depth.shape
     pix = np.full(len(points), -1, dtype=np.int64)
     seen = np.zeros(len(points), dtype=bool)
-    if fidelity == "official":
+    if fidelity is Fidelity.OFFICIAL:
         idx, u, v, w = _official_in_view(points, cam_to_world, depth_intrinsics)
         d = depth[v, u].astype(np.float64)
         if depth_scale:
@@ -72,12 +65,12 @@ def frame_visibility(points: np.ndarray, cam_to_world: np.ndarray, depth: np.nda
     return seen, pix
 
 
-def projection_intrinsics(scene, fidelity: str) -> Intrinsics:
+def projection_intrinsics(scene, fidelity: Fidelity | str) -> Intrinsics:
     """The depth-resolution camera visibility projects with: ``paper`` uses the scene's depth
     intrinsics; ``official`` adapts the colour intrinsics with the official formula (identical
     when colour and depth share a resolution)."""
     depth = scene.depth_intrinsics()
-    if check_fidelity(fidelity) == "paper":
+    if Fidelity.parse(fidelity) is Fidelity.PAPER:
         return depth
     color = scene.color_intrinsics()
     K = official_adapted_intrinsic(color.K, (color.height, color.width),

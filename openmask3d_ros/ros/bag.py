@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,15 +29,16 @@ from .conversions import (BODY_T_OPTICAL, arrays_to_cloud, depth_to_compressed_d
                           depth_to_image, intrinsics_to_camera_info, matrix_to_pose,
                           matrix_to_transform, ns_to_stamp, rgb_to_compressed, rgb_to_image)
 from .bag_play import play_bag  # noqa: F401  (re-exported)
-from .params import DEFAULT_REMAPPINGS, NODE_NAME
+from .params import NODE_NAME, NODE_PARAMETERS
 
 log = logging.getLogger(__name__)
 
-COLOR_TOPIC = DEFAULT_REMAPPINGS["color/image_raw"]
-DEPTH_TOPIC = DEFAULT_REMAPPINGS["depth/image_raw"]
-INFO_TOPIC = DEFAULT_REMAPPINGS["color/camera_info"]
-CLOUD_TOPIC = DEFAULT_REMAPPINGS["cloud"]
-POSE_TOPIC = DEFAULT_REMAPPINGS["pose"]
+# The node's default input topics (its topic parameters' defaults).
+COLOR_TOPIC = NODE_PARAMETERS["color_topic"].default
+DEPTH_TOPIC = NODE_PARAMETERS["depth_topic"].default
+INFO_TOPIC = NODE_PARAMETERS["camera_info_topic"].default
+CLOUD_TOPIC = NODE_PARAMETERS["cloud_topic"].default
+POSE_TOPIC = NODE_PARAMETERS["pose_topic"].default
 TRIGGER_TOPIC = f"/{NODE_NAME}/map_complete"
 DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
 COLOR_FORMATS = ("raw", "jpeg", "png")
@@ -73,27 +75,8 @@ def record_scene(scene_dir: str | Path, bag_path: str | Path, *, rate_hz: float 
     from rclpy.serialization import serialize_message
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
-    from sensor_msgs.msg import CameraInfo
-    from std_msgs.msg import Empty
-    from tf2_msgs.msg import TFMessage
 
-    if color_format not in COLOR_FORMATS:
-        raise ValueError(f"color_format must be one of {COLOR_FORMATS}, got '{color_format}'")
-    if depth_format not in DEPTH_FORMATS:
-        raise ValueError(f"depth_format must be one of {DEPTH_FORMATS}, got '{depth_format}'")
-    poses = set(poses)
-    if not poses or poses - {"tf", "pose"}:
-        raise ValueError(f"poses must be tf and/or pose, got {sorted(poses)}")
-    names = {"color": COLOR_TOPIC, "depth": DEPTH_TOPIC, "camera_info": INFO_TOPIC,
-             "cloud": CLOUD_TOPIC, "pose": POSE_TOPIC, "trigger": TRIGGER_TOPIC, **(topics or {})}
-    image_type = "sensor_msgs/msg/Image"
-    color_type = depth_type = image_type
-    if color_format != "raw":
-        names["color"] += "/compressed"
-        color_type = "sensor_msgs/msg/CompressedImage"
-    if depth_format != "raw":
-        names["depth"] += "/compressedDepth"
-        depth_type = "sensor_msgs/msg/CompressedImage"
+    poses, topic_types = _topic_layout(color_format, depth_format, poses, topics, trigger)
     scene = SceneFolder(scene_dir)
     frame_ids = scene.frame_ids[:max_frames] if max_frames else scene.frame_ids
     if not frame_ids:
@@ -106,73 +89,155 @@ def record_scene(scene_dir: str | Path, bag_path: str | Path, *, rate_hz: float 
     typestore = get_typestore(Stores.ROS2_KILTED)
     dt_ns = int(round(1e9 / rate_hz))
     delay_ns = int(round(pose_delay * 1e9))
-    optical_to_body = np.linalg.inv(BODY_T_OPTICAL)
-
-    def color_msg(rgb):
-        if color_format == "raw":
-            return rgb_to_image(rgb, color_encoding)
-        return rgb_to_compressed(rgb, color_format, quality=jpeg_quality)
-
-    def depth_msg(depth):
-        if depth_format == "raw":
-            return depth_to_image(depth, depth_encoding)
-        return depth_to_compressed_depth(depth, depth_encoding)
+    frames = _FrameNames(map_frame, body_frame, optical_frame)
+    images = _ImageEncoding(color_format, color_encoding, depth_format, depth_encoding,
+                            jpeg_quality)
 
     with Writer(bag_path, version=9) as writer:
         conns = {key: writer.add_connection(topic, msgtype, typestore=typestore)
-                 for key, topic, msgtype in (
-                     ("tf_static", "/tf_static", "tf2_msgs/msg/TFMessage"),
-                     ("tf", "/tf", "tf2_msgs/msg/TFMessage"),
-                     ("pose", names["pose"], "geometry_msgs/msg/PoseStamped"),
-                     ("color", names["color"], color_type),
-                     ("depth", names["depth"], depth_type),
-                     ("camera_info", names["camera_info"], "sensor_msgs/msg/CameraInfo"),
-                     ("cloud", names["cloud"], "sensor_msgs/msg/PointCloud2"),
-                     ("trigger", names["trigger"], "std_msgs/msg/Empty"))
-                 if (key != "trigger" or trigger) and (key not in ("tf", "pose") or key in poses)}
-        pending: list[tuple[int, str, object]] = []   # pose messages due after their frame
-
-        def write(key: str, stamp_ns: int, msg) -> None:
-            while pending and pending[0][0] <= stamp_ns:
-                t_due, k, m = pending.pop(0)
-                writer.write(conns[k], t_due, serialize_message(m))
-            writer.write(conns[key], stamp_ns, serialize_message(msg))
-
-        write("tf_static", start_ns, TFMessage(transforms=[
-            _transform_stamped(body_frame, optical_frame, BODY_T_OPTICAL, start_ns)]))
-        cloud = arrays_to_cloud(points, colors, frame_id=map_frame, stamp=ns_to_stamp(start_ns))
-        write("cloud", start_ns, cloud)
+                 for key, (topic, msgtype) in topic_types.items()}
+        out = _PoseDelayingWriter(writer, conns, serialize_message, delay_ns)
+        cloud = _write_static(out, frames, points, colors, start_ns)
         t = start_ns
         for i, fid in enumerate(frame_ids):
             t = start_ns + (i + 1) * dt_ns
-            stamp = ns_to_stamp(t)
-            pose = usable_pose(scene.pose(fid))
-            if pose is not None:   # lost tracking: no pose for this frame
-                if "tf" in poses:
-                    pending.append((t + delay_ns, "tf", TFMessage(transforms=[
-                        _transform_stamped(map_frame, body_frame, pose @ optical_to_body, t)])))
-                if "pose" in poses:
-                    pending.append((t + delay_ns, "pose", _pose_stamped(map_frame, pose, t)))
-                pending.sort(key=lambda item: item[0])
-                if delay_ns == 0:
-                    for _, k, m in pending:
-                        writer.write(conns[k], t, serialize_message(m))
-                    pending.clear()
-            rgb = scene.color(fid)
-            depth = scene.depth(fid)
-            k = color_k if (color_k.width, color_k.height) == (rgb.shape[1], rgb.shape[0]) \
-                else color_k.scaled(rgb.shape[1], rgb.shape[0])
-            for key, msg in (("color", color_msg(rgb)), ("depth", depth_msg(depth)),
-                             ("camera_info", intrinsics_to_camera_info(k, CameraInfo()))):
-                msg.header.stamp, msg.header.frame_id = stamp, optical_frame
-                write(key, t, msg)
-        t_end = t + max(dt_ns, delay_ns + 1)
-        cloud.header.stamp = ns_to_stamp(t_end)
-        write("cloud", t_end, cloud)
-        if trigger:
-            write("trigger", t_end + dt_ns, Empty())
+            _write_frame(out, scene, fid, t, color_k, images, frames, poses)
+        _write_final(out, cloud, t + max(dt_ns, delay_ns + 1), dt_ns, trigger)
     log.info("recorded %d frames of %s into %s", len(frame_ids), scene_dir, bag_path)
     return bag_path
+
+
+_OPTICAL_T_BODY = np.linalg.inv(BODY_T_OPTICAL)
+
+
+class _FrameNames(NamedTuple):
+    """The map, camera body and camera optical frame ids."""
+
+    map: str
+    body: str
+    optical: str
+
+
+class _ImageEncoding(NamedTuple):
+    """How record_scene writes colour and depth images."""
+
+    color_format: str
+    color_encoding: str
+    depth_format: str
+    depth_encoding: str
+    jpeg_quality: int
+
+    def color_msg(self, rgb: np.ndarray):
+        if self.color_format == "raw":
+            return rgb_to_image(rgb, self.color_encoding)
+        return rgb_to_compressed(rgb, self.color_format, quality=self.jpeg_quality)
+
+    def depth_msg(self, depth: np.ndarray):
+        if self.depth_format == "raw":
+            return depth_to_image(depth, self.depth_encoding)
+        return depth_to_compressed_depth(depth, self.depth_encoding)
+
+
+def _topic_layout(color_format: str, depth_format: str, poses: Iterable[str],
+                  topics: dict[str, str] | None, trigger: bool
+                  ) -> tuple[set[str], dict[str, tuple[str, str]]]:
+    """Check the formats and pose kinds; (pose kinds, connection key -> (topic, message type)
+    of the connections to add, in order)."""
+    if color_format not in COLOR_FORMATS:
+        raise ValueError(f"color_format must be one of {COLOR_FORMATS}, got '{color_format}'")
+    if depth_format not in DEPTH_FORMATS:
+        raise ValueError(f"depth_format must be one of {DEPTH_FORMATS}, got '{depth_format}'")
+    poses = set(poses)
+    if not poses or poses - {"tf", "pose"}:
+        raise ValueError(f"poses must be tf and/or pose, got {sorted(poses)}")
+    names = {"color": COLOR_TOPIC, "depth": DEPTH_TOPIC, "camera_info": INFO_TOPIC,
+             "cloud": CLOUD_TOPIC, "pose": POSE_TOPIC, "trigger": TRIGGER_TOPIC, **(topics or {})}
+    color_type = depth_type = "sensor_msgs/msg/Image"
+    if color_format != "raw":
+        names["color"] += "/compressed"
+        color_type = "sensor_msgs/msg/CompressedImage"
+    if depth_format != "raw":
+        names["depth"] += "/compressedDepth"
+        depth_type = "sensor_msgs/msg/CompressedImage"
+    layout = {"tf_static": ("/tf_static", "tf2_msgs/msg/TFMessage"),
+              "tf": ("/tf", "tf2_msgs/msg/TFMessage"),
+              "pose": (names["pose"], "geometry_msgs/msg/PoseStamped"),
+              "color": (names["color"], color_type),
+              "depth": (names["depth"], depth_type),
+              "camera_info": (names["camera_info"], "sensor_msgs/msg/CameraInfo"),
+              "cloud": (names["cloud"], "sensor_msgs/msg/PointCloud2"),
+              "trigger": (names["trigger"], "std_msgs/msg/Empty")}
+    return poses, {key: topic_type for key, topic_type in layout.items()
+                   if (key != "trigger" or trigger) and (key not in ("tf", "pose") or key in poses)}
+
+
+class _PoseDelayingWriter:
+    """Writes messages by connection key; pose messages wait ``delay_ns`` after their frame."""
+
+    def __init__(self, writer, conns: dict, serialize, delay_ns: int):
+        self.writer, self.conns, self.serialize, self.delay_ns = writer, conns, serialize, delay_ns
+        self.pending: list[tuple[int, str, object]] = []   # pose messages due after their frame
+
+    def write(self, key: str, stamp_ns: int, msg) -> None:
+        """Write the pose messages due by ``stamp_ns``, then ``msg``."""
+        while self.pending and self.pending[0][0] <= stamp_ns:
+            t_due, k, m = self.pending.pop(0)
+            self.writer.write(self.conns[k], t_due, self.serialize(m))
+        self.writer.write(self.conns[key], stamp_ns, self.serialize(msg))
+
+    def add_poses(self, t: int, msgs: list[tuple[str, object]]) -> None:
+        """Queue the pose messages of the frame at ``t`` (written at once without a delay)."""
+        self.pending.extend((t + self.delay_ns, k, m) for k, m in msgs)
+        self.pending.sort(key=lambda item: item[0])
+        if self.delay_ns == 0:
+            for _, k, m in self.pending:
+                self.writer.write(self.conns[k], t, self.serialize(m))
+            self.pending.clear()
+
+
+def _write_static(out: _PoseDelayingWriter, frames: _FrameNames, points: np.ndarray,
+                  colors: np.ndarray, start_ns: int):
+    """Write /tf_static and the first cloud at ``start_ns``; return the cloud message."""
+    from tf2_msgs.msg import TFMessage
+    out.write("tf_static", start_ns, TFMessage(transforms=[
+        _transform_stamped(frames.body, frames.optical, BODY_T_OPTICAL, start_ns)]))
+    cloud = arrays_to_cloud(points, colors, frame_id=frames.map, stamp=ns_to_stamp(start_ns))
+    out.write("cloud", start_ns, cloud)
+    return cloud
+
+
+def _write_frame(out: _PoseDelayingWriter, scene: SceneFolder, fid: str, t: int, color_k,
+                 images: _ImageEncoding, frames: _FrameNames, poses: set[str]) -> None:
+    """Queue the frame's pose messages (none on lost tracking), write its images and info."""
+    from sensor_msgs.msg import CameraInfo
+    from tf2_msgs.msg import TFMessage
+    stamp = ns_to_stamp(t)
+    pose = usable_pose(scene.pose(fid))
+    if pose is not None:   # lost tracking: no pose for this frame
+        msgs = []
+        if "tf" in poses:
+            msgs.append(("tf", TFMessage(transforms=[
+                _transform_stamped(frames.map, frames.body, pose @ _OPTICAL_T_BODY, t)])))
+        if "pose" in poses:
+            msgs.append(("pose", _pose_stamped(frames.map, pose, t)))
+        out.add_poses(t, msgs)
+    rgb = scene.color(fid)
+    depth = scene.depth(fid)
+    k = color_k if (color_k.width, color_k.height) == (rgb.shape[1], rgb.shape[0]) \
+        else color_k.scaled(rgb.shape[1], rgb.shape[0])
+    for key, msg in (("color", images.color_msg(rgb)), ("depth", images.depth_msg(depth)),
+                     ("camera_info", intrinsics_to_camera_info(k, CameraInfo()))):
+        msg.header.stamp, msg.header.frame_id = stamp, frames.optical
+        out.write(key, t, msg)
+
+
+def _write_final(out: _PoseDelayingWriter, cloud, t_end: int, dt_ns: int, trigger: bool) -> None:
+    """Write the cloud again at ``t_end`` (after every pose) and the trigger one period later."""
+    from std_msgs.msg import Empty
+    cloud.header.stamp = ns_to_stamp(t_end)
+    out.write("cloud", t_end, cloud)
+    if trigger:
+        out.write("trigger", t_end + dt_ns, Empty())
 
 
 def _pose_stamped(frame: str, M: np.ndarray, stamp_ns: int):

@@ -109,66 +109,21 @@ def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
 
     if camera_qos not in CAMERA_QOS:
         raise ValueError(f"camera_qos must be one of {CAMERA_QOS}, got '{camera_qos}'")
-    own_init = own_node = False
-    if node is None:
-        if not rclpy.ok():
-            apply_profile()
-            rclpy.init()
-            own_init = True
-        node = rclpy.create_node("openmask3d_bag_player")
-        own_node = True
+    node, own_node, own_init = _player_node(node)
     remap = dict(remap or {})
     wanted = set(topics) if topics else None
     skip = set(exclude)
-    counts: dict[str, int] = {}
-    publishers, convert = {}, {}
     try:
         with Reader(bag_path) as reader:
             conns = [c for c in reader.connections
                      if (wanted is None or c.topic in wanted) and c.topic not in skip]
-            for c in conns:
-                if c.topic in publishers:
-                    continue
-                name, msgtype = remap.get(c.topic, c.topic), c.msgtype
-                kind = _transport_for(reader, c) if compress else None
-                if kind:
-                    convert[c.topic] = _Compressor(kind, jpeg_quality)
-                    name, msgtype = f"{name}/{kind}", "sensor_msgs/msg/CompressedImage"
-                publishers[c.topic] = node.create_publisher(
-                    msg_class(msgtype), name, topic_qos(name, msgtype, qos_depth, camera_qos))
+            publishers, convert = _create_publishers(node, reader, conns, remap, compress,
+                                                     jpeg_quality, qos_depth, camera_qos)
             clock_pub = _ClockPublisher(node, clock_hz) if clock else None
             _wait_subscribed(node, publishers, wait_for_subscribers)
-            first = next((stamp for _, stamp, _ in reader.messages(connections=conns)), None)
-            if clock_pub is not None and first is not None:
-                clock_pub.hold(first, start_delay)      # sim-time nodes get a time at once
-            elif start_delay:
-                time.sleep(start_delay)
-            t_wall0 = time.monotonic()
-            t_bag0 = None
-            latched: list[bytes] = []   # every /tf_static message so far
-            next_repeat = t_wall0 + latched_repeat
-            for conn, stamp, raw in reader.messages(connections=conns):
-                if t_bag0 is None:
-                    t_bag0 = stamp
-                if rate > 0:
-                    due = t_wall0 + (stamp - t_bag0) / 1e9 / rate
-                    if clock_pub is not None:
-                        clock_pub.run_until(due, t_wall0, t_bag0, rate, stamp)
-                    delay = due - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                if clock_pub is not None:
-                    clock_pub.publish(stamp)
-                data = bytes(raw)
-                pub = publishers[conn.topic]
-                pub.publish(convert[conn.topic](data) if conn.topic in convert else data)
-                counts[conn.topic] = counts.get(conn.topic, 0) + 1
-                if conn.topic == "/tf_static":
-                    latched.append(data)
-                if latched_repeat > 0 and latched and time.monotonic() >= next_repeat:
-                    for payload in latched:
-                        publishers["/tf_static"].publish(payload)
-                    next_repeat = time.monotonic() + latched_repeat
+            _hold_start(reader, conns, clock_pub, start_delay)
+            counts = _publish_all(reader, conns, publishers, convert, clock_pub, rate,
+                                  latched_repeat)
             _wait_acked(publishers.values(), ack_timeout)
     finally:
         if own_node:
@@ -177,6 +132,91 @@ def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
                 rclpy.shutdown()
     log.info("replayed %s: %s", bag_path, counts)
     return counts
+
+
+def _player_node(node) -> tuple[object, bool, bool]:
+    """(node, own_node, own_init): ``node``, or a new one (after rclpy.init with the shipped
+    Fast DDS profile when rclpy is not initialised) when it is None."""
+    import rclpy
+    if node is not None:
+        return node, False, False
+    own_init = False
+    if not rclpy.ok():
+        apply_profile()
+        rclpy.init()
+        own_init = True
+    return rclpy.create_node("openmask3d_bag_player"), True, own_init
+
+
+def _create_publishers(node, reader, conns: list, remap: dict[str, str], compress: bool,
+                       jpeg_quality: int, qos_depth: int, camera_qos: str
+                       ) -> tuple[dict, dict[str, _Compressor]]:
+    """A publisher per bag topic, remapped (raw images as compressed ones with ``compress``);
+    (publishers, compressors), both by bag topic."""
+    publishers, convert = {}, {}
+    for c in conns:
+        if c.topic in publishers:
+            continue
+        name, msgtype = remap.get(c.topic, c.topic), c.msgtype
+        kind = _transport_for(reader, c) if compress else None
+        if kind:
+            convert[c.topic] = _Compressor(kind, jpeg_quality)
+            name, msgtype = f"{name}/{kind}", "sensor_msgs/msg/CompressedImage"
+        publishers[c.topic] = node.create_publisher(
+            msg_class(msgtype), name, topic_qos(name, msgtype, qos_depth, camera_qos))
+    return publishers, convert
+
+
+def _hold_start(reader, conns: list, clock_pub: _ClockPublisher | None,
+                start_delay: float) -> None:
+    """Wait ``start_delay`` s before playback, publishing the first bag stamp on /clock."""
+    first = next((stamp for _, stamp, _ in reader.messages(connections=conns)), None)
+    if clock_pub is not None and first is not None:
+        clock_pub.hold(first, start_delay)      # sim-time nodes get a time at once
+    elif start_delay:
+        time.sleep(start_delay)
+
+
+def _publish_all(reader, conns: list, publishers: dict, convert: dict[str, _Compressor],
+                 clock_pub: _ClockPublisher | None, rate: float,
+                 latched_repeat: float) -> dict[str, int]:
+    """Publish every message at its time scaled by ``rate``, repeating /tf_static every
+    ``latched_repeat`` s; messages published per topic."""
+    counts: dict[str, int] = {}
+    t_wall0 = time.monotonic()
+    t_bag0 = None
+    latched: list[bytes] = []   # every /tf_static message so far
+    next_repeat = t_wall0 + latched_repeat
+    for conn, stamp, raw in reader.messages(connections=conns):
+        if t_bag0 is None:
+            t_bag0 = stamp
+        _wait_due(stamp, t_wall0, t_bag0, rate, clock_pub)
+        data = bytes(raw)
+        pub = publishers[conn.topic]
+        pub.publish(convert[conn.topic](data) if conn.topic in convert else data)
+        counts[conn.topic] = counts.get(conn.topic, 0) + 1
+        if conn.topic == "/tf_static":
+            latched.append(data)
+        if latched_repeat > 0 and latched and time.monotonic() >= next_repeat:
+            for payload in latched:
+                publishers["/tf_static"].publish(payload)
+            next_repeat = time.monotonic() + latched_repeat
+    return counts
+
+
+def _wait_due(stamp: int, t_wall0: float, t_bag0: int, rate: float,
+              clock_pub: _ClockPublisher | None) -> None:
+    """Sleep until the message's wall time (none when ``rate`` is 0), ticking /clock, then
+    publish its stamp on /clock."""
+    if rate > 0:
+        due = t_wall0 + (stamp - t_bag0) / 1e9 / rate
+        if clock_pub is not None:
+            clock_pub.run_until(due, t_wall0, t_bag0, rate, stamp)
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    if clock_pub is not None:
+        clock_pub.publish(stamp)
 
 
 class _ClockPublisher:

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 
 from openmask3d_ros.msg import PipelineStatus
@@ -35,6 +34,7 @@ from openmask3d_ros.srv import QueryObjects
 
 from .conversions import cloud_to_arrays
 from .params import NODE_NAME
+from .qos import latched_qos
 
 
 class OpenMask3DError(RuntimeError):
@@ -94,11 +94,8 @@ class OpenMask3DClient:
         self._trigger = node.create_client(Trigger, f"{self.ns}/map_complete")
         self.last_status: PipelineStatus | None = None
         self.resent = 0          # queries sent again after QUERY_RESEND_S without an answer
-        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                         history=HistoryPolicy.KEEP_LAST)
         self._status_sub = node.create_subscription(PipelineStatus, f"{self.ns}/status",
-                                                    self._on_status, qos)
+                                                    self._on_status, latched_qos())
 
     def _on_status(self, msg: PipelineStatus) -> None:
         self.last_status = msg

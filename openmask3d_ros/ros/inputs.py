@@ -14,7 +14,6 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
                        qos_profile_sensor_data)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from . import params as P
 from .conversions import (BODY_T_OPTICAL, COLOR_ENCODINGS, DEPTH_ENCODINGS, ConversionError,
                           camera_info_to_intrinsics, compressed_to_depth, compressed_to_rgb,
                           image_to_depth, image_to_rgb, pose_to_matrix, stamp_to_ns)
@@ -24,8 +23,6 @@ from .tf_buffer import TransformHistory, make_tf_lookup
 RELIABILITY = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
 DURABILITY = {"transient_local": DurabilityPolicy.TRANSIENT_LOCAL,
               "volatile": DurabilityPolicy.VOLATILE}
-# topic parameter -> the node-relative name that older set-ups remap (-r color/image_raw:=/x)
-LEGACY_NAMES = {arg: topic for arg, (topic, _) in P.TOPIC_ARGUMENTS.items()}
 
 
 def camera_qos(depth: int, reliability: str) -> QoSProfile:
@@ -34,19 +31,6 @@ def camera_qos(depth: int, reliability: str) -> QoSProfile:
     qos = copy.copy(qos_profile_sensor_data)
     qos.depth, qos.reliability = int(depth), RELIABILITY[reliability]
     return qos
-
-
-def input_topic(node, settings, param: str) -> str:
-    """The topic for ``param``: its value; when left at the default, a remapping of the old
-    node-relative name (``color/image_raw:=...``) still applies."""
-    value = getattr(settings, param)
-    if value == P.NODE_PARAMETERS[param][0]:
-        legacy = LEGACY_NAMES[param]
-        plain = f"{node.get_namespace().rstrip('/')}/{legacy}"
-        remapped = node.resolve_topic_name(legacy)
-        if remapped != plain:
-            return remapped
-    return value
 
 
 def decode_frame(payload) -> tuple[np.ndarray, np.ndarray, object]:
@@ -76,20 +60,19 @@ class Inputs:
         log = node.get_logger()
         s = settings
         cam_qos = camera_qos(s.qos_depth, s.qos_reliability)
-        color = input_topic(node, s, "color_topic")
-        depth = input_topic(node, s, "depth_topic")
+        color, depth = s.color_topic, s.depth_topic
         specs = [(CompressedImage, color + "/compressed") if s.color_transport == "compressed"
                  else (Image, color),
                  (CompressedImage, depth + "/compressedDepth")
                  if s.depth_transport == "compressedDepth" else (Image, depth),
-                 (CameraInfo, input_topic(node, s, "camera_info_topic"))]
+                 (CameraInfo, s.camera_info_topic)]
         self.sync = make_synchronizer(node, specs, cam_qos, self.on_frame, s.sync_queue_size,
                                       s.sync_slop, callback_group=sensor_group)
         self.topics = [node.resolve_topic_name(t) for _, t in specs]
         cloud_qos = QoSProfile(depth=1, reliability=RELIABILITY[s.cloud_qos_reliability],
                                durability=DURABILITY[s.cloud_qos_durability],
                                history=HistoryPolicy.KEEP_LAST)
-        self.cloud_topic = node.resolve_topic_name(input_topic(node, s, "cloud_topic"))
+        self.cloud_topic = node.resolve_topic_name(s.cloud_topic)
         self._subs.append(node.create_subscription(PointCloud2, self.cloud_topic, self.on_cloud,
                                                    cloud_qos, callback_group=sensor_group))
         if s.pose_source == "tf":
@@ -101,11 +84,11 @@ class Inputs:
             self.pose_history = TransformHistory(int(s.tf_cache_time * 1e9))
             if s.pose_source == "pose":
                 from geometry_msgs.msg import PoseStamped
-                topic, cb = input_topic(node, s, "pose_topic"), self.on_pose
+                topic, cb = s.pose_topic, self.on_pose
                 msg_type = PoseStamped
             else:
                 from nav_msgs.msg import Odometry
-                topic, cb = input_topic(node, s, "odom_topic"), self.on_odom
+                topic, cb = s.odom_topic, self.on_odom
                 msg_type = Odometry
             self._subs.append(node.create_subscription(msg_type, topic, cb, 100,
                                                        callback_group=pose_group))

@@ -22,7 +22,6 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Empty
 from std_srvs.srv import Trigger
 
@@ -30,13 +29,12 @@ from openmask3d_ros.msg import PipelineStatus
 from openmask3d_ros.srv import QueryObjects
 
 from ..core.instance_map import MAP_DIRNAME
-from ..core.recorder import DROP_CAUSES, KeyframeRecorder
-from ..core.render import instance_values
+from ..core.recorder import Drop, KeyframeRecorder
 from . import params as P
 from .inputs import Inputs, decode_frame
-from .conversions import image_to_rgb
-from .mapping import MapBuilder
-from .query_service import answer_query, handle_query
+from .map_builder import MapBuilder
+from .qos import latched_qos
+from .query_service import QuerySettings, answer_query, handle_query
 from .settings import NodeSettings, check_live_change, declare_parameters, read_settings
 from .visualization import MapPublishers
 from .status import (ADVICE, StatusBoard, diagnostics, forward_core_logging,
@@ -51,11 +49,6 @@ def process_age() -> float | None:
         return float(Path("/proc/uptime").read_text().split()[0]) - start
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _latched(depth: int = 1) -> QoSProfile:
-    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
 
 
 class OpenMask3DNode(LifecycleNode):
@@ -84,13 +77,13 @@ class OpenMask3DNode(LifecycleNode):
         self._record_stop = threading.Event()
         self._wake = threading.Event()
         self._log_state = None
-        self._last_drops = {c: 0 for c in DROP_CAUSES}
+        self._last_drops = {c: 0 for c in Drop}
         # One logger per drop cause: rclpy throttles per logger and call site.
         self._drop_loggers = {c: rclpy.logging.get_logger(self.get_logger().name)
-                              for c in DROP_CAUSES}
+                              for c in Drop}
         # Plain (not lifecycle) publishers: status and diagnostics also report an inactive or
         # failed node.
-        self._status_pub = self.create_publisher(PipelineStatus, P.STATUS_TOPIC, _latched())
+        self._status_pub = self.create_publisher(PipelineStatus, P.STATUS_TOPIC, latched_qos())
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.viz = None
 
@@ -118,8 +111,8 @@ class OpenMask3DNode(LifecycleNode):
         self._publish_status()
         if self.recorder is None:
             return
-        drops = dict(self.recorder.drops)
-        new = {c: drops[c] - self._last_drops[c] for c in DROP_CAUSES}
+        drops = self.recorder.counters().drops
+        new = {c: drops[c] - self._last_drops[c] for c in Drop}
         self._last_drops = drops
         try:
             self._diag_pub.publish(diagnostics(self.status(), self.get_fully_qualified_name(),
@@ -127,7 +120,7 @@ class OpenMask3DNode(LifecycleNode):
         except Exception:
             pass
 
-    def _warn_drop(self, cause: str, text: str) -> None:
+    def _warn_drop(self, cause: Drop, text: str) -> None:
         inputs = self.inputs
         seen = f" (messages so far: {inputs.input_counts()})" if inputs is not None else ""
         self._drop_loggers[cause].warning(f"{text}{seen}. To fix: {ADVICE[cause]}",
@@ -305,11 +298,11 @@ class OpenMask3DNode(LifecycleNode):
             if rec is None or builder is None:
                 return False, "node is not configured"
             c = rec.counters()
-            if c["keyframes"] == 0 and c["pending"] == 0:
-                return False, (f"no keyframes recorded yet ({c['frames_received']} synchronised "
-                               f"frames, {c['dropped_no_pose']} without pose, "
-                               f"{c['dropped_rejected']} rejected, {c['dropped_stamp_gap']} "
-                               "missing)")
+            if c.keyframes == 0 and c.pending == 0:
+                return False, (f"no keyframes recorded yet ({c.frames_received} synchronised "
+                               f"frames, {c.drops[Drop.frames_without_pose]} without pose, "
+                               f"{c.drops[Drop.frames_rejected]} rejected, "
+                               f"{c.drops[Drop.frames_missed]} missing)")
             try:
                 cloud = inputs.cloud_in_map(self.settings) if inputs is not None else None
             except (ValueError, LookupError) as exc:
@@ -325,7 +318,7 @@ class OpenMask3DNode(LifecycleNode):
         self._publish_status()
         if ok:
             n = f"{len(cloud[0])} cloud points" if cloud is not None else "cloud.ply"
-            text = f"processing {c['keyframes'] + c['pending']} keyframes and {n} ({text})"
+            text = f"processing {c.keyframes + c.pending} keyframes and {n} ({text})"
         return ok, text
 
     # -- queries -----------------------------------------------------------------------------------
@@ -340,24 +333,14 @@ class OpenMask3DNode(LifecycleNode):
         stamp = self.get_clock().now().to_msg()
         viz = self.viz
 
-        def publish_hits(text: str, results, stamp, frame: str) -> None:
-            if viz is None:
-                return
+        def publish_hits(answer, stamp, frame: str) -> None:
+            if viz is not None:     # on the views thread: the reply does not wait for it
+                viz.publish_query_later(answer.query, answer.results, answer.instance_values,
+                                        stamp)
 
-            def values():             # on the views thread: the reply does not wait for it
-                try:      # the heatmap ranks every instance as the query does
-                    return instance_values(
-                        engine, text=None if has_image else text,
-                        image=image_to_rgb(request.image) if has_image else None,
-                        include_structure=bool(request.include_structure) or None)
-                except Exception as exc:   # visualisation never fails a query
-                    self.get_logger().warning(f"heatmap skipped: {exc}")
-                    return None
-            viz.publish_query_later(text, results, values, stamp)
-
-        has_image = bool(request.image.data)
+        qs = QuerySettings.of_node(settings) if settings is not None else QuerySettings()
         return handle_query(request, response, lambda req, resp: answer_query(
-            engine, req, resp, settings, publish_hits, stamp, no_map), self.get_logger())
+            engine, req, resp, qs, publish_hits, stamp, no_map), self.get_logger())
 
 
 def main(args: list[str] | None = None) -> int:

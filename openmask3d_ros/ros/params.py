@@ -80,9 +80,9 @@ NODE_PARAMETERS: dict[str, Param] = {
                                "its stamp is this close to the image stamp",
                           range=(0.0, 10.0), live=True),
     "pose_wait": Param(2.0, "seconds (ROS time) a keyframe candidate waits for its pose before "
-                            "it is counted as 'without pose'", range=(0.0, 60.0)),
+                            "it is counted in frames_without_pose", range=(0.0, 60.0)),
     "keyframe_queue_size": Param(32, "keyframe candidates that may wait for their pose at once; "
-                                     "more are dropped (counted as queue overflow)",
+                                     "more are dropped (counted in frames_overflow)",
                                  range=(1, 10000)),
     "tf_cache_time": Param(60.0, "seconds of pose history kept", range=(1.0, 3600.0)),
     "sync_slop": Param(0.05, "seconds: colour, depth and camera_info stamps must agree this "
@@ -133,29 +133,13 @@ ROS_PARAMETERS: dict[str, Param] = {
 # Parameters that take effect when set on a running node.
 LIVE_PARAMETERS = frozenset(name for name, p in NODE_PARAMETERS.items() if p.live)
 
-# Topic names used inside the node before topic parameters existed; remapping one of them
-# (``-r color/image_raw:=/x``) still selects the input when its parameter is left at the default.
-COLOR_TOPIC = "color/image_raw"
-DEPTH_TOPIC = "depth/image_raw"
-INFO_TOPIC = "color/camera_info"
-CLOUD_TOPIC = "cloud"
-POSE_TOPIC = "pose"
-ODOM_TOPIC = "odom"
-# ... and the node-private ones (``~/``: /openmask3d/... for the default node name).
+# The node-private topics and services (``~/``: /openmask3d/... for the default node name).
 TRIGGER_TOPIC = "~/map_complete"        # std_msgs/Empty, same purpose as the service
 TRIGGER_SERVICE = "~/map_complete"      # std_srvs/Trigger
 QUERY_SERVICE = "~/query"               # openmask3d_ros/srv/QueryObjects
 STATUS_TOPIC = "~/status"               # openmask3d_ros/msg/PipelineStatus
 MARKERS_TOPIC = "~/markers"             # visualization_msgs/MarkerArray
 QUERY_POINTS_TOPIC = "~/query_points"   # sensor_msgs/PointCloud2
-
-_LEGACY_TOPICS = {"color_topic": COLOR_TOPIC, "depth_topic": DEPTH_TOPIC,
-                  "camera_info_topic": INFO_TOPIC, "cloud_topic": CLOUD_TOPIC,
-                  "pose_topic": POSE_TOPIC, "odom_topic": ODOM_TOPIC}
-# topic parameter -> (node-relative legacy name, default topic = the parameter's default)
-TOPIC_ARGUMENTS: dict[str, tuple[str, str]] = {
-    name: (legacy, NODE_PARAMETERS[name].default) for name, legacy in _LEGACY_TOPICS.items()}
-DEFAULT_REMAPPINGS: dict[str, str] = {topic: target for topic, target in TOPIC_ARGUMENTS.values()}
 
 
 def launch_arguments() -> dict[str, Param]:

@@ -6,13 +6,14 @@ touching recording. The node calls ``handle_query`` from its service callback:
     handle_query(request, response, lambda req, resp: answer_query(
         engine, req, resp, settings, publish_hits, stamp=..., no_map=...), logger)
 
-``settings`` is any object with ``map_frame``, ``default_top_k``, ``max_points_per_instance``
-and ``publish_markers`` (optionally ``min_relevance``); ``publish_hits(text, results, stamp,
-frame)`` publishes the hits for RViz (ros/visualization.py).
+``settings`` is a ``QuerySettings`` (``QuerySettings.of_node`` for the node's parameters);
+``answer_query`` returns the engine's QueryAnswer or raises ``QueryRefused`` (the reply's
+``success`` is which of the two happened); ``publish_hits(answer, stamp, frame)`` publishes the
+answer for RViz (ros/visualization.py; ``answer.instance_values`` is its heatmap).
 Replies are built in bulk (``instance_messages``: one buffer for the points of all hits, messages
 filled by ``fastmsg.build``); a request may ask for point indices, a voxel-downsampled cloud or no
 points instead of every point (``points_mode``). ``serve_engine`` / ``served`` answer from a
-QueryEngine without the mapping node (tests, benchmarks, a read-only map server).
+QueryEngine without the OpenMask3D node (tests, benchmarks, a read-only map server).
 """
 from __future__ import annotations
 
@@ -30,22 +31,35 @@ import numpy as np
 from openmask3d_ros.msg import ObjectInstance
 from openmask3d_ros.srv import QueryObjects
 
+from ..core.query import QueryAnswer
 from .fastmsg import build
+from .settings import NodeSettings
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuerySettings:
-    """The ``settings`` of ``answer_query`` for a server without node parameters."""
+    """What ``answer_query`` takes from the server's configuration."""
     map_frame: str = "map"
-    default_top_k: int = 5
-    max_points_per_instance: int = 0
-    publish_markers: bool = False
-    min_relevance: float | None = None      # None: the map's recorded query.min_relevance
+    default_top_k: int = 5                  # for requests with top_k 0
+    max_points_per_instance: int = 0        # 0: no cap
+    publish_markers: bool = False           # call ``publish_hits`` with each answer
+    min_relevance: float | None = None      # for requests with a negative one; None: the map's
+
+    @classmethod
+    def of_node(cls, s: NodeSettings) -> QuerySettings:
+        """The query settings of the node's parameters."""
+        return cls(str(s.map_frame), int(s.default_top_k), int(s.max_points_per_instance),
+                   bool(s.publish_markers))
 
 
-def serve_engine(node, engine, settings=None, publish_hits=None, name: str = "~/query"):
+# publish_hits(answer, stamp, frame): show an answer (e.g. MapPublishers.publish_query_later)
+PublishHits = Callable[[QueryAnswer, object, str], None]
+
+
+def serve_engine(node, engine, settings: QuerySettings | None = None,
+                 publish_hits: PublishHits | None = None, name: str = "~/query"):
     """Answer QueryObjects as ``name`` on ``node`` from ``engine`` (a QueryEngine) until the
-    service is destroyed: a query server without the mapping node (tests, benchmarks, a map
+    service is destroyed: a query server without the OpenMask3D node (tests, benchmarks, a map
     served read-only). Returns the service."""
     settings = settings if settings is not None else QuerySettings()
 
@@ -57,7 +71,8 @@ def serve_engine(node, engine, settings=None, publish_hits=None, name: str = "~/
 
 
 @contextmanager
-def served(engine, settings=None, publish_hits=None, node_name: str = "openmask3d",
+def served(engine, settings: QuerySettings | None = None,
+           publish_hits: PublishHits | None = None, node_name: str = "openmask3d",
            context=None) -> Iterator:
     """``serve_engine`` on a new node ``node_name`` spun by its own executor thread, in a new
     ROS context unless ``context`` is given; yields the node; all is shut down on exit."""
@@ -84,87 +99,127 @@ def served(engine, settings=None, publish_hits=None, node_name: str = "openmask3
             rclpy.shutdown(context=context)
 
 
-def handle_query(request, response, answer: Callable[[object, object], str], logger):
-    """Fill ``response`` with ``answer(request, response)``: success when the answer starts with
-    "ok"; the time taken is appended; exceptions become "internal error: ..." (logged)."""
+class QueryRefused(Exception):
+    """A request the service does not answer (no map, an invalid request, a query the map
+    cannot answer): the reply has ``success`` false and this text as its message."""
+
+
+def handle_query(request, response, answer: Callable[[object, object], QueryAnswer], logger):
+    """Fill ``response`` with ``answer(request, response)``: success, with "ok: " and the
+    answer's message, the time taken appended; a QueryRefused is refused with its text; other
+    exceptions become "internal error: ..." (logged)."""
     t0 = time.perf_counter()
     response.success = False
     try:
-        response.message = answer(request, response)
-        response.success = response.message.startswith("ok")
+        result = answer(request, response)
+    except QueryRefused as exc:
+        response.message = str(exc)
+        response.instances = []
     except Exception as exc:
         logger.error(f"query failed: {exc}\n{traceback.format_exc()}")
         response.message = f"internal error: {exc}"
         response.instances = []
-    if response.success:
-        response.message += f" ({(time.perf_counter() - t0) * 1e3:.1f} ms)"
     else:
-        logger.warning(f"query '{request.query}' refused: {response.message}")
+        response.success = True
+        response.message = (f"ok: {result.message()} "
+                            f"({(time.perf_counter() - t0) * 1e3:.1f} ms)")
+        return response
+    logger.warning(f"query '{request.query}' refused: {response.message}")
     return response
 
 
-def answer_query(engine, request, response, settings, publish_hits, stamp,
-                 no_map: str) -> str:
-    """Answer ``request`` (text or image exemplar) from ``engine``; returns the status text
-    ("ok: ..." or the reason for a refusal). ``engine`` None: refuse with ``no_map``.
+# Point modes of a request (QueryObjects.srv): what ObjectInstance.points / point_indices carry.
+_REQ = QueryObjects.Request
+POINTS_ALL, POINTS_INDICES, POINTS_VOXEL, POINTS_NONE = (
+    _REQ.POINTS_ALL, _REQ.POINTS_INDICES, _REQ.POINTS_VOXEL, _REQ.POINTS_NONE)
+POINT_MODES = {POINTS_ALL: "all", POINTS_INDICES: "indices", POINTS_VOXEL: "voxel",
+               POINTS_NONE: "none"}
+DEFAULT_VOXEL = 0.02     # voxel edge (m) of POINTS_VOXEL when the request gives none
 
-    ``settings`` may also carry ``min_relevance`` (the node's default for requests that send a
-    negative value); without it the map's recorded query.min_relevance is used.
-    """
-    if engine is None:
-        return no_map
+
+def has_image(request) -> bool:
+    """Whether a QueryObjects request asks with an image exemplar: its width and height are
+    non-zero (QueryObjects.srv). The one place that decides it."""
+    return int(request.image.width) > 0 and int(request.image.height) > 0
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A QueryObjects request's values, checked, with the settings' defaults applied."""
+    text: str | None                # None: ``image`` is the query
+    image: np.ndarray | None        # RGB uint8
+    top_k: int
+    min_relevance: float | None     # None: the map's recorded query.min_relevance
+    min_score: float
+    include_structure: bool | None  # None: when the text names structure
+    points_mode: int                # one of POINT_MODES
+    voxel_size: float               # > 0
+
+
+def check_request(request, settings: QuerySettings) -> CheckedRequest:
+    """``request`` checked; QueryRefused names the first value that is wrong."""
     text = request.query.strip()
-    has_image = int(request.image.width) > 0 and int(request.image.height) > 0
-    if text and has_image:
-        return "give either query text or an image, not both"
-    if not text and not has_image:
-        return "query text is empty (and no image was given)"
+    image_given = has_image(request)
+    if text and image_given:
+        raise QueryRefused("give either query text or an image, not both")
+    if not text and not image_given:
+        raise QueryRefused("query text is empty (and no image was given)")
     if request.top_k < 0:
-        return (f"top_k must be >= 0 (0 = default_top_k, {settings.default_top_k}), "
-                f"got {request.top_k}")
+        raise QueryRefused(f"top_k must be >= 0 (0 = default_top_k, {settings.default_top_k}), "
+                           f"got {request.top_k}")
     if not math.isfinite(request.min_score):
-        return f"min_score must be finite, got {request.min_score}"
+        raise QueryRefused(f"min_score must be finite, got {request.min_score}")
     min_rel = float(request.min_relevance)
     if not math.isfinite(min_rel) or min_rel > 1.0:
-        return f"min_relevance must be in [0, 1] (negative = node default), got {min_rel}"
-    if min_rel < 0:
-        min_rel = getattr(settings, "min_relevance", None)
+        raise QueryRefused(f"min_relevance must be in [0, 1] (negative = node default), "
+                           f"got {min_rel}")
     mode = int(request.points_mode)
     if mode not in POINT_MODES:
-        return f"points_mode must be one of {sorted(POINT_MODES)}, got {mode}"
+        raise QueryRefused(f"points_mode must be one of {sorted(POINT_MODES)}, got {mode}")
     voxel = float(request.voxel_size)
     if not math.isfinite(voxel):
-        return f"voxel_size must be finite, got {voxel}"
-    image = None
-    if has_image:
-        from .conversions import ConversionError, image_to_rgb
-        try:
-            image = image_to_rgb(request.image)
-        except ConversionError as exc:
-            return f"image: {exc}"
-    top_k = int(request.top_k) or int(settings.default_top_k)
+        raise QueryRefused(f"voxel_size must be finite, got {voxel}")
+    return CheckedRequest(
+        text or None, _request_image(request) if image_given else None,
+        int(request.top_k) or int(settings.default_top_k),
+        min_rel if min_rel >= 0 else settings.min_relevance, float(request.min_score),
+        True if request.include_structure else None, mode, voxel if voxel > 0 else DEFAULT_VOXEL)
+
+
+def _request_image(request) -> np.ndarray:
+    from .conversions import ConversionError, image_to_rgb
     try:
-        answer = engine.ask(text or None, image=image, top_k=top_k, min_relevance=min_rel,
-                            min_score=float(request.min_score),
-                            include_structure=True if request.include_structure else None)
-    except ValueError as exc:            # e.g. the map's encoder cannot embed images
-        return str(exc)
-    frame = str(settings.map_frame)
-    cap = int(settings.max_points_per_instance)
+        return image_to_rgb(request.image)
+    except ConversionError as exc:
+        raise QueryRefused(f"image: {exc}") from exc
+
+
+def answer_query(engine, request, response, settings: QuerySettings,
+                 publish_hits: PublishHits | None, stamp, no_map: str) -> QueryAnswer:
+    """Answer ``request`` (text or image exemplar) from ``engine`` into ``response`` (instances,
+    found, best_id, best_relevance) and return the engine's answer. QueryRefused: no map
+    (``engine`` None; the text is ``no_map``), an invalid request, or a query the map cannot
+    answer (e.g. its encoder cannot embed images)."""
+    if engine is None:
+        raise QueryRefused(no_map)
+    q = check_request(request, settings)
+    try:
+        answer = engine.ask(q.text, image=q.image, top_k=q.top_k, min_relevance=q.min_relevance,
+                            min_score=q.min_score, include_structure=q.include_structure)
+    except ValueError as exc:
+        raise QueryRefused(str(exc)) from exc
+    frame = settings.map_frame
     # voxel centroids are computed once per map and voxel size, not per query
-    voxelized = engine.voxel_points(voxel if voxel > 0 else DEFAULT_VOXEL) if mode == 2 else None
-    response.instances = instance_messages(answer.results, answer.query, stamp, frame, mode,
-                                           cap, voxelized)
+    voxelized = engine.voxel_points(q.voxel_size) if q.points_mode == POINTS_VOXEL else None
+    response.instances = instance_messages(answer.results, answer.query, stamp, frame,
+                                           q.points_mode, settings.max_points_per_instance,
+                                           voxelized)
     response.found = answer.found
     response.best_id = int(answer.best.instance_id) if answer.best else -1
     response.best_relevance = float(answer.best.relevance) if answer.best else 0.0
     if settings.publish_markers and publish_hits is not None:
-        publish_hits(answer.query, answer.results, stamp, frame)
-    return f"ok: {answer.message()}"
-
-
-POINT_MODES = {0: "all", 1: "indices", 2: "voxel", 3: "none"}
-DEFAULT_VOXEL = 0.02
+        publish_hits(answer, stamp, frame)
+    return answer
 
 
 def _capped(offsets: np.ndarray, cap: int) -> np.ndarray:
@@ -183,15 +238,16 @@ def _capped(offsets: np.ndarray, cap: int) -> np.ndarray:
 def _payload(results, mode: int, cap: int, voxelized=None):
     """All hits' points (or indices) in one contiguous buffer: (array.array, offsets per hit in
     its items: bytes of xyz float32 points, or uint32 indices). One numpy pass for all hits.
-    Mode 2 slices ``voxelized`` (QueryEngine.voxel_points: every instance's voxel centroids)."""
+    POINTS_VOXEL slices ``voxelized`` (QueryEngine.voxel_points: every instance's voxel
+    centroids)."""
     k = len(results)
-    if mode == 1:
+    if mode == POINTS_INDICES:
         flat = (np.concatenate([r.point_indices for r in results]) if k
                 else np.zeros(0, np.int64)).astype(np.uint32)
         off = np.zeros(k + 1, np.int64)
         np.cumsum([len(r.point_indices) for r in results], out=off[1:])
         return array.array("I", flat.tobytes()), off
-    if mode == 2:
+    if mode == POINTS_VOXEL:
         vpts, voff = voxelized
         parts = [vpts[voff[r.instance_id]:voff[r.instance_id + 1]] for r in results]
     else:
@@ -206,10 +262,10 @@ def _payload(results, mode: int, cap: int, voxelized=None):
     return array.array("B", np.ascontiguousarray(pts, dtype="<f4").tobytes()), off * 12
 
 
-def instance_messages(results, label: str, stamp, frame: str, mode: int = 0, cap: int = 0,
+def instance_messages(results, label: str, stamp, frame: str, mode: int = POINTS_ALL, cap: int = 0,
                       voxelized=None) -> list:
-    """The hits as ObjectInstance messages, their points as ``mode`` says (QueryObjects.srv;
-    mode 2 takes ``voxelized``, the engine's ``voxel_points``).
+    """The hits as ObjectInstance messages, their points as ``mode`` says (``POINTS_*``;
+    POINTS_VOXEL takes ``voxelized``, the engine's ``voxel_points``).
 
     Built for speed (a reply may carry hundreds): the points of all hits are one buffer sliced
     per hit, the header and the point fields are shared, numbers are converted in bulk."""
@@ -219,7 +275,7 @@ def instance_messages(results, label: str, stamp, frame: str, mode: int = 0, cap
     k = len(results)
     header = Header(frame_id=frame, stamp=stamp) if stamp is not None else Header(frame_id=frame)
     empty_cloud = PointCloud2()          # no points (indices / none): shared, never changed
-    data, off = (_payload(results, mode, cap, voxelized) if mode in (0, 1, 2)
+    data, off = (_payload(results, mode, cap, voxelized) if mode != POINTS_NONE
                  else (None, np.zeros(k + 1, np.int64)))
     geo = np.array([[*r.centroid, *r.bbox_min, *r.bbox_max] for r in results],
                    np.float64).reshape(k, 9).tolist()
@@ -228,9 +284,9 @@ def instance_messages(results, label: str, stamp, frame: str, mode: int = 0, cap
     for j, r in enumerate(results):
         a, b = int(off[j]), int(off[j + 1])
         cloud, indices = empty_cloud, array.array("I")
-        if mode == 1:
+        if mode == POINTS_INDICES:
             indices = data[a:b]
-        elif mode in (0, 2):
+        elif mode in (POINTS_ALL, POINTS_VOXEL):
             n = (b - a) // 12
             cloud = build(PointCloud2, header=header, height=1, width=n, fields=fields,
                                  is_bigendian=False, point_step=12, row_step=12 * n,

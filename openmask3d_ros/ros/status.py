@@ -9,36 +9,46 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from openmask3d_ros.msg import PipelineStatus
 
-# What to change when frames are dropped for each cause (status field, advice).
-DROP_FIELDS = {"stamp_gap": "frames_missed", "queue_overflow": "frames_overflow",
-               "no_pose": "frames_without_pose", "rejected": "frames_rejected"}
+from ..core.recorder import Drop, RecorderCounters
+
+# What to change when frames are dropped for each cause (its counter: the status field of the
+# same name).
 ADVICE = {
-    "stamp_gap": "frames are lost before they reach the node: give the camera driver AND this "
+    Drop.frames_missed: "frames are lost before they reach the node: give the camera driver AND this "
                  "node the Fast DDS profile config/fastdds.xml (FASTDDS_DEFAULT_PROFILES_FILE), "
                  "or publish the camera reliable and set qos_reliability: reliable",
-    "queue_overflow": "too many keyframe candidates wait for their pose: the pose source lags "
+    Drop.frames_overflow: "too many keyframe candidates wait for their pose: the pose source lags "
                       "the images; raise keyframe_queue_size or fix the pose source's rate",
-    "no_pose": "no camera pose at the image stamp within pose_wait: check pose_source, "
+    Drop.frames_without_pose: "no camera pose at the image stamp within pose_wait: check pose_source, "
                "map_frame and camera_frame (TF map -> camera frame) or the pose topic, its rate "
                "and stamps; or raise pose_wait / tf_tolerance",
-    "rejected": "images could not be used (see the reason): check the encodings, "
+    Drop.frames_rejected: "images could not be used (see the reason): check the encodings, "
                 "color_transport / depth_transport and that the camera does not change",
 }
 
 
+# Board fields that are not PipelineStatus fields (published on /diagnostics only).
+DIAGNOSTICS_ONLY = frozenset({"inputs"})    # messages per camera input
+# The /diagnostics values of the keyframe-recording entry, in order.
+RECORDING_KEYS = ("frames_received", "keyframes", *(d.value for d in Drop), "have_cloud",
+                  "inputs")
+
+
 class StatusBoard:
-    """Status fields (those of PipelineStatus) behind a lock."""
+    """Status fields (those of PipelineStatus, and ``DIAGNOSTICS_ONLY``) behind a lock; a name
+    that is neither is a KeyError."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._f = dict(state=PipelineStatus.STATE_RECORDING, stage="", stage_done=0,
                        stage_total=0, progress=0.0, elapsed=0.0, frames_received=0, keyframes=0,
-                       frames_without_pose=0, frames_rejected=0, frames_missed=0,
-                       frames_overflow=0, have_cloud=False, num_instances=0, scene_dir="",
-                       models="", notes=[], message="",
-                       inputs="")    # diagnostics only: messages per camera input
+                       **{d.value: 0 for d in Drop}, have_cloud=False, num_instances=0,
+                       scene_dir="", models="", notes=[], message="", inputs="")
 
     def update(self, **fields) -> None:
+        unknown = fields.keys() - self._f.keys()
+        if unknown:
+            raise KeyError(f"not status fields: {sorted(unknown)}")
         with self._lock:
             self._f.update(fields)
 
@@ -50,38 +60,40 @@ class StatusBoard:
         with self._lock:
             return dict(self._f)
 
-    def merge_counters(self, counters: dict[str, int]) -> None:
+    def merge_counters(self, counters: RecorderCounters) -> None:
         """Take frames_received, keyframes and the drop counters of a KeyframeRecorder."""
-        with self._lock:
-            self._f["frames_received"] = counters["frames_received"]
-            self._f["keyframes"] = counters["keyframes"]
-            for cause, field in DROP_FIELDS.items():
-                self._f[field] = counters[f"dropped_{cause}"]
+        self.update(frames_received=counters.frames_received, keyframes=counters.keyframes,
+                    **{cause.value: n for cause, n in counters.drops.items()})
 
 
 def status_message(fields: dict, stamp, frame_id: str) -> PipelineStatus:
+    """The PipelineStatus of board ``fields``; a field the message lacks (other than
+    ``DIAGNOSTICS_ONLY``) is a KeyError, so no counter is left out unnoticed."""
     msg = PipelineStatus()
     msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    known = msg.get_fields_and_field_types()
     for key, value in fields.items():
-        if hasattr(msg, key):
-            setattr(msg, key, type(getattr(msg, key))(value))
+        if key in DIAGNOSTICS_ONLY:
+            continue
+        if key not in known:
+            raise KeyError(f"{key!r} is not a PipelineStatus field")
+        setattr(msg, key, type(getattr(msg, key))(value))
     return msg
 
 
-def diagnostics(fields: dict, node_name: str, stamp, new_drops: dict[str, int]) -> DiagnosticArray:
+def diagnostics(fields: dict, node_name: str, stamp, new_drops: dict[Drop, int]) -> DiagnosticArray:
     """Two entries: keyframe recording (WARN while frames are being dropped, with advice) and
     the map (ERROR in state error)."""
     rec = DiagnosticStatus(name=f"{node_name}: keyframe recording", hardware_id=node_name)
     dropping = {c: n for c, n in new_drops.items() if n > 0}
     if dropping:
         rec.level = DiagnosticStatus.WARN
-        rec.message = "; ".join(f"{n} dropped ({c}): {ADVICE[c]}" for c, n in dropping.items())
+        rec.message = "; ".join(f"{n} dropped ({c.value}): {ADVICE[c]}"
+                                for c, n in dropping.items())
     else:
         rec.level = DiagnosticStatus.OK
         rec.message = f"{fields['keyframes']} keyframes from {fields['frames_received']} frames"
-    keys = ("frames_received", "keyframes", "frames_missed", "frames_overflow",
-            "frames_without_pose", "frames_rejected", "have_cloud", "inputs")
-    rec.values = [KeyValue(key=k, value=str(fields[k])) for k in keys]
+    rec.values = [KeyValue(key=k, value=str(fields[k])) for k in RECORDING_KEYS]
     m = DiagnosticStatus(name=f"{node_name}: map", hardware_id=node_name)
     m.level = DiagnosticStatus.ERROR if fields["state"] == PipelineStatus.STATE_ERROR else \
         DiagnosticStatus.OK

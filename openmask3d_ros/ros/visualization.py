@@ -22,13 +22,13 @@ from collections.abc import Callable
 
 import numpy as np
 from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion, Vector3
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core import render
 from .conversions import arrays_to_cloud
 from .fastmsg import build
+from .qos import latched_qos
 
 INSTANCES_CLOUD_TOPIC = "~/instances_cloud"     # sensor_msgs/PointCloud2 (x y z rgb)
 INSTANCE_MARKERS_TOPIC = "~/instance_markers"   # visualization_msgs/MarkerArray
@@ -36,12 +36,6 @@ DETECTIONS_TOPIC = "~/detections"               # vision_msgs/Detection3DArray
 HEATMAP_TOPIC = "~/heatmap"                     # sensor_msgs/PointCloud2 (x y z rgb)
 MARKERS_TOPIC = "~/markers"                     # visualization_msgs/MarkerArray
 QUERY_POINTS_TOPIC = "~/query_points"           # sensor_msgs/PointCloud2 (x y z rgb)
-
-
-def latched_qos(depth: int = 1) -> QoSProfile:
-    """Reliable + transient local: a display started later still gets the last message."""
-    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
 
 
 def _rgba(rgb, alpha: float = 1.0):
@@ -138,7 +132,7 @@ class MapPublishers:
     def publish_query(self, text: str, results, values=None, stamp=None) -> None:
         """Publish the answer to ``text``: ``results`` are QueryResult-like (instance_id, score,
         centroid, bbox_min, bbox_max, points), best first; ``values`` (M,) the per-instance
-        value the ranking used (``core.render.instance_values``) for the heatmap, which covers
+        value the ranking used (``QueryAnswer.instance_values``) for the heatmap, which covers
         only the hits when None. The heatmap needs a map from ``publish_map``."""
         header = self._header(stamp)
         self._pubs[DETECTIONS_TOPIC].publish(_detections(header, text, results))

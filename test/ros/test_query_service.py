@@ -120,6 +120,23 @@ def test_bad_requests_are_refused(service):
         client.ask("   ")
 
 
+def test_success_is_the_result_type_not_its_text():
+    """An answer is a success and a QueryRefused a refusal, whatever their text says."""
+    import logging
+
+    from openmask3d_ros.core.query import QueryAnswer
+    from openmask3d_ros.ros.query_service import QueryRefused, handle_query
+    log = logging.getLogger("test")
+    answer = QueryAnswer("not ok", [], None, 0.55, False)
+    resp = handle_query(REQ(query="x"), QueryObjects.Response(), lambda rq, rs: answer, log)
+    assert resp.success and resp.message.startswith(f"ok: {answer.message()} (")
+
+    def refuse(rq, rs):
+        raise QueryRefused("ok, but no")
+    resp = handle_query(REQ(query="x"), QueryObjects.Response(), refuse, log)
+    assert not resp.success and resp.message == "ok, but no"
+
+
 def test_points_capped_per_instance_are_spread_over_the_instance(service):
     """max_points_per_instance keeps CAP points evenly spread over each larger instance (first
     and last included), in every points mode that carries points; smaller ones are whole."""

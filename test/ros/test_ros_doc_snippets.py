@@ -1,5 +1,7 @@
 """Every Python example in README.md and docs/ros.md that uses the node's client runs exactly as
-written against a live node (started as users start it, on a recorded scene folder)."""
+written against a live node (started as users start it, on a recorded scene folder) and prints
+what it documents: the node's answer to its query, one line per instance, and "not here: ..."
+with the node's message where the example prints that."""
 import json
 import re
 import subprocess
@@ -39,8 +41,44 @@ def test_documented_client_example_runs(tmp_path, name, code):
         assert prep.returncode == 0, prep.stderr + (tmp_path / "node.log").read_text()[-3000:]
         run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                              text=True, timeout=180)
-        # Exit status only: with the weight-free stand-in encoder a query may rightly find
-        # nothing relevant, so the printed hits depend on the scene.
         assert run.returncode == 0, f"{name}:\n{code}\n{run.stdout}{run.stderr}"
+        answer = reference_answer(tmp_path, code)
     finally:
         stop_node(proc)
+    check_printed_answer(run.stdout, answer, code)
+
+
+REFERENCE = """
+import json, rclpy
+from openmask3d_ros.ros.client import OpenMask3DClient
+rclpy.init()
+c = OpenMask3DClient(rclpy.create_node('reference'))
+assert c.wait_until_ready(120)
+r = c.ask({text!r}, top_k={top_k})
+print(json.dumps({{"found": r.found, "message": r.message,
+                  "instances": [[i.id, len(i.points)] for i in r.instances]}}))
+rclpy.shutdown()
+"""
+
+
+def reference_answer(tmp_path, code: str) -> dict:
+    """The node's answer to the example's query, asked by a client of the test's own."""
+    text, top_k = re.search(r'\.ask\("([^"]*)", top_k=(\d+)\)', code).groups()
+    ref = subprocess.run([sys.executable, "-c", REFERENCE.format(text=text, top_k=int(top_k))],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert ref.returncode == 0, ref.stderr
+    return json.loads(ref.stdout.strip().splitlines()[-1])
+
+
+def check_printed_answer(stdout: str, answer: dict, code: str) -> None:
+    """One printed line per instance of the answer, in order, naming its id and its number of
+    points; "not here: <message>" exactly when nothing was found (examples that print it)."""
+    lines = stdout.splitlines()
+    not_here = [line for line in lines if line.startswith("not here:")]
+    hits = [line for line in lines if not line.startswith("not here:")]
+    assert len(hits) == len(answer["instances"]), (stdout, answer)
+    for line, (iid, n_points) in zip(hits, answer["instances"]):
+        assert re.match(rf"(id )?{iid}\b", line), (line, iid)
+        assert re.search(rf"\({n_points}[, ]", line), (line, n_points)
+    if "not here:" in code:
+        assert not_here == ([] if answer["found"] else [f"not here: {answer['message']}"])

@@ -188,7 +188,7 @@ def test_sigkill_while_recording_keeps_every_keyframe(tmp_path, source):
         assert ok, text
         assert feeder.client.wait_until_ready(180), feeder.client.last_status
         meta = InstanceMap.load(rec).meta
-        assert meta["frames"]["keyframes"] == on_disk, (meta["frames"], on_disk)
+        assert meta.frames.keyframes == on_disk, (meta.frames, on_disk)
     finally:
         stop(proc)
         feeder.close()

@@ -186,7 +186,7 @@ def test_record_trigger_process_query(context, tmp_path, scene, monkeypatch):
         assert st["elapsed"] > 0
         from openmask3d_ros.core.instance_map import InstanceMap
         imap = InstanceMap.load(tmp_path / "rec")
-        assert imap.meta["frame_step"] == 10 and imap.meta["frames"]["keyframes"] == 2
+        assert imap.meta.frame_step == 10 and imap.meta.frames.keyframes == 2
 
         gt = scene.ground_truth()
         colour = gt.labels[1]["color"]          # object 1; the stand-in encoder knows colours
@@ -294,7 +294,7 @@ def test_node_builds_its_map_with_clip_and_sam(context, tmp_path, scene):
         st = run.wait_status(lambda s: s["state"] != PipelineStatus.STATE_PROCESSING, 600)
         assert st["state"] == PipelineStatus.STATE_READY, st["message"]
         meta = InstanceMap.load(tmp_path / "rec").meta
-        assert meta["models"]["segmenter"] == "sam:vit_b" and meta["segmenter_images"] == 1
+        assert meta.models.segmenter == "sam:vit_b" and meta.segmenter_images == 1
         # random weights: relevance means nothing, so ask for everything (min_relevance 0)
         resp = run.query("a red mug", top_k=3, min_relevance=0.0)
         assert resp.success, resp.message
@@ -350,16 +350,15 @@ def test_status_keeps_coming_when_the_sim_clock_stops(context, tmp_path, scene):
         run.close()
 
 
-def test_compressed_inputs_and_legacy_remapping(context, tmp_path, scene):
+def test_compressed_inputs(context, tmp_path, scene):
     """color_transport compressed / depth_transport compressedDepth subscribe to
-    <topic>/compressed and <topic>/compressedDepth; remapping the old node-relative name still
-    moves the input."""
+    <topic>/compressed and <topic>/compressedDepth (of a set and of a default topic)."""
     from openmask3d_ros.ros.conversions import depth_to_compressed_depth, rgb_to_compressed
     values = {"scene_dir": str(tmp_path / "rec"), "autostart": False,
-              "color_transport": "compressed", "depth_transport": "compressedDepth"}
-    node = OpenMask3DNode(context=context, cli_args=["--ros-args", "-r",
-                                                     "color/image_raw:=/robot/rgb"],
-                          parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+              "color_transport": "compressed", "depth_transport": "compressedDepth",
+              "color_topic": "/robot/rgb"}
+    node = OpenMask3DNode(context=context, parameter_overrides=[
+        Parameter(k, value=v) for k, v in values.items()])
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     run = Running(node)

@@ -164,7 +164,7 @@ def test_lifecycle_and_parameter_services(tmp_path, client):
         publish_frames(client.node, 12)
         assert client.spin_until(lambda: any(
             "keyframe recording" in s.name and s.level == DiagnosticStatus.WARN and
-            "no_pose" in s.message and "pose_source" in s.message
+            "frames_without_pose" in s.message and "pose_source" in s.message
             for a in client.diagnostics for s in a.status), 15), client.diagnostics[-1:]
 
         assert client.transition(Transition.TRANSITION_DEACTIVATE)

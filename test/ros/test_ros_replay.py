@@ -16,10 +16,10 @@ from scipy.spatial import cKDTree
 
 from openmask3d_ros.core.instance_map import has_map
 from openmask3d_ros.core.scene import SceneFolder
-from openmask3d_ros.ros.bag import TRIGGER_TOPIC, bag_summary, play_bag, record_scene
+from openmask3d_ros.ros.bag import (CLOUD_TOPIC, COLOR_TOPIC, DEPTH_TOPIC, INFO_TOPIC, TRIGGER_TOPIC,
+                                    bag_summary, play_bag, record_scene)
 from openmask3d_ros.ros.client import OpenMask3DClient, OpenMask3DError
 from openmask3d_ros.ros.conversions import depth_to_image, intrinsics_to_camera_info, ns_to_stamp
-from openmask3d_ros.ros.params import DEFAULT_REMAPPINGS
 
 import nodeproc  # test/ros/nodeproc.py
 from nodeproc import ROOT, client_node, params, stop_node
@@ -70,12 +70,12 @@ def running_node(recorded, ros):
 def test_bag_contents(recorded):
     scene, bag, _ = recorded
     summary = bag_summary(bag)
-    assert summary[DEFAULT_REMAPPINGS["color/image_raw"]] == ("sensor_msgs/msg/Image", NUM_FRAMES)
-    assert summary[DEFAULT_REMAPPINGS["depth/image_raw"]][1] == NUM_FRAMES
-    assert summary[DEFAULT_REMAPPINGS["color/camera_info"]][1] == NUM_FRAMES
+    assert summary[COLOR_TOPIC] == ("sensor_msgs/msg/Image", NUM_FRAMES)
+    assert summary[DEPTH_TOPIC][1] == NUM_FRAMES
+    assert summary[INFO_TOPIC][1] == NUM_FRAMES
     assert summary["/tf"] == ("tf2_msgs/msg/TFMessage", NUM_FRAMES)
     assert summary["/tf_static"][1] == 1
-    assert summary[DEFAULT_REMAPPINGS["cloud"]][1] == 2
+    assert summary[CLOUD_TOPIC][1] == 2
     assert summary[TRIGGER_TOPIC] == ("std_msgs/msg/Empty", 1)
     # the bytes are standard CDR: rosbags' own typestore reads them back
     from rosbags.rosbag2 import Reader
@@ -83,7 +83,7 @@ def test_bag_contents(recorded):
     store = get_typestore(Stores.ROS2_KILTED)
     with Reader(bag) as reader:
         conn = next(c for c in reader.connections
-                    if c.topic == DEFAULT_REMAPPINGS["depth/image_raw"])
+                    if c.topic == DEPTH_TOPIC)
         _, _, raw = next(reader.messages(connections=[conn]))
         msg = store.deserialize_cdr(raw, conn.msgtype)
     assert (msg.encoding, msg.width, msg.height) == ("16UC1", 160, 120)
@@ -107,7 +107,7 @@ def test_replay_map_complete_and_query(recorded, running_node, ros):
     # discovery race (docs/ros.md) then delays the first keyframes instead of dropping them.
     counts = play_bag(bag, ros, rate=2.0, exclude=[TRIGGER_TOPIC], wait_for_subscribers=10,
                       latched_repeat=0.5)
-    assert counts[DEFAULT_REMAPPINGS["color/image_raw"]] == NUM_FRAMES
+    assert counts[COLOR_TOPIC] == NUM_FRAMES
     st = client.wait_for_status(lambda s: s.frames_received >= NUM_FRAMES and s.have_cloud, 20)
     assert st is not None, client.last_status
     assert st.keyframes == NUM_FRAMES // FRAME_STEP
@@ -197,9 +197,9 @@ def test_bad_inputs_keep_the_node_alive(running_node, ros):
     from openmask3d_ros.core.camera import Intrinsics
     before = client.wait_for_status(lambda s: True, 5).frames_rejected
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    pubs = [ros.create_publisher(Image, DEFAULT_REMAPPINGS["color/image_raw"], qos),
-            ros.create_publisher(Image, DEFAULT_REMAPPINGS["depth/image_raw"], qos),
-            ros.create_publisher(CameraInfo, DEFAULT_REMAPPINGS["color/camera_info"], qos)]
+    pubs = [ros.create_publisher(Image, COLOR_TOPIC, qos),
+            ros.create_publisher(Image, DEPTH_TOPIC, qos),
+            ros.create_publisher(CameraInfo, INFO_TOPIC, qos)]
     assert client._wait(lambda: all(p.get_subscription_count() for p in pubs), 10)
     for k in range(3):
         stamp = ns_to_stamp(2_000_000_000 * 1_000_000_000 + k)

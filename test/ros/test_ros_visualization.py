@@ -18,7 +18,8 @@ from openmask3d_ros.core.instance_map import InstanceMap
 from openmask3d_ros.core.query import QueryResult
 from openmask3d_ros.ros import params as P
 from openmask3d_ros.ros.conversions import cloud_to_arrays
-from openmask3d_ros.ros.visualization import MapPublishers, latched_qos
+from openmask3d_ros.ros.qos import latched_qos
+from openmask3d_ros.ros.visualization import MapPublishers
 
 from nodeproc import ros_context  # test/ros/nodeproc.py
 
@@ -168,7 +169,7 @@ def test_rviz_config_names_published_topics(context, tmp_path):
         published = {name: types for name, types in
                      node.get_publisher_names_and_types_by_node(node.get_name(),
                                                                 node.get_namespace())}
-        cloud_input = P.TOPIC_ARGUMENTS["cloud_topic"][1]
+        cloud_input = P.NODE_PARAMETERS["cloud_topic"].default
         for cls, topic in topics:
             assert topic == cloud_input or topic in published, f"{cls}: {topic} not published"
         wanted = {"/openmask3d/instances_cloud", "/openmask3d/heatmap", "/openmask3d/detections",
@@ -213,7 +214,6 @@ def test_synthetic_map_query_hottest_is_the_match(context, tmp_path):
     ground-truth object of that colour and its points are the heatmap's hottest."""
     from openmask3d_ros.core.pipeline import run_pipeline
     from openmask3d_ros.core.query import open_map
-    from openmask3d_ros.core.render import instance_values
     from openmask3d_ros.core.scene import SceneFolder
     from openmask3d_ros.core.synthetic import make_scene
     scene = make_scene(tmp_path / "scene", seed=1, num_frames=30, width=160, height=120)
@@ -231,8 +231,9 @@ def test_synthetic_map_query_hottest_is_the_match(context, tmp_path):
     listener = Listener(context, executor)
     try:
         viz.publish_map(engine)
-        hits = engine.query(word, top_k=3)
-        viz.publish_query(word, hits, instance_values(engine, word))
+        answer = engine.ask(word, top_k=3)
+        hits = answer.results
+        viz.publish_query(word, hits, answer.instance_values)
         got = listener.wait(["instances_cloud", "detections", "heatmap"], {})
         top = int(got["detections"].detections[0].id)
         mine = set(engine.map.point_indices[top].tolist())

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .. import low_memory
 from ..device import resolve_device
 from ..interfaces import configured_path, l2_normalize
-from ..precision import check_precision, quantize_int8
+from ..precision import ENCODER_PRECISIONS, check_precision, quantize_int8, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,11 @@ def _load_model(model_name: str, path: Path, quick_gelu: bool):
     try:
         with warnings.catch_warnings():    # torch's "dispatching to torch.jit.load" notices
             warnings.filterwarnings("ignore", message=".*(TorchScript|torch.jit.load).*")
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=str(path), force_quick_gelu=quick_gelu, device="cpu",
-                weights_only=not torchscript, require_pretrained=True)
+            # state-dict files are mapped and their tensors become the weights (no second copy)
+            with low_memory.open_clip_loading():
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=str(path), force_quick_gelu=quick_gelu, device="cpu",
+                    weights_only=not torchscript, require_pretrained=True)
     except Exception as exc:  # pickle, zip, safetensors and state-dict errors alike
         detail = "; ".join(line.strip() for line in str(exc).strip().splitlines()[:6])
         if "Error(s) in loading state_dict" in str(exc):
@@ -125,6 +128,7 @@ def _load_model(model_name: str, path: Path, quick_gelu: bool):
                              f"{model_name} (wrong architecture?): {detail}") from exc
         raise ValueError(f"cannot read CLIP checkpoint {path} (expected open_clip weights for "
                          f"{model_name}): {detail or type(exc).__name__}") from exc
+    low_memory.release_freed()          # the built model's initial weights
     return model.eval(), preprocess
 
 
@@ -133,12 +137,14 @@ class ClipEncoder:
 
     ``encode_images`` applies the model's own preprocessing, batches ``batch_size`` crops per
     forward pass and returns L2-normalised float32 rows; ``encode_text`` keeps an LRU cache of
-    ``cache_size`` strings so repeated queries cost nothing. fp16 autocast on CUDA, fp32 on CPU.
+    ``cache_size`` strings so repeated queries cost nothing. ``precision``: ``auto`` (default)
+    is fp16 autocast on CUDA and fp32 on CPU; ``fp32`` is fp32 on either; ``bf16`` / ``fp16``
+    (CUDA only) autocast.
     """
 
     def __init__(self, model_name: str = DEFAULT_MODEL, checkpoint: str = "",
                  device: str = "cpu", batch_size: int = 64, cache_size: int = 1024,
-                 preprocess_mode: str = "tensor", precision: str = "fp32",
+                 preprocess_mode: str = "tensor", precision: str = "auto",
                  quantize: bool = False):
         import open_clip
 
@@ -169,7 +175,7 @@ class ClipEncoder:
         self.name = f"clip:{model_name}"
         self.dim = int(open_clip.get_model_config(model_name)["embed_dim"])
         self._use_amp = device.startswith("cuda")
-        self.precision = "fp16" if self._use_amp and precision == "fp32" else precision
+        self.precision = resolve_precision(precision, self._use_amp)
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         # counters for tests and benchmarks
         self.image_batches = 0
@@ -307,4 +313,4 @@ class TensorPreprocess:
 def _check_speed_options(preprocess: str, precision: str, quantize: bool, on_gpu: bool) -> None:
     if preprocess not in ("tensor", "pil"):
         raise ValueError(f"encoder.preprocess must be tensor or pil, got '{preprocess}'")
-    check_precision("encoder", precision, quantize, on_gpu)
+    check_precision("encoder", precision, quantize, on_gpu, ENCODER_PRECISIONS)

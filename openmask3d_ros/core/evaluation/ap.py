@@ -148,68 +148,90 @@ def evaluate_matches(matches: Iterable[SceneMatches], classes: Sequence[str],
     matches = list(matches)
     ap = np.zeros((len(classes), len(overlaps)))
     for oi, th in enumerate(overlaps):
-        visited: dict[int, bool] = {}
+        visited: dict[tuple, bool] = {}     # predictions matched at this threshold, any class
         for li, label in enumerate(classes):
-            y_true: list[np.ndarray] = []
-            y_score: list[np.ndarray] = []
-            hard_fn = 0
-            has_gt = has_pred = False
-            for m in matches:
-                preds = m.pred.get(label, [])
-                all_gts = m.gt.get(label, [])
-                if not preds and not all_gts:
-                    continue
-                gts = [g for g in all_gts if g.vert_count >= min_region_size]
-                has_gt |= bool(gts)
-                has_pred |= bool(preds)
-                cur_true = np.ones(len(gts))
-                cur_score = np.full(len(gts), -math.inf)
-                cur_match = np.zeros(len(gts), dtype=bool)
-                extra_true: list[float] = []
-                extra_score: list[float] = []
-                for gi, g in enumerate(gts):
-                    found = False
-                    for uid, inter, pcount, conf in g.matched_pred:
-                        if visited.get(uid, False):
-                            continue
-                        iou = inter / (g.vert_count + pcount - inter)
-                        if iou > th:
-                            if cur_match[gi]:
-                                # A second prediction on a matched GT: the lower score is an FP.
-                                lo = min(cur_score[gi], conf)
-                                cur_score[gi] = max(cur_score[gi], conf)
-                                extra_true.append(0.0)
-                                extra_score.append(lo)
-                            else:
-                                found = True
-                                cur_match[gi] = True
-                                cur_score[gi] = conf
-                                visited[uid] = True
-                    if not found:
-                        hard_fn += 1
-                t = np.concatenate([cur_true[cur_match], extra_true])
-                s = np.concatenate([cur_score[cur_match], extra_score])
-                fp_scores = []
-                for p in preds:
-                    if any(inter / (gcount + p.vert_count - inter) > th
-                           for _, inter, gcount in p.matched_gt):
-                        continue
-                    ignored = p.void_intersection + sum(
-                        inter for _, inter, gcount in p.matched_gt if gcount < min_region_size)
-                    if ignored / p.vert_count <= th:
-                        fp_scores.append(p.confidence)
-                y_true.append(t)
-                y_true.append(np.zeros(len(fp_scores)))
-                y_score.append(s)
-                y_score.append(np.asarray(fp_scores, dtype=float))
-            if has_gt and has_pred:
-                ap[li, oi] = _average_precision(np.concatenate(y_true), np.concatenate(y_score),
-                                                hard_fn)
-            elif has_gt:
-                ap[li, oi] = 0.0
-            else:
-                ap[li, oi] = math.nan
+            ap[li, oi] = _class_ap(matches, label, th, min_region_size, visited)
     return ap
+
+
+def _class_ap(matches: list[SceneMatches], label: str, th: float, min_region_size: int,
+              visited: dict[tuple, bool]) -> float:
+    """AP of one class at overlap threshold ``th``, all scenes accumulated; 0 when the class has
+    GT but no prediction, NaN when it has no GT."""
+    y_true: list[np.ndarray] = []
+    y_score: list[np.ndarray] = []
+    hard_fn = 0
+    has_gt = has_pred = False
+    for m in matches:
+        preds = m.pred.get(label, [])
+        all_gts = m.gt.get(label, [])
+        if not preds and not all_gts:
+            continue
+        gts = [g for g in all_gts if g.vert_count >= min_region_size]
+        has_gt |= bool(gts)
+        has_pred |= bool(preds)
+        t, s, missed = _match_gts(gts, th, visited)
+        hard_fn += missed
+        fp_scores = _false_positive_scores(preds, th, min_region_size)
+        y_true.append(t)
+        y_true.append(np.zeros(len(fp_scores)))
+        y_score.append(s)
+        y_score.append(np.asarray(fp_scores, dtype=float))
+    if has_gt and has_pred:
+        return _average_precision(np.concatenate(y_true), np.concatenate(y_score), hard_fn)
+    if has_gt:
+        return 0.0
+    return math.nan
+
+
+def _match_gts(gts: list[_Gt], th: float,
+               visited: dict[tuple, bool]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Greedy matching of one scene's GT instances of a class: (true-positive flags, scores,
+    GT left unmatched). A second prediction above ``th`` on a matched GT adds a false positive."""
+    cur_true = np.ones(len(gts))
+    cur_score = np.full(len(gts), -math.inf)
+    cur_match = np.zeros(len(gts), dtype=bool)
+    extra_true: list[float] = []
+    extra_score: list[float] = []
+    hard_fn = 0
+    for gi, g in enumerate(gts):
+        found = False
+        for uid, inter, pcount, conf in g.matched_pred:
+            if visited.get(uid, False):
+                continue
+            iou = inter / (g.vert_count + pcount - inter)
+            if iou > th:
+                if cur_match[gi]:
+                    # A second prediction on a matched GT: the lower score is an FP.
+                    lo = min(cur_score[gi], conf)
+                    cur_score[gi] = max(cur_score[gi], conf)
+                    extra_true.append(0.0)
+                    extra_score.append(lo)
+                else:
+                    found = True
+                    cur_match[gi] = True
+                    cur_score[gi] = conf
+                    visited[uid] = True
+        if not found:
+            hard_fn += 1
+    t = np.concatenate([cur_true[cur_match], extra_true])
+    s = np.concatenate([cur_score[cur_match], extra_score])
+    return t, s, hard_fn
+
+
+def _false_positive_scores(preds: list[_Pred], th: float, min_region_size: int) -> list[float]:
+    """Confidences of the predictions matching no GT above ``th`` and not lying (more than
+    ``th`` of their points) on ignored ground truth."""
+    fp_scores = []
+    for p in preds:
+        if any(inter / (gcount + p.vert_count - inter) > th
+               for _, inter, gcount in p.matched_gt):
+            continue
+        ignored = p.void_intersection + sum(
+            inter for _, inter, gcount in p.matched_gt if gcount < min_region_size)
+        if ignored / p.vert_count <= th:
+            fp_scores.append(p.confidence)
+    return fp_scores
 
 
 def _nanmean(values) -> float:

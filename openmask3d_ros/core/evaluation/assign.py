@@ -16,10 +16,10 @@ from ..config import EncoderConfig
 from ..interfaces import TextEncoder, l2_normalize
 
 
-def map_template(meta: Mapping) -> str:
-    """The class prompt template a map was built with (its config's ``encoder.prompt_template``;
+def map_template(config: Mapping) -> str:
+    """The class prompt template of a map's recorded ``config`` (``encoder.prompt_template``;
     the default for maps that recorded none)."""
-    encoder = (meta.get("config") or {}).get("encoder") or {}
+    encoder = (config or {}).get("encoder") or {}
     return str(encoder.get("prompt_template") or EncoderConfig.prompt_template)
 
 

@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..config import PipelineConfig
 from ..instance_map import MAP_DIRNAME, InstanceMap
 from ..interfaces import TextEncoder
 from .ap import MIN_REGION_SIZE, OVERLAPS, APResult, evaluate, match_scene
@@ -45,10 +44,11 @@ class EvalReport:
     classes: list[str]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    agnostic_scores: str | None = None    # "proposal_score" | "uniform" | "mixed"
 
     def to_dict(self) -> dict:
         return {"scenes": self.scenes, "classes": self.classes, "notes": self.notes,
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "agnostic_scores": self.agnostic_scores,
                 "results": {mode: r.to_dict() for mode, r in self.results.items()}}
 
 
@@ -85,13 +85,14 @@ def load_eval_scene(scene_dir: str | Path, label_key: str = "label",
     return EvalScene(scene_dir.name, np.asarray(gt.instance_ids), gt_classes(gt, label_key), imap)
 
 
-def instance_scores(imap: InstanceMap) -> np.ndarray:
-    """Class-agnostic confidences: ``meta["scores"]`` when the map stores them, else 1.0 (as the
-    paper does)."""
-    scores = imap.meta.get("scores")
+def instance_scores(imap: InstanceMap) -> tuple[np.ndarray, str]:
+    """Class-agnostic confidences and where they come from: the proposal backend's own scores
+    when the map has them (Mask3D's protocol: "proposal_score"), else 1.0 for every instance
+    (the paper's unscored masks: "uniform")."""
+    scores = imap.meta.proposal_scores()
     if scores is not None and len(scores) == imap.num_instances:
-        return np.asarray(scores, dtype=np.float64)
-    return np.ones(imap.num_instances)
+        return scores, "proposal_score"
+    return np.ones(imap.num_instances), "uniform"
 
 
 def text_encoder_for_map(imap: InstanceMap, overrides: Mapping | None = None,
@@ -100,11 +101,9 @@ def text_encoder_for_map(imap: InstanceMap, overrides: Mapping | None = None,
     (e.g. a local ``encoder.clip_checkpoint``)."""
     from ..query import map_encoder
 
-    meta_cfg = imap.meta.get("config")
-    if meta_cfg is None:
+    if not imap.meta.config:
         log.warning("map meta.json has no 'config': evaluating with the default text encoder")
-        meta_cfg = {}
-    cfg = PipelineConfig().updated(meta_cfg, strict=False)
+    cfg = imap.meta.pipeline_config()
     if overrides:
         cfg = cfg.updated(overrides)
     return map_encoder(imap, cfg, cache)
@@ -149,34 +148,51 @@ def evaluate_scenes(scenes: Sequence[EvalScene], modes: Sequence[str] = MODES,
             notes.append(f"{len(missing)} split class(es) are not evaluated, e.g. {missing[:5]}")
             log.warning(notes[-1])
     results: dict[str, APResult] = {}
+    agnostic_scores = None
     if "agnostic" in modes:
-        matches = []
-        for s in scenes:
-            gt = {i: (AGNOSTIC_CLASS if c in evaluated else None) for i, c in s.gt_labels.items()}
-            m = s.instances
-            matches.append(match_scene(s.gt_ids, gt, m.point_indices,
-                                       [AGNOSTIC_CLASS] * m.num_instances, instance_scores(m),
-                                       [AGNOSTIC_CLASS], min_region_size, s.name))
-        results["agnostic"] = evaluate(matches, [AGNOSTIC_CLASS], None, overlaps,
-                                       min_region_size)
+        results["agnostic"], agnostic_scores = _agnostic(scenes, evaluated, overlaps,
+                                                         min_region_size)
     if "open-vocab" in modes:
-        cache: dict = {}
-        matches = []
-        for s in scenes:
-            if text_encoder is None:
-                enc = text_encoder_for_map(s.instances, cache=cache)
-            elif callable(text_encoder) and not hasattr(text_encoder, "encode_text"):
-                enc = text_encoder(s.instances)
-            else:
-                enc = text_encoder
-            a = assign_classes(s.instances.features, vocab, enc,
-                               template or map_template(s.instances.meta))
-            labels = [None if (c is None or c in excluded) else c for c in a.labels(vocab)]
-            scores = a.similarity if score == "similarity" else np.ones(len(labels))
-            gt = {i: (c if c in evaluated else None) for i, c in s.gt_labels.items()}
-            matches.append(match_scene(s.gt_ids, gt, s.instances.point_indices, labels, scores,
-                                       evaluated, min_region_size, s.name))
+        cache: dict = {}        # one text encoder per distinct map encoder, over all scenes
+        matches = [_open_vocab_matches(s, vocab, excluded, evaluated, text_encoder, template,
+                                       score, min_region_size, cache) for s in scenes]
         results["open-vocab"] = evaluate(matches, evaluated, splits, overlaps, min_region_size)
     return EvalReport(results, [s.name for s in scenes], evaluated, notes,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, agnostic_scores)
+
+
+def _agnostic(scenes: Sequence[EvalScene], evaluated: Sequence[str], overlaps: np.ndarray,
+              min_region_size: int) -> tuple[APResult, str]:
+    """Class-agnostic AP, and which confidences ranked the masks ("proposal_score" when every
+    map has the proposal backend's scores, "uniform" when none has, else "mixed")."""
+    matches, sources = [], set()
+    for s in scenes:
+        gt = {i: (AGNOSTIC_CLASS if c in evaluated else None) for i, c in s.gt_labels.items()}
+        m = s.instances
+        scores, source = instance_scores(m)
+        sources.add(source)
+        matches.append(match_scene(s.gt_ids, gt, m.point_indices,
+                                   [AGNOSTIC_CLASS] * m.num_instances, scores,
+                                   [AGNOSTIC_CLASS], min_region_size, s.name))
+    result = evaluate(matches, [AGNOSTIC_CLASS], None, overlaps, min_region_size)
+    return result, sources.pop() if len(sources) == 1 else "mixed"
+
+
+def _open_vocab_matches(s: EvalScene, vocab: list[str], excluded: set[str],
+                        evaluated: list[str], text_encoder, template: str | None, score: str,
+                        min_region_size: int, cache: dict):
+    """One scene's matches after assigning every instance to its nearest class."""
+    if text_encoder is None:
+        enc = text_encoder_for_map(s.instances, cache=cache)
+    elif callable(text_encoder) and not hasattr(text_encoder, "encode_text"):
+        enc = text_encoder(s.instances)
+    else:
+        enc = text_encoder
+    a = assign_classes(s.instances.features, vocab, enc,
+                       template or map_template(s.instances.meta.config))
+    labels = [None if (c is None or c in excluded) else c for c in a.labels(vocab)]
+    scores = a.similarity if score == "similarity" else np.ones(len(labels))
+    gt = {i: (c if c in evaluated else None) for i, c in s.gt_labels.items()}
+    return match_scene(s.gt_ids, gt, s.instances.point_indices, labels, scores, evaluated,
+                       min_region_size, s.name)
 

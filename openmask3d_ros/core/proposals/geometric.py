@@ -12,6 +12,7 @@ from sklearn.cluster import DBSCAN
 
 from ..config import ProposalConfig
 from ..dbscan_split import voxel_representatives
+from ..interfaces import Proposals
 
 
 def ransac_plane(points: np.ndarray, distance: float, rng: np.random.Generator,
@@ -42,12 +43,14 @@ class GeometricProposals:
     """ProposalBackend: planes + Euclidean clusters on a voxel grid, mapped back to every point."""
 
     name = "geometric-standin"
+    uses_segments = False
 
     def __init__(self, cfg: ProposalConfig | None = None, seed: int = 0):
         self.cfg = cfg or ProposalConfig()
         self.seed = seed
 
-    def propose(self, points: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    def propose(self, points: np.ndarray, colors: np.ndarray,
+                segments: np.ndarray | None = None) -> Proposals:
         c = self.cfg
         rng = np.random.default_rng(self.seed)
         reps, inverse = voxel_representatives(np.asarray(points, dtype=np.float64), c.voxel_size)
@@ -74,4 +77,4 @@ class GeometricProposals:
         masks = np.zeros((len(points), len(groups)), dtype=bool)
         has = point_group >= 0
         masks[np.flatnonzero(has), point_group[has]] = True
-        return masks
+        return Proposals(masks)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..interfaces import Proposals
 
 # numeric and boolean dtypes only: an object array (arbitrary pickles) stays refused
 _PLAIN_DTYPES = ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")
@@ -82,6 +83,7 @@ class PrecomputedMasks:
     """ProposalBackend that returns masks read from a file."""
 
     name = "precomputed"
+    uses_segments = False
 
     def __init__(self, path: str | Path):
         if not path:
@@ -91,5 +93,6 @@ class PrecomputedMasks:
         if not self.path.is_file():
             raise FileNotFoundError(f"masks file not found: {self.path}")
 
-    def propose(self, points: np.ndarray, colors: np.ndarray) -> np.ndarray:
-        return load_masks(self.path, len(points))
+    def propose(self, points: np.ndarray, colors: np.ndarray,
+                segments: np.ndarray | None = None) -> Proposals:
+        return Proposals(load_masks(self.path, len(points)))

@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import low_memory
 from ..device import resolve_device
 from ..interfaces import configured_path
 from ..precision import check_precision, quantize_int8
+from .sam_attention import chunk_global_attention
 from .sam_decode import SplitDecoder
 
 log = logging.getLogger(__name__)
@@ -145,13 +147,17 @@ class SamSegmenter:
                              f"{where_to_get(model_type)} or set sam_model: {guessed}")
         model = builder(checkpoint=None)
         try:
-            model.load_state_dict(state, strict=True)
+            # the mapped file's tensors become the weights: no second copy (core/low_memory.py)
+            low_memory.load_weights(model, state, strict=True)
         except RuntimeError as exc:
             lines = [ln.strip() for ln in str(exc).strip().splitlines()[:6]]
             raise ValueError(f"SAM checkpoint {path} does not match model type {model_type} "
                              f"(wrong architecture?): {'; '.join(lines)}") from exc
         del state
+        low_memory.release_freed()              # the built model's initial weights
         model = model.eval()
+        if low_memory.ENABLED:   # no full attention matrices in global blocks (sam_attention.py)
+            chunk_global_attention(model.image_encoder)
         if quantize:
             model.mask_decoder = quantize_int8(model.mask_decoder, "segmenter")
         self.model = model.to(device)

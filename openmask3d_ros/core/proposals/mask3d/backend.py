@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...fidelity import Fidelity
+from ...interfaces import Proposals
 from .compat import import_minkowski
 
 log = logging.getLogger(__name__)
@@ -20,21 +22,22 @@ class Mask3DBackend:
     single-scene script feeds them, 2 cm voxels, the last decoder layer, then its
     post-processing (postprocess.py: per-query DBSCAN on voxels, top-N over masks x classes,
     score = class probability x mean mask sigmoid, superpoint voting when ``segments`` is set,
-    sorted by score). ``propose`` returns those masks; ``last_scores`` holds their scores, and
-    the pipeline skips its own DBSCAN split.
+    sorted by score). ``propose`` returns those masks with their scores, marked final: the
+    pipeline skips its own DBSCAN split.
 
     ``fidelity="paper"``: ScanNet colour normalisation (the training pipeline), one mask per
-    query with ``logit > mask_threshold``, unscored (``last_scores`` None), empty masks and exact
+    query with ``logit > mask_threshold``, unscored (``scores`` None), empty masks and exact
     duplicates dropped; DBSCAN splitting is left to the pipeline.
 
     ``checkpoint=None`` builds the network with random weights (tests, benchmarks only).
     """
 
     name = "mask3d"
+    uses_segments = True     # official mode: ScanNet superpoint voting
 
     def __init__(self, checkpoint: str | Path | None, device: str = "cpu", num_queries: int = 150,
                  voxel_size: float = 0.02, mask_threshold: float = 0.0,
-                 fidelity: str = "official", dbscan_eps: float = 0.95,
+                 fidelity: Fidelity | str = Fidelity.OFFICIAL, dbscan_eps: float = 0.95,
                  dbscan_min_points: int = 1):
         from .checkpoint import load_into, read_checkpoint, require_file
         if checkpoint is not None:
@@ -58,13 +61,8 @@ class Mask3DBackend:
         self.num_queries = int(num_queries)
         self.voxel_size = float(voxel_size)
         self.mask_threshold = float(mask_threshold)
-        if fidelity not in ("official", "paper"):
-            raise ValueError(f"fidelity must be official or paper, got {fidelity!r}")
-        self.fidelity = fidelity
+        self.fidelity = Fidelity.parse(fidelity)
         self.dbscan_eps, self.dbscan_min_points = float(dbscan_eps), int(dbscan_min_points)
-        self.segments: np.ndarray | None = None       # per-point superpoint ids (ScanNet)
-        self.last_scores: np.ndarray | None = None
-        self.last_classes: np.ndarray | None = None
         self._last_voxel_xyz: np.ndarray | None = None
         self.model = Mask3D(Mask3DConfig(num_queries=self.num_queries))
         if state is not None:
@@ -85,7 +83,7 @@ class Mask3DBackend:
         ME = import_minkowski()
         t0 = time.perf_counter()
         scene = voxelize(points, colors, self.voxel_size,
-                         normalize=self.fidelity == "paper")
+                         normalize=self.fidelity is Fidelity.PAPER)
         x = ME.SparseTensor(features=scene.features.to(self.device),
                             coordinates=scene.coordinates.to(self.device), device=self.device)
         raw = scene.raw_coordinates.to(self.device)
@@ -105,18 +103,19 @@ class Mask3DBackend:
                             "voxels": float(raw.shape[0])}
         return logits.float().cpu().numpy(), masks.float().cpu().numpy(), inverse
 
-    def propose(self, points: np.ndarray, colors: np.ndarray) -> np.ndarray:
-        """Boolean (P, M) masks: official, the scored post-processed masks (``last_scores``);
-        paper, one per query with at least one point (M <= num_queries)."""
+    def propose(self, points: np.ndarray, colors: np.ndarray,
+                segments: np.ndarray | None = None) -> Proposals:
+        """Official: the scored, post-processed masks (final; ``segments``, per-point ScanNet
+        superpoint ids, turn on segment voting); paper: one unscored mask per query with at
+        least one point (M <= num_queries)."""
         points = np.asarray(points, dtype=np.float64)
-        self.last_scores = self.last_classes = None
         if len(points) == 0:
-            if self.fidelity == "official":
-                self.last_scores = np.zeros(0, np.float32)
-            return np.zeros((0, 0), dtype=bool)
+            if self.fidelity is Fidelity.OFFICIAL:
+                return Proposals(np.zeros((0, 0), bool), np.zeros(0, np.float32), final=True)
+            return Proposals(np.zeros((0, 0), dtype=bool))
         class_logits, voxel_logits, inverse = self.predict_logits(points, colors)
-        if self.fidelity == "official":
-            return self._official(class_logits, voxel_logits, inverse, len(points))
+        if self.fidelity is Fidelity.OFFICIAL:
+            return self._official(class_logits, voxel_logits, inverse, len(points), segments)
         voxel_masks = voxel_logits > self.mask_threshold          # (V, Q)
         keep = voxel_masks.any(axis=0)
         voxel_masks = voxel_masks[:, keep]
@@ -128,22 +127,20 @@ class Mask3DBackend:
         log.info("Mask3D: %d points, %d voxels -> %d non-empty masks of %d queries (%.2f s)",
                  len(points), voxel_logits.shape[0], masks.shape[1], self.num_queries,
                  sum(v for k, v in self.last_timing.items() if k.endswith("_s")))
-        return masks
+        return Proposals(masks)
 
-    def _official(self, class_logits, voxel_logits, inverse, num_points) -> np.ndarray:
+    def _official(self, class_logits, voxel_logits, inverse, num_points, seg) -> Proposals:
         from .postprocess import official_masks
-        seg = self.segments
         if seg is not None and len(seg) != num_points:
             log.warning("Mask3D: %d segment ids for %d points; segment voting off",
                         len(seg), num_points)
             seg = None
         out = official_masks(class_logits, voxel_logits, self._last_voxel_xyz, inverse,
                              self.dbscan_eps, self.dbscan_min_points, seg)
-        self.last_scores, self.last_classes = out.scores, out.classes
         log.info("Mask3D (official post-processing%s): %d points, %d voxels -> %d scored masks",
                  ", segment voting" if seg is not None else "", num_points,
                  voxel_logits.shape[0], out.masks.shape[1])
-        return out.masks
+        return Proposals(out.masks, out.scores, final=True)
 
 
 def _row_order(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:

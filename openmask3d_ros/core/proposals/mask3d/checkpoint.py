@@ -50,6 +50,18 @@ def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
             f"{prefix}.bn.num_batches_tracked": ()}
 
 
+# Res16UNet34C (models/res16unet.py): block widths and BasicBlock counts of the four encoder and
+# four decoder stages, and the stem width.
+RES16UNET34C_PLANES = (32, 64, 128, 256, 256, 128, 96, 96)
+RES16UNET34C_LAYERS = (2, 3, 4, 6, 2, 2, 2, 2)
+RES16UNET34C_INIT_DIM = 32
+# (kernel-2 stride-2 convolution, its norm) in front of each encoder / decoder stage
+_DOWN_CONVS = (("conv1p1s2", "bn1"), ("conv2p2s2", "bn2"), ("conv3p4s2", "bn3"),
+               ("conv4p8s2", "bn4"))
+_UP_CONVS = (("convtr4p16s2", "bntr4"), ("convtr5p8s2", "bntr5"), ("convtr6p4s2", "bntr6"),
+             ("convtr7p2s2", "bntr7"))
+
+
 def official_state_dict_shapes(num_classes: int = 201, out_channels: int = 200,
                                in_channels: int = 3, hidden_dim: int = 128,
                                dim_feedforward: int = 1024, num_levels: int = 4,
@@ -61,45 +73,55 @@ def official_state_dict_shapes(num_classes: int = 201, out_channels: int = 200,
     whenever the input width differs from the block width. Decoder: shared (one stored copy),
     hlevels [0, 1, 2, 3] reading feature maps of widths PLANES[-5:] = (256, 256, 128, 96, 96).
     """
-    planes = (32, 64, 128, 256, 256, 128, 96, 96)
-    layers = (2, 3, 4, 6, 2, 2, 2, 2)
-    init = 32
+    return {**_backbone_shapes(in_channels, out_channels),
+            **_head_shapes(num_classes, hidden_dim),
+            **_decoder_shapes(hidden_dim, dim_feedforward, num_levels, num_decoders_stored)}
+
+
+def _basic_blocks(prefix: str, inplanes: int, width: int, n: int) -> dict[str, tuple[int, ...]]:
+    """``n`` BasicBlocks of ``width`` under ``prefix``, the first reading ``inplanes`` channels."""
     s: dict[str, tuple[int, ...]] = {}
+    for j in range(n):
+        p = f"{prefix}.{j}"
+        c_in = inplanes if j == 0 else width
+        s[f"{p}.conv1.kernel"] = _me_kernel(27, c_in, width)
+        s.update(_bn(f"{p}.norm1", width))
+        s[f"{p}.conv2.kernel"] = _me_kernel(27, width, width)
+        s.update(_bn(f"{p}.norm2", width))
+        if j == 0 and inplanes != width:
+            s[f"{p}.downsample.0.kernel"] = _me_kernel(1, inplanes, width)
+            s.update(_bn(f"{p}.downsample.1", width))
+    return s
+
+
+def _backbone_shapes(in_channels: int, out_channels: int) -> dict[str, tuple[int, ...]]:
+    """The Res16UNet34C backbone's keys (``backbone.``)."""
+    planes, layers, init = RES16UNET34C_PLANES, RES16UNET34C_LAYERS, RES16UNET34C_INIT_DIM
     b = "backbone"
-
-    def block_layer(name: str, inplanes: int, width: int, n: int) -> int:
-        for j in range(n):
-            p = f"{b}.{name}.{j}"
-            c_in = inplanes if j == 0 else width
-            s[f"{p}.conv1.kernel"] = _me_kernel(27, c_in, width)
-            s.update(_bn(f"{p}.norm1", width))
-            s[f"{p}.conv2.kernel"] = _me_kernel(27, width, width)
-            s.update(_bn(f"{p}.norm2", width))
-            if j == 0 and inplanes != width:
-                s[f"{p}.downsample.0.kernel"] = _me_kernel(1, inplanes, width)
-                s.update(_bn(f"{p}.downsample.1", width))
-        return width
-
-    s[f"{b}.conv0p1s1.kernel"] = _me_kernel(125, in_channels, init)
-    s.update(_bn(f"{b}.bn0", init))
+    s = {f"{b}.conv0p1s1.kernel": _me_kernel(125, in_channels, init), **_bn(f"{b}.bn0", init)}
     c = init
-    for stage, (conv, bn) in enumerate((("conv1p1s2", "bn1"), ("conv2p2s2", "bn2"),
-                                        ("conv3p4s2", "bn3"), ("conv4p8s2", "bn4"))):
+    for stage, (conv, bn) in enumerate(_DOWN_CONVS):
         s[f"{b}.{conv}.kernel"] = _me_kernel(8, c, c)
         s.update(_bn(f"{b}.{bn}", c))
-        c = block_layer(f"block{stage + 1}", c, planes[stage], layers[stage])
+        s.update(_basic_blocks(f"{b}.block{stage + 1}", c, planes[stage], layers[stage]))
+        c = planes[stage]
     skips = (planes[2], planes[1], planes[0], init)   # encoder widths concatenated on the way up
-    for stage, (conv, bn) in enumerate((("convtr4p16s2", "bntr4"), ("convtr5p8s2", "bntr5"),
-                                        ("convtr6p4s2", "bntr6"), ("convtr7p2s2", "bntr7"))):
+    for stage, (conv, bn) in enumerate(_UP_CONVS):
         width = planes[4 + stage]
         s[f"{b}.{conv}.kernel"] = _me_kernel(8, c, width)
         s.update(_bn(f"{b}.{bn}", width))
-        c = block_layer(f"block{stage + 5}", width + skips[stage], width, layers[4 + stage])
+        s.update(_basic_blocks(f"{b}.block{stage + 5}", width + skips[stage], width,
+                               layers[4 + stage]))
+        c = width
     s[f"{b}.final.kernel"] = _me_kernel(1, planes[7], out_channels)
     s[f"{b}.final.bias"] = (1, out_channels)
+    return s
 
-    d = hidden_dim
-    s["mask_features_head.kernel"] = _me_kernel(1, planes[7], d)
+
+def _head_shapes(num_classes: int, d: int) -> dict[str, tuple[int, ...]]:
+    """Mask-feature, query-projection, mask- and class-embedding heads, positional encoding."""
+    s: dict[str, tuple[int, ...]] = {}
+    s["mask_features_head.kernel"] = _me_kernel(1, RES16UNET34C_PLANES[7], d)
     s["mask_features_head.bias"] = (1, d)
     for i in (0, 2):
         s[f"query_projection.layers.{i}.weight"] = (d, d, 1)
@@ -109,7 +131,15 @@ def official_state_dict_shapes(num_classes: int = 201, out_channels: int = 200,
     s["class_embed_head.weight"] = (num_classes, d)
     s["class_embed_head.bias"] = (num_classes,)
     s["pos_enc.gauss_B"] = (3, d // 2)
-    sizes = planes[-5:]
+    return s
+
+
+def _decoder_shapes(d: int, dim_feedforward: int, num_levels: int,
+                    num_decoders_stored: int) -> dict[str, tuple[int, ...]]:
+    """Transformer decoder: cross-/self-attention, FFN and feature squeeze per stored decoder
+    and level, then the final norm."""
+    s: dict[str, tuple[int, ...]] = {}
+    sizes = RES16UNET34C_PLANES[-5:]
     for k in range(num_decoders_stored):
         for i in range(num_levels):
             for mod, attn in (("cross_attention", "multihead_attn"),

@@ -1,4 +1,4 @@
-"""The node's map owner (ros/mapping.MapBuilder): a map, loaded or built, reaches queries and the
+"""The node's map owner (ros/map_builder.MapBuilder): a map, loaded or built, reaches queries and the
 'ready' status only after its views (instance cloud, markers) are out, so the first query on it
 already gets its heatmap."""
 import logging
@@ -8,7 +8,7 @@ import pytest
 from openmask3d_ros.core.config import PipelineConfig
 from openmask3d_ros.core.instance_map import MAP_DIRNAME
 from openmask3d_ros.msg import PipelineStatus
-from openmask3d_ros.ros.mapping import MapBuilder
+from openmask3d_ros.ros.map_builder import MapBuilder
 from openmask3d_ros.ros.status import StatusBoard
 
 

@@ -156,11 +156,10 @@ class MapBuilder:
             return
         self._make_current(engine)
         dt = time.perf_counter() - self._t0
-        timings = imap.meta.get("timings", {})
-        stages = ", ".join(f"{k[:-2] if k.endswith('_s') else k} {v:.1f} s"
-                           for k, v in timings.items() if isinstance(v, (int, float)))
-        where = imap.meta.get("map_dir") or self.scene_dir / MAP_DIRNAME
-        text = (f"map ready: {imap.num_instances} instances from {imap.meta['frames']['keyframes']}"
+        stages = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s"
+                           for k, v in imap.meta.timings.items())
+        where = imap.meta.map_dir or self.scene_dir / MAP_DIRNAME
+        text = (f"map ready: {imap.num_instances} instances from {imap.meta.frames.keyframes}"
                 f" keyframes in {dt:.1f} s ({stages}), saved to {where}")
         self.log.info(text)
         self.board.update(state=PipelineStatus.STATE_READY, stage="", progress=1.0, elapsed=dt,

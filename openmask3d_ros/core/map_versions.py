@@ -1,5 +1,6 @@
-"""Map generations: every build writes a complete, self-contained folder, then one atomic rename
-makes it current, so a process killed at any instant leaves the last complete map.
+"""The map's on-disk versioning (generations): every build writes a complete, self-contained
+folder, then one atomic rename makes it current, so a process killed at any instant leaves the
+last complete map.
 
 ```
 MAP/                       SCENE/openmask3d by default
