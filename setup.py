@@ -6,6 +6,7 @@ generated ``openmask3d_ros.msg`` / ``openmask3d_ros.srv``; a pip distribution of
 would uninstall those generated modules. Dependencies come from requirements.txt minus the ROS
 wheels (ros-*) and the build/test tools.
 """
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -13,25 +14,28 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).resolve().parent
 _TEST = ("pytest", "hypothesis", "ruff")
 _BUILD_OR_TEST = ("ros-", "colcon", "setuptools", "wheel") + _TEST
+_BATCH = ("ray",)       # `openmask3d batch` only: the extra "batch" (pip install .[batch])
 
 
-def _requirements() -> tuple[list[str], list[str]]:
+def _requirements() -> tuple[list[str], list[str], list[str]]:
     path = HERE / "requirements.txt"
     if not path.is_file():
-        return [], []
-    runtime, test = [], []
+        return [], [], []
+    runtime, test, batch = [], [], []
     for line in path.read_text().splitlines():
         req = line.split("#", 1)[0].strip()
         if not req:
             continue
-        if req.lower().startswith(_TEST):
+        if re.split(r"[<>=!~\[ ;]", req, maxsplit=1)[0].lower() in _BATCH:
+            batch.append(req)
+        elif req.lower().startswith(_TEST):
             test.append(req)
         elif not req.lower().startswith(_BUILD_OR_TEST):
             runtime.append(req)
-    return runtime, test
+    return runtime, test, batch
 
 
-RUNTIME, TEST = _requirements()
+RUNTIME, TEST, BATCH = _requirements()
 
 setup(
     name="openmask3d-ros-core",
@@ -44,7 +48,7 @@ setup(
     packages=find_packages(include=["openmask3d_ros*"]),
     include_package_data=True,
     install_requires=RUNTIME,
-    extras_require={"test": TEST},
+    extras_require={"test": TEST, "batch": BATCH},
     entry_points={"console_scripts": ["openmask3d = openmask3d_ros.cli:main"]},
     zip_safe=False,
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-command install into .venv at the repository root (idempotent: finished steps are skipped).
-# Installs: torch/torchvision, the model libraries, the ROS 2 (Kilted) PyPI wheels, our msg/srv
+# Installs: torch/torchvision, the model libraries, Ray (for `openmask3d batch`; the node does not
+# need it), the ROS 2 (Kilted) PyPI wheels, our msg/srv
 # interfaces and, where they do not import, tf2_msgs and vision_msgs (built with cmake into the
 # venv), MinkowskiEngine (CPU build; CUDA build when nvcc and a GPU are present), and this
 # package in editable mode.

@@ -63,8 +63,18 @@ def test_cli_query_json_gives_indices_into_cloud(built, capsys):
     assert out["query"] == "red" and len(out["instances"]) == 2
     inst = out["instances"][0]
     assert set(inst) == {"id", "score", "relevance", "structure", "centroid", "bbox_min",
-                         "bbox_max", "n_points", "point_indices"}
+                         "bbox_max", "box", "support", "reference_id", "relation_score",
+                         "n_points", "point_indices"}
     pts = SceneFolder(root).cloud()[0][inst["point_indices"]]
+    # the oriented box holds the instance's points (gravity-aligned: only a yaw)
+    box = inst["box"]
+    x, y, z, w = box["orientation_xyzw"]
+    assert abs(x) < 1e-9 and abs(y) < 1e-9 and abs(np.hypot(z, w) - 1) < 1e-4   # 5 decimals
+    yaw = 2 * np.arctan2(z, w)
+    R = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
+    local = (pts - box["center"]) @ R
+    assert np.all(np.abs(local) <= np.asarray(box["size"]) / 2 + 1e-4)
+    assert inst["support"]["support_id"] >= 0 and inst["reference_id"] == -1
     assert np.allclose(pts.mean(axis=0), inst["centroid"], atol=1e-4)
     assert inst["n_points"] == len(inst["point_indices"])
     assert out["instances"][0]["relevance"] >= out["instances"][1]["relevance"]

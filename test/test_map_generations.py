@@ -55,7 +55,9 @@ def test_each_build_is_a_new_generation_and_old_ones_are_pruned(scene):
     for expected in ("gen-000002", "gen-000003"):
         assert cli(["run", str(scene), *STEP, "--config", str(cfg)]) == 0
         assert (root / "CURRENT").read_text().strip() == expected
-    assert sorted(p.name for p in root.iterdir()) == ["CURRENT", "gen-000002", "gen-000003"]
+    # the build cache (core/build_cache.py) lives beside the generations, never pruned
+    assert sorted(p.name for p in root.iterdir()) == ["CURRENT", "cache", "gen-000002",
+                                                      "gen-000003"]
     meta = InstanceMap.load(scene).meta
     assert meta.generation == "gen-000003"
     gen_meta = json.loads((root / "gen-000003" / "meta.json").read_text())
@@ -112,6 +114,19 @@ def test_pointer_missing_or_garbage_falls_back_to_newest_complete(scene):
     assert InstanceMap.load(scene).meta.generation == "gen-000002"
     assert cli(["run", str(scene), *STEP]) == 0
     assert not any(p.name.startswith(".building") for p in root.iterdir())
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \n\n", "gen-999999\n", "\x00garbage"])
+def test_empty_or_garbage_pointer_is_warned_about(scene, caplog, content):
+    """W3: an empty CURRENT fell back to the newest generation silently; it warns as a garbage
+    one does, naming the file, and the query still answers from the newest generation."""
+    root = scene / "openmask3d"
+    (root / "CURRENT").write_text(content)
+    caplog.set_level("WARNING", logger="openmask3d_ros.core.map_versions")
+    assert cli(["query", str(scene), "red"]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.name.endswith("map_versions")]
+    assert warned and str(root / "CURRENT") in warned[0], warned
+    assert ("is empty" if not content.strip() else "not a generation") in warned[0]
 
 
 def test_a_folder_without_generations_is_refused_naming_what_to_do(scene):

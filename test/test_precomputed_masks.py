@@ -107,3 +107,51 @@ def test_official_masks_file_runs_column_for_column(tmp_path):
     meta = InstanceMap.load(root).meta
     sizes = [i.num_points for i in meta.instances]
     assert 5 not in sizes and len(sizes) == masks.shape[1] - 2    # small part dropped
+
+
+# -- how masks are binarised (issue 21, W5) ------------------------------------------------------
+@pytest.mark.parametrize("values,example", [
+    (lambda rng, shape: rng.random(shape).astype(np.float32), "in column 0"),    # in [0, 1)
+    (lambda rng, shape: rng.integers(0, 4, shape), "found"),                    # labels
+    (lambda rng, shape: np.where(rng.random(shape) > 0.5, 1.0, np.nan), "nan"),
+])
+def test_masks_other_than_0_and_1_are_refused(tmp_path, values, example):
+    """Random floats in [0, 1) gave 3 instances of every point each (thresholded at > 0)."""
+    path = tmp_path / "soft.npy"
+    np.save(path, values(np.random.default_rng(0), (50, 3)))
+    with pytest.raises(InputError, match=rf"soft.npy.*only 0 and 1.*{example}.*binarise"):
+        load_masks(path, 50)
+
+
+def test_binary_numbers_and_booleans_load_as_they_are(tmp_path):
+    arr = official_masks()
+    for dtype in (bool, np.uint8, np.int64, np.float32, np.float64):
+        np.save(tmp_path / "m.npy", arr.astype(dtype))
+        assert np.array_equal(load_masks(tmp_path / "m.npy", 50), arr > 0)
+
+
+def test_masks_through_the_cli(scene_copy, caplog, capsys):
+    """`openmask3d run --masks`: float masks in [0, 1) are refused (exit 2, one line naming the
+    file and how masks are read); a 0/1 mask covering nearly the whole cloud builds with a
+    warning naming its column."""
+    from openmask3d_ros.cli import main as cli
+    from openmask3d_ros.core.instance_map import InstanceMap
+    scene = scene_copy(seed=3)
+    ids = np.load(scene / "ground_truth" / "instance_ids.npy")
+    soft = scene.parent / "soft.npy"
+    np.save(soft, np.random.default_rng(0).random((len(ids), 3)).astype(np.float32))
+    assert cli(["run", str(scene), "--frame-step", "2", "--masks", str(soft)]) == 2
+    err = capsys.readouterr().err
+    assert "soft.npy" in err and "only 0 and 1" in err and "Traceback" not in err
+    objects = [ids == i for i in np.unique(ids) if i > 0]
+    whole = np.ones(len(ids), bool)
+    whole[:len(ids) // 50] = False                          # 98 % of the points
+    masks = np.stack(objects + [whole], axis=1).astype(np.float16)
+    np.save(scene.parent / "whole.npy", masks)
+    caplog.set_level("WARNING")
+    assert cli(["run", str(scene), "--frame-step", "2", "--masks",
+                str(scene.parent / "whole.npy")]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("whole.npy" in w and "95%" in w and f"columns {len(objects)}" in w
+               for w in warned), warned
+    assert InstanceMap.load(scene).num_instances == len(objects) + 1

@@ -110,7 +110,7 @@ def test_drops_by_cause(tmp_path, scene):
     c = rec.counters()
     assert c == RecorderCounters(frames_received=11, keyframes=1, pending=0, drops={
         Drop.frames_missed: 4, Drop.frames_overflow: 8, Drop.frames_without_pose: 0,
-        Drop.frames_rejected: 2})
+        Drop.frames_rejected: 2, Drop.frames_overrun: 0, Drop.frames_time_jump: 0})
     assert {w[0] for w in warnings} == {Drop.frames_missed, Drop.frames_overflow,
                                         Drop.frames_rejected}
 
@@ -143,3 +143,44 @@ def test_restart_continues_numbering_and_pipeline_respects_step(tmp_path, scene)
     meta = imap.meta
     assert meta.frames.keyframes == 4 and meta.frame_step == 4
     assert json.loads((tmp_path / "rec" / "scene.json").read_text())["keyframe_step"] == 4
+
+
+def test_gaps_are_losses_overruns_or_pauses(tmp_path, scene):
+    """A gap in the stamps is frames lost before the node (they came on time), frames dropped
+    in the node's own queue (the frame after the gap came late: frames_overrun), or, longer
+    than pause_s, a pause of the stream; a frame out of order is not a gap twice."""
+    clock, infos = Clock(), []
+    rec, warnings = _recorder(tmp_path, scene, {}, clock, frame_step=1000, pause_s=1.0,
+                              info=infos.append)
+
+    def offer(k: int, late_s: float = 0.0) -> None:
+        clock.t = 100 * S + k * PERIOD + 5_000_000 + int(late_s * S)   # 5 ms transport delay
+        rec.offer(100 * S + k * PERIOD, "f")
+    for k in range(8):
+        offer(k)
+    offer(11)                                  # 3 frames lost in transport: on time after them
+    offer(12)
+    offer(20, late_s=0.5)                      # 7 dropped in the queue: this one waited 0.5 s
+    offer(19, late_s=0.5)                      # out of order: no gap, and 13-19 not counted again
+    offer(21, late_s=0.5)
+    c = rec.counters()
+    assert (c.drops[Drop.frames_missed], c.drops[Drop.frames_overrun]) == (3, 7)
+    assert "input faster than the node can take" in warnings[-1][1]
+    offer(21 + 150)                            # 5 s later: a pause, not 149 lost frames
+    c = rec.counters()
+    assert (c.drops[Drop.frames_missed], c.drops[Drop.frames_overrun]) == (3, 7)
+    assert c.stream_pauses == 1 and "paused for 5.0 s" in infos[-1]
+
+
+def test_time_jump_drops_waiting_candidates(tmp_path, scene):
+    clock, poses = Clock(), {}
+    rec, warnings = _recorder(tmp_path, scene, poses, clock, frame_step=1)
+    for k in range(3):
+        rec.offer(100 * S + k * PERIOD, scene.frame_ids[k])
+    assert rec.time_jumped("ROS time jumped back 50 s") == 3
+    poses[100 * S] = scene.pose(scene.frame_ids[0])    # a pose from the old time comes late
+    assert rec.process(force=True) == 0                # nothing of the old time is written
+    c = rec.counters()
+    assert c.pending == 0 and c.drops[Drop.frames_time_jump] == 3 and c.keyframes == 0
+    assert warnings[-1] == (Drop.frames_time_jump, "3 keyframe candidate(s) dropped: ROS time "
+                                                   "jumped back 50 s")

@@ -8,7 +8,7 @@ import sys
 
 # Each module exposes ``register(subparsers)``; its subcommands set ``func(args) -> int``.
 SUBCOMMAND_MODULES = ("scene_cmds", "node_cmd", "params_cmd", "bag_cmds", "eval_cmd",
-                      "render_cmd")
+                      "render_cmd", "batch_cmd")
 
 
 class CliError(Exception):

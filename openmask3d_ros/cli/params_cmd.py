@@ -29,6 +29,9 @@ def run_params(args) -> int:
         path = Path(args.check)
         if not path.is_file():
             raise CliError(f"parameter file not found: {path}")
+        if not args.markdown:       # a broken file: its YAML error, not "regenerate it"
+            from ..core.config import read_yaml
+            read_yaml(path)
         if path.read_text(encoding="utf-8") != text:
             raise CliError(f"{path} is out of date: regenerate it with "
                            f"`openmask3d params -o {path}`")

@@ -25,8 +25,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {out}: the picture is written as PNG; name it *.png")
+    if args.query is not None and not args.query.strip():
+        raise ValueError("--query: the query text is empty (leave --query out to draw the "
+                         "instances)")
     t0 = time.perf_counter()
-    if args.query:
+    if args.query is not None:
         from ..core.query import open_map
         engine = open_map(args.scene, load_config(args.config) if args.config else None)
         answer = engine.ask(args.query, top_k=args.top_k)

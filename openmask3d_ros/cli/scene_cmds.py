@@ -52,7 +52,7 @@ def _config(args: argparse.Namespace):
 def cmd_make_scene(args: argparse.Namespace) -> int:
     from ..core.synthetic import make_scene
     path = make_scene(args.out, seed=args.seed, num_frames=args.frames, width=args.width,
-                      height=args.height)
+                      height=args.height, floor_objects=args.floor_objects)
     print(f"synthetic scene written to {path}")
     return 0
 
@@ -62,7 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     progress = TqdmProgress()
     try:
-        imap = run_pipeline(args.scene, cfg, masks=args.masks, progress=progress, out_dir=args.out)
+        mode = "off" if args.no_cache else "full" if args.refresh_cache else None
+        imap = run_pipeline(args.scene, cfg, masks=args.masks, progress=progress,
+                            out_dir=args.out, cache=mode)
     finally:
         progress.close()
     from ..core.instance_map import MAP_DIRNAME
@@ -73,6 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"encoder={models.image_encoder} device={models.device}")
     for note in models.notes:
         print(f"note: {note}")
+    if imap.meta.cache is not None:
+        from ..core.pipeline import cache_summary
+        print(f"cache ({imap.meta.cache.mode}): {cache_summary(imap.meta.cache)}")
+    if imap.meta.changes is not None:
+        print(f"changes since {imap.meta.changes.previous}: {imap.meta.changes.summary()}")
     return 0
 
 
@@ -82,22 +89,30 @@ def print_answer(answer, as_json: bool) -> None:
         return
     print(f"query: {answer.query!r}  (min relevance {answer.min_relevance:.2f}"
           f"{', structure included' if answer.include_structure else ''})")
+    if answer.understood:
+        print(f"  understood as {answer.understood.describe()}")
     if not answer.results:
         print(f"  {answer.message()}")
     for rank, r in enumerate(answer.results, 1):
         c = r.centroid
         print(f"  {rank}. instance {r.instance_id:4d}  relevance {r.relevance:.3f}  "
               f"score {r.score:.3f}  centroid ({c[0]:.3f}, {c[1]:.3f}, {c[2]:.3f})  "
-              f"{r.n_points} points" + (f"  [structure: {r.structure}]" if r.structure else ""))
+              f"{r.n_points} points" + (f"  [structure: {r.structure}]" if r.structure else "")
+              + (f"  [{answer.understood.relation} instance {r.reference_id}]"
+                 if r.reference_id >= 0 else ""))
+        s = r.box_size
+        support = (f"on instance {r.support_id}" if r.support_id >= 0 else
+                   "on the floor" if r.on_floor else "on nothing found")
+        print(f"     box {s[0]:.3f} x {s[1]:.3f} x {s[2]:.3f} m, yaw "
+              f"{_yaw_deg(r.box_orientation):.0f} deg; rests {support}, "
+              f"{r.height_above_floor:.2f} m above the floor")
 
 
-def read_query_image(path: str):
-    """RGB uint8 array of an image file; ValueError naming the file when unreadable."""
-    import cv2
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"--image {path}: not a readable image file")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+def _yaw_deg(q) -> float:
+    """Rotation about z of a quaternion x, y, z, w (degrees)."""
+    import math
+    x, y, z, w = (float(v) for v in q)
+    return math.degrees(math.atan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -110,10 +125,26 @@ def cmd_query(args: argparse.Namespace) -> int:
                    min_relevance=0.0 if args.all else args.min_relevance,
                    include_structure=True if (args.all or args.include_structure) else None)
     if args.image:
-        print_answer(engine.ask(image=read_query_image(args.image), **options), args.json)
+        from ..core.query_image import read_image_file
+        image = read_image_file(args.image, engine.query_cfg.max_image_pixels,
+                                f"--image {args.image}")
+        print_answer(engine.ask(image=image, **options), args.json)
     for text in args.text:
-        print_answer(engine.ask(text, **options), args.json)
+        print_answer(engine.ask(text, viewpoint=args.viewpoint, literal=args.literal, **options),
+                     args.json)
     return 0
+
+
+def _point(text: str):
+    """'x,y,z' -> a (3,) array (argparse type)."""
+    import numpy as np
+    try:
+        v = np.array([float(x) for x in text.split(",")])
+    except ValueError:
+        v = np.zeros(0)
+    if v.shape != (3,) or not np.all(np.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected X,Y,Z (three finite numbers), got {text!r}")
+    return v
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -153,6 +184,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
+    p.add_argument("--floor-objects", type=int, default=0, metavar="N",
+                   help="N of the table's objects get a twin of the same kind and colour on "
+                        "the floor beside the table (default 0: the seed's usual scene)")
     p.set_defaults(func=cmd_make_scene)
 
     def common(q: argparse.ArgumentParser) -> None:
@@ -163,14 +197,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="build the OpenMask3D map of a scene folder")
     p.add_argument("scene", help="scene folder (color/ depth/ pose/ intrinsic/ cloud.ply)")
     p.add_argument("--out", help="map folder (default SCENE/openmask3d)")
-    p.add_argument("--masks", help="precomputed P x M masks (.npy or official OpenMask3D .pt)")
+    p.add_argument("--masks", help="precomputed P x M masks (.npy or official OpenMask3D .pt) "
+                                   "of 0/1 or booleans (1: the point is in the mask)")
+    reuse = p.add_mutually_exclusive_group()
+    reuse.add_argument("--no-cache", action="store_true",
+                       help="neither reuse nor store intermediate results (MAP/cache; default: "
+                            "a rebuild reuses what did not change, cache.enabled)")
+    reuse.add_argument("--refresh-cache", action="store_true",
+                       help="recompute everything, then store it for later rebuilds")
     common(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("query", help="find the instances of a map relevant to text or an image")
     p.add_argument("map", help="map folder or scene folder holding one")
     p.add_argument("text", nargs="*", help="query text(s)")
-    p.add_argument("--image", help="an image file (e.g. a crop of the object) as the query")
+    p.add_argument("--image", help="an image file (e.g. a crop of the object) as the query; "
+                                   "at most query.max_image_pixels (4096 x 4096)")
     p.add_argument("--top-k", type=int, default=5, help="results per query (0 = all)")
     p.add_argument("--min-relevance", type=float, default=None,
                    help="relevance in [0, 1] an instance needs (default: the map's "
@@ -183,6 +225,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "names them)")
     p.add_argument("--min-score", type=float, default=-1.0, help="minimum raw cosine score")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--literal", action="store_true",
+                   help="no relation parsing: 'the mug on the table' goes to the encoder whole")
+    p.add_argument("--viewpoint", type=_point, default=None, metavar="X,Y,Z",
+                   help="viewer position (map frame) for 'left of'/'right of' and 'nearest'")
     p.add_argument("--config", help="override the recorded encoder config (e.g. moved checkpoint)")
     p.set_defaults(func=cmd_query)
 

@@ -21,7 +21,7 @@ _EXPORTS = {
     "build_models": "models", "Models": "models", "run_pipeline": "pipeline",
     "InstanceMap": "instance_map", "MapMeta": "map_meta", "open_map": "query",
     "QueryEngine": "query", "InputError": "errors", "SceneFolder": "scene",
-    "make_scene": "synthetic",
+    "make_scene": "synthetic", "BuildCancelled": "errors", "compare_maps": "changes",
 }
 
 __all__ = sorted(_EXPORTS)

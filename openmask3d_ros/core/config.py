@@ -98,6 +98,20 @@ class QueryConfig:
     temperature: float = 10.0            # similarities are multiplied by this before the softmax
     prompt_template: str = "{}"          # applied to the query text and to every negative
     min_relevance: float = 0.55          # default threshold of "found" (0.5 = like a generic thing)
+    # largest query image (a file, a service request) accepted, in pixels (4096 x 4096); checked
+    # before decoding, larger ones are refused (core/query_image.py)
+    max_image_pixels: int = 16_777_216
+    # parse "<target> <relation> <reference>" and "the largest <target>" (docs/ros.md grammar)
+    relations: bool = True
+    near_radius: float = 0.5             # m, closest points of "near" / "next to" / "beside"
+
+
+@dataclass
+class GeometryConfig:
+    """Oriented boxes and support surfaces of every instance, computed once per map."""
+    up_axis: str = "+z"                  # map frame axis that points up (REP-103: +z) | -z | +y ...
+    box_mode: str = "yaw"                # yaw (rotated about up only) | full (PCA, 3D)
+    contact_distance: float = 0.05       # m, resting contact: support, "on", "in", "under"
 
 
 @dataclass
@@ -115,6 +129,24 @@ class StructureConfig:
 
 
 @dataclass
+class CacheConfig:
+    """Reuse of a previous build's work (core/build_cache.py), kept in MAP/cache/."""
+    enabled: bool = True                 # rebuilds reuse what did not change (exact: same map)
+    max_size_mb: int = 2048              # MiB on disk; least recently used entries go beyond it
+
+
+@dataclass
+class ChangesConfig:
+    """What changed since the previous map (core/changes.py): added, removed, moved, unchanged."""
+    enabled: bool = True                 # compare each new map with the one it replaces
+    voxel_size: float = 0.05             # m, the distance at which two points coincide
+    min_overlap: float = 0.5             # fraction of an instance's points coinciding (aligned)
+    min_similarity: float = 0.75         # feature cosine of the same object in both maps
+    min_move: float = 0.05               # m, a smaller displacement counts as unchanged
+    size_tolerance: float = 0.3          # a moved object's extents may differ by this fraction
+
+
+@dataclass
 class PipelineConfig:
     frame_step: int = 10                 # keep every n-th frame
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
@@ -129,6 +161,9 @@ class PipelineConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     structure: StructureConfig = field(default_factory=StructureConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    changes: ChangesConfig = field(default_factory=ChangesConfig)
 
     def __post_init__(self) -> None:
         self.fidelity = Fidelity.parse(self.fidelity)      # PipelineConfig(fidelity="paper") too
@@ -229,6 +264,20 @@ def pipeline_section(data: Mapping[str, Any]) -> dict[str, Any]:
     return dict(section)
 
 
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path``; InputError naming the file and, for a syntax error, its
+    line and column."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(f"not a readable YAML file{where}: "
+                         f"{getattr(exc, 'problem', None) or exc}", path) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"not a readable YAML file: {exc}", path) from exc
+
+
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
                 ) -> PipelineConfig:
     """Defaults, then the YAML file at ``path`` (if given), then ``overrides``."""
@@ -237,15 +286,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise InputError(f"not a readable YAML file{where}: "
-                             f"{getattr(exc, 'problem', None) or exc}", path) from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"not a readable YAML file: {exc}", path) from exc
+        data = read_yaml(path) or {}
         if not isinstance(data, Mapping):
             raise InputError("a config file must hold a mapping", path)
         try:

@@ -45,6 +45,8 @@ def _words(v: Any) -> str | None:
 # segment-anything's model types and MobileSAM's (core/segmenters/sam.py; not imported here:
 # checking a config must stay cheap)
 SAM_MODELS = ("vit_h", "vit_l", "vit_b", "vit_t")
+UP_AXES = ("+x", "-x", "+y", "-y", "+z", "-z")     # core/geometry.py UP_AXES
+BOX_MODES = ("yaw", "full")                        # core/geometry.py
 
 
 # dotted key -> rule; keys a config does not have (another version) are skipped
@@ -90,12 +92,23 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "query.min_relevance": _within(0.0, 1.0),
     "query.prompt_template": lambda v: None if "{}" in v else "must contain {} for the text",
     "query.negatives": _words,
+    "query.max_image_pixels": _ge(1),
     "structure.plane_max_thickness": _gt(0),
     "structure.plane_min_area": _ge(0),
     "structure.cell_size": _gt(0),
     "structure.span_fraction": _within(0.0, 1.0),
     "structure.span_min_extent": _ge(0),
     "structure.words": _words,
+    "query.near_radius": _gt(0),
+    "geometry.up_axis": _one_of(*UP_AXES),
+    "geometry.box_mode": _one_of(*BOX_MODES),
+    "geometry.contact_distance": _gt(0),
+    "cache.max_size_mb": _ge(1),
+    "changes.voxel_size": _gt(0),
+    "changes.min_overlap": _within(0.0, 1.0),
+    "changes.min_similarity": _within(-1.0, 1.0),
+    "changes.min_move": _ge(0),
+    "changes.size_tolerance": _ge(0),
 }
 
 # keys without a range rule, and why (a test keeps RULES + UNCHECKED = every key of the config)
@@ -108,6 +121,9 @@ UNCHECKED = {
     "proposals.mask3d_mask_threshold": "any logit",
     "segmenter.min_score": "any score (SAM's predicted IoU, the stand-in's)",
     "visibility.two_sided": "a boolean (type-checked on load)",
+    "query.relations": "a boolean (type-checked on load)",
+    "cache.enabled": "a boolean (type-checked on load)",
+    "changes.enabled": "a boolean (type-checked on load)",
     "segmenter.quantize": "a boolean (type-checked); with a device in _combinations",
     "encoder.quantize": "a boolean (type-checked); with a device in _combinations",
 }

@@ -33,3 +33,8 @@ def input_error_from(exc: BaseException, path: str | Path, what: str = "") -> In
     detail = str(exc) or type(exc).__name__
     prefix = f"cannot read {what}" if what else "cannot read"
     return InputError(f"{prefix} {path}: {detail} ({type(exc).__name__})", path)
+
+
+class BuildCancelled(Exception):
+    """A map build stopped at the caller's request (``run_pipeline(cancel=...)``): no generation
+    was written and the current map stays; what the build had computed stays in the cache."""

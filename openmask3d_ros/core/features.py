@@ -15,9 +15,11 @@ from collections.abc import Callable
 import numpy as np
 from scipy import sparse
 
+from .build_cache import FeatureCache, image_hash
 from .camera import project, usable_pose
 from .config import PipelineConfig
 from .crops import crop_boxes, cut
+from .errors import BuildCancelled
 from .fidelity import Fidelity
 from .interfaces import ImageEncoder, Segmenter, l2_normalize
 from .prompt_plan import plan_official_prompts
@@ -45,7 +47,11 @@ class FeatureReport:
 
 
 class _CropBatcher:
-    """Accumulates crops, encodes them in batches, sums embeddings per owner."""
+    """Accumulates crops, encodes them in batches, sums embeddings per owner.
+
+    ``add_group`` queues the crops of one (mask, view) and hands their embeddings to a callback
+    once all are encoded (the build cache stores them); ``add_encoded`` sums embeddings known
+    already (from the cache)."""
 
     def __init__(self, encoder: ImageEncoder, num_owners: int, batch_size: int):
         self.encoder = encoder
@@ -54,13 +60,31 @@ class _CropBatcher:
         self.counts = np.zeros(num_owners, dtype=np.int64)
         self._crops: list[np.ndarray] = []
         self._owners: list[int] = []
+        self._tags: list[int | None] = []
+        self._groups: dict[int, tuple[Callable[[np.ndarray], None], int, list]] = {}
+        self._next_tag = 0
         self.encoded = 0
+        self.reused = 0
 
-    def add(self, crop: np.ndarray, owner: int) -> None:
+    def add(self, crop: np.ndarray, owner: int, tag: int | None = None) -> None:
         self._crops.append(np.ascontiguousarray(crop))
         self._owners.append(owner)
+        self._tags.append(tag)
         if len(self._crops) >= self.batch_size:
             self.flush()
+
+    def add_group(self, crops: list[np.ndarray], owner: int,
+                  done: Callable[[np.ndarray], None]) -> None:
+        tag = self._next_tag
+        self._next_tag += 1
+        self._groups[tag] = (done, len(crops), [])
+        for crop in crops:
+            self.add(crop, owner, tag)
+
+    def add_encoded(self, embeddings: np.ndarray, owner: int) -> None:
+        np.add.at(self.sums, np.full(len(embeddings), owner), embeddings)
+        self.counts[owner] += len(embeddings)
+        self.reused += len(embeddings)
 
     def flush(self) -> None:
         if not self._crops:
@@ -69,7 +93,21 @@ class _CropBatcher:
         np.add.at(self.sums, np.asarray(self._owners), emb)
         np.add.at(self.counts, np.asarray(self._owners), 1)
         self.encoded += len(self._crops)
-        self._crops, self._owners = [], []
+        for row, tag in zip(emb, self._tags):
+            if tag is None:
+                continue
+            done, size, rows = self._groups[tag]
+            rows.append(row)
+            if len(rows) == size:
+                del self._groups[tag]
+                done(np.stack(rows))
+        self._crops, self._owners, self._tags = [], [], []
+
+
+def check_cancel(cancel: Callable[[], bool] | None) -> None:
+    """``BuildCancelled`` when ``cancel()`` says so."""
+    if cancel is not None and cancel():
+        raise BuildCancelled("the map build was cancelled")
 
 
 def frame_pose(scene: SceneFolder, fid: str) -> np.ndarray | None:
@@ -121,16 +159,24 @@ def visibility_counts(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
 
 def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
                      frame_ids: list[str], segmenter: Segmenter, encoder: ImageEncoder,
-                     cfg: PipelineConfig, progress: Progress | None = None
+                     cfg: PipelineConfig, progress: Progress | None = None,
+                     cache: FeatureCache | None = None,
+                     cancel: Callable[[], bool] | None = None
                      ) -> tuple[np.ndarray, FeatureReport]:
-    """(M, D) L2-normalised features (zero rows for instances no frame sees) and a report."""
+    """(M, D) L2-normalised features (zero rows for instances no frame sees) and a report.
+
+    ``cache`` (core/build_cache.py): reuse a previous build's embeddings, refinements and crop
+    embeddings where their inputs are unchanged (the result is the same). ``cancel()`` is
+    checked before each frame; True stops the build (``BuildCancelled``)."""
     report = FeatureReport()
     M = masks.shape[1]
     seen_packed: dict[int, np.ndarray] = {}
     official = cfg.fidelity == Fidelity.OFFICIAL
+    check_cancel(cancel)
     counts = visibility_counts(points, masks, scene, frame_ids, cfg.visibility.k_threshold,
                                report, progress, seen_packed, cfg.fidelity,
                                cfg.visibility.two_sided)
+    check_cancel(cancel)
     views = _choose_views(counts, cfg, official, report)
     report.views = [[frame_ids[j] for j in row if j >= 0] for row in views]
     report.fallbacks = [0] * M
@@ -147,25 +193,32 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
             cfg.segmenter.k_rounds, cfg.segmenter.k_sample, cfg.seed)
     batcher = _CropBatcher(encoder, M, cfg.encoder.batch_size)
     for done, j in enumerate(sorted(by_frame)):
+        check_cancel(cancel)
         fid = frame_ids[j]
         pose = scene.pose(fid)
         image = _color_frame(scene, fid, K_color, report)
         if image is None:                              # its masks keep their other views
             continue
         seen = np.unpackbits(seen_packed[j], count=len(points)).astype(bool)
-        segmenter.set_image(image)
+        # segmenter_images counts the frames the map rests on, embedded now or in the cache
         report.segmenter_images += 1
         report.frames_used.append(fid)
         # all masks of this frame are prompted together: a segmenter with predict_many shares
         # decoder calls between them (on a GPU, one call for every round of every mask)
         jobs = _prompt_jobs(by_frame[j], j, plan, points, masks, seen, pose, K_color, cfg)
-        results = refine_many(segmenter, [p for _, p, _ in jobs], [b for _, _, b in jobs],
-                              cfg.segmenter.min_score)
-        _add_crops(batcher, image, jobs, results, K_color, cfg, report)
+        fhash = None
+        if cache is None:
+            segmenter.set_image(image)
+            results = refine_many(segmenter, [p for _, p, _ in jobs], [b for _, _, b in jobs],
+                                  cfg.segmenter.min_score)
+        else:
+            fhash = image_hash(image)
+            results = cache.refine(segmenter, image, fid, fhash, jobs)
+        _add_crops(batcher, image, jobs, results, K_color, cfg, report, cache, fhash)
         if progress:
             progress("features", done + 1, len(by_frame))
     batcher.flush()
-    report.crops_encoded = batcher.encoded
+    report.crops_encoded = batcher.encoded + batcher.reused    # as a build from scratch
     features = l2_normalize(batcher.sums / np.maximum(batcher.counts, 1)[:, None])
     features[batcher.counts == 0] = 0.0
     return features.astype(np.float32), report
@@ -235,11 +288,23 @@ def _prompt_jobs(mask_ids: list[int], j: int, plan, points: np.ndarray, masks: n
 
 
 def _add_crops(batcher: _CropBatcher, image: np.ndarray, jobs: list, results: list, K_color,
-               cfg: PipelineConfig, report: FeatureReport) -> None:
-    """Count the refinement fallbacks and queue the multi-level crops of each refined box."""
+               cfg: PipelineConfig, report: FeatureReport, cache: FeatureCache | None = None,
+               fhash: str | None = None) -> None:
+    """Count the refinement fallbacks and queue the multi-level crops of each refined box (or
+    take their embeddings from the cache)."""
     c = cfg.crops
     for (m, _, _), result in zip(jobs, results):
         report.fallbacks[m] += int(result.fallback)
-        for box in crop_boxes(result.box, K_color.width, K_color.height, c.levels, c.k_exp,
-                              cfg.fidelity):
-            batcher.add(cut(image, box), m)
+        boxes = crop_boxes(result.box, K_color.width, K_color.height, c.levels, c.k_exp,
+                           cfg.fidelity)
+        if cache is None:
+            for box in boxes:
+                batcher.add(cut(image, box), m)
+            continue
+        key = cache.crops_key(fhash, boxes)
+        known = cache.crops(key, len(boxes), batcher.encoder.dim)
+        if known is not None:
+            batcher.add_encoded(known, m)
+        else:
+            batcher.add_group([cut(image, box) for box in boxes], m,
+                              lambda emb, key=key: cache.store_crops(key, emb))

@@ -8,6 +8,9 @@ instances.npz   point_indices (int64, concatenated), offsets (M+1,)  -> points o
                 point_indices[offsets[m]:offsets[m+1]] (indices into this cloud.ply)
                 features (M, D) float32 L2-normalised (zero row: no view saw the instance)
                 centroids (M, 3), bbox_min (M, 3), bbox_max (M, 3)
+                obb_center (M, 3), obb_rotation (M, 3, 3), obb_size (M, 3): oriented boxes;
+                support_id, on_floor, bottom, top, height_above_floor (M,), floor_height:
+                what each instance rests on (core/geometry.py; computed for maps without them)
 meta.json       ``MapMeta`` (core/map_meta.py): cloud {file, num_points, sha256}, models
                 (names, stand-in notes), parameters, versions, per-instance diagnostics
 ```
@@ -25,6 +28,7 @@ import numpy as np
 
 from . import map_versions
 from .errors import InputError, input_error_from
+from .geometry import Placement, placement
 from .map_meta import FORMAT_VERSION, CloudRecord, MapMeta
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,7 @@ class InstanceMap:
     meta: MapMeta = field(default_factory=MapMeta)
     # (centroids, bbox_min, bbox_max), each (M, 3) float64: stored or computed once
     _geom: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _placement: Placement | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.meta, dict):     # a meta.json object: typed (and checked) here
@@ -78,6 +83,21 @@ class InstanceMap:
     def boxes(self) -> tuple[np.ndarray, np.ndarray]:
         """(M, 3) minimum and maximum corners of each instance's axis-aligned box."""
         return self._geometry()[1], self._geometry()[2]
+
+    def placement(self) -> Placement:
+        """Oriented boxes and support of every instance (core/geometry.py), with the map's
+        recorded ``geometry`` settings and structure tags: stored, or computed once."""
+        if self._placement is None:
+            cfg = self.meta.pipeline_config()
+            structure = self.meta.structure
+            tags = structure.reasons if structure is not None else None
+            if tags is None or len(tags) != self.num_instances:
+                from .structure import tag_structure
+                tags = tag_structure(self.points, self.point_indices, cfg.structure)
+            g = cfg.geometry
+            self._placement = placement(self.points, self.point_indices, tags, g.up_axis,
+                                        g.box_mode, g.contact_distance)
+        return self._placement
 
     def _geometry(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # Computed once per map (or read from instances.npz by load()); save() stores it.
@@ -119,7 +139,8 @@ class InstanceMap:
                             features=self.features.astype(np.float32),
                             centroids=centroids.astype(np.float32),
                             bbox_min=bmin.astype(np.float32), bbox_max=bmax.astype(np.float32),
-                            num_points=np.int64(len(self.points)))
+                            num_points=np.int64(len(self.points)),
+                            **self.placement().to_arrays())
         meta = self.meta
         meta.format_version, meta.num_instances = FORMAT_VERSION, self.num_instances
         meta.cloud = CloudRecord(CLOUD_FILE, int(len(self.points)), cloud_hash(self.points))
@@ -153,10 +174,12 @@ class InstanceMap:
                              f"{cloud.sha256[:12]}) than the one given ({len(points)} points, "
                              f"hash {cloud_hash(np.asarray(points, np.float32))[:12]}): "
                              "rebuild the map on this cloud", gen)
-        indices, features, geometry = read_instances(gen / "instances.npz", len(snapshot))
+        indices, features, geometry, stored = read_instances(gen / "instances.npz",
+                                                             len(snapshot))
         meta.map_dir, meta.generation = str(gen), gen.name
         imap = InstanceMap(snapshot, indices, features, meta)
         imap._geom = geometry
+        imap._placement = Placement.from_arrays(stored)
         return imap
 
 
@@ -204,19 +227,22 @@ _REQUIRED = ("point_indices", "offsets", "features")
 
 
 _GEOMETRY = ("centroids", "bbox_min", "bbox_max")
+_PLACEMENT = (*Placement.ARRAYS, "floor_height")
 
 
 def read_instances(path: Path, num_points: int
-                   ) -> tuple[list[np.ndarray], np.ndarray, tuple | None]:
+                   ) -> tuple[list[np.ndarray], np.ndarray, tuple | None, dict]:
     """Per-instance point indices and features from instances.npz, checked against the cloud,
-    and the stored (centroids, bbox_min, bbox_max) (None when the file lacks them: older maps)."""
+    the stored (centroids, bbox_min, bbox_max) (None when the file lacks them: older maps) and
+    the stored placement arrays (possibly none: ``Placement.from_arrays`` checks them)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in _REQUIRED if k not in data.files]
             if missing:
                 raise InputError(f"array(s) {', '.join(missing)} missing (it holds "
                                  f"{', '.join(data.files) or 'nothing'})", path, missing[0])
-            arrays = {k: data[k] for k in _REQUIRED + _GEOMETRY if k in data.files}
+            arrays = {k: data[k] for k in _REQUIRED + _GEOMETRY + _PLACEMENT
+                      if k in data.files}
             stored_n = int(data["num_points"]) if "num_points" in data.files else None
     except InputError:
         raise
@@ -252,7 +278,9 @@ def read_instances(path: Path, num_points: int
         else:   # computed again from the points: the stored copy is only a cache
             log.warning("%s: stored centroids/boxes do not have shape (%d, 3); recomputing them",
                         path, M)
-    return [flat[off[m]:off[m + 1]] for m in range(M)], feats.astype(np.float32), geometry
+    stored = {k: arrays[k] for k in _PLACEMENT if k in arrays}
+    return [flat[off[m]:off[m + 1]] for m in range(M)], feats.astype(np.float32), geometry, \
+        stored
 
 
 def instance_geometry(points: np.ndarray, flat: np.ndarray, offsets: np.ndarray

@@ -87,7 +87,9 @@ def open_clip_loading():
             # as open_clip.factory.load_state_dict does after torch.load
             if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
                 checkpoint = checkpoint["state_dict"]
-            if checkpoint and next(iter(checkpoint)).startswith("module"):
+            if not checkpoint:             # open_clip fails here too (StopIteration)
+                raise ValueError("the file holds no weights")
+            if next(iter(checkpoint)).startswith("module"):
                 checkpoint = {k[7:]: v for k, v in checkpoint.items()}
             return checkpoint
 

@@ -49,6 +49,7 @@ class InstanceRecord:
     num_points: int = 0
     proposal_score: float | None = None
     mask_column: int | None = None
+    stable_id: int | None = None        # kept across generations while unchanged or moved
 
 
 @dataclass
@@ -68,9 +69,74 @@ class StructureRecord:
     reasons: list[str | None] = field(default_factory=list)
 
 
+@dataclass
+class InputsRecord:
+    """Fingerprints of what a build read (core/fingerprint.py), so that ``openmask3d batch
+    --resume`` can tell a map that is up to date: the scene's keyframe files, intrinsics,
+    scene.json and cloud file by name, size and mtime (``stat_sha256``) and by content
+    (``content_sha256``), the result-shaping configuration (``config_sha256``), and the
+    precomputed masks given to the build, if any (``masks_sha256``)."""
+
+    keyframes: int = 0
+    files: int = 0
+    stat_sha256: str = ""
+    content_sha256: str = ""
+    config_sha256: str = ""
+    masks_sha256: str | None = None
+
+
+@dataclass
+class CacheRecord:
+    """What a build reused from the map folder's cache (core/build_cache.py) and what it
+    computed. ``mode``: incremental (read and write), full (recompute, write) or off. Counts are
+    of segmenter image embeddings, (mask, view) refinements, crops encoded and the proposals
+    ("reused", "computed" or "uncached": a model without a cache identity)."""
+
+    mode: str = "off"
+    folder: str = ""                    # in the map folder (MAP/cache)
+    proposals: str = ""
+    embeddings_reused: int = 0
+    embeddings_computed: int = 0
+    refinements_reused: int = 0
+    refinements_computed: int = 0
+    crops_reused: int = 0
+    crops_computed: int = 0
+    frames_embedded: list[str] = field(default_factory=list)     # SAM ran on these frames
+    frames_loaded: list[str] = field(default_factory=list)       # their embedding was reused
+    first_mask_recomputed: int | None = None                     # lowest mask index recomputed
+    damaged: int = 0                                             # entries found damaged, redone
+    evicted: int = 0                                             # entries evicted for the bound
+    size_bytes: int = 0
+    max_size_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ChangesRecord:
+    """What changed since the previous map (core/changes.py). Entries are objects with ``id``
+    (the stable id) and ``index`` (this map's instance) / ``previous_index`` (the previous
+    map's), ``centroid``; moved ones also ``displacement`` [dx, dy, dz] (m) and ``distance``;
+    matched ones ``overlap`` and ``similarity``."""
+
+    previous: str = ""                  # the generation (or map) compared against
+    added: list[dict] = field(default_factory=list)
+    removed: list[dict] = field(default_factory=list)
+    moved: list[dict] = field(default_factory=list)
+    unchanged: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"{len(self.added)} added, {len(self.removed)} removed, {len(self.moved)} moved, "
+                f"{len(self.unchanged)} unchanged")
+
+
 _RECORDS = {"models": ModelNames, "frames": FrameUse, "cloud": CloudRecord,
-            "structure": StructureRecord}
+            "structure": StructureRecord, "inputs": InputsRecord, "cache": CacheRecord,
+            "changes": ChangesRecord}
+_OPTIONAL_RECORDS = ("structure", "cloud", "inputs", "cache", "changes")
 _LOAD_ONLY = ("map_dir", "generation")      # where the map was read from, never stored
+# keys newer than release 0.1: written only when set, so an older map is saved back unchanged
+_WRITTEN_WHEN_SET = ("inputs", "cache", "changes", "next_stable_id")
 
 
 @dataclass
@@ -86,14 +152,18 @@ class MapMeta:
     versions: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     frames: FrameUse = field(default_factory=FrameUse)
-    segmenter_images: int = 0
-    crops_encoded: int = 0
+    segmenter_images: int = 0           # frames embedded for the map (now or in the cache,
+    crops_encoded: int = 0              # as crops): a rebuild's equal a build from scratch's
     view_sharing: dict | None = None
     instances: list[InstanceRecord] = field(default_factory=list)
     structure: StructureRecord | None = None
     created: str = ""
     cloud: CloudRecord | None = None                    # set when the map is saved
     num_instances: int | None = None                    # set when the map is saved
+    inputs: InputsRecord | None = None                  # input fingerprints (None: older maps)
+    cache: CacheRecord | None = None                    # what was reused (None: older maps)
+    changes: ChangesRecord | None = None                # against the previous map, if any
+    next_stable_id: int | None = None                   # the next new instance's stable id
     format_version: int = FORMAT_VERSION
     map_dir: str | None = None                          # set by load / save, not stored
     generation: str | None = None                       # set by load / save, not stored
@@ -121,6 +191,8 @@ class MapMeta:
             if f.name in _LOAD_ONLY or f.name == "extra":
                 continue
             value = getattr(self, f.name)
+            if value is None and f.name in _WRITTEN_WHEN_SET:
+                continue
             if f.name == "instances":
                 value = [_instance_json(i) for i in value]
             elif dataclasses.is_dataclass(value):
@@ -148,7 +220,7 @@ class MapMeta:
 def _instance_json(inst: InstanceRecord) -> dict:
     # optional provenance fields are written only when set, as before
     return {k: v for k, v in dataclasses.asdict(inst).items()
-            if v is not None or k not in ("proposal_score", "mask_column")}
+            if v is not None or k not in ("proposal_score", "mask_column", "stable_id")}
 
 
 def _record(cls, key: str, value: Any, source):
@@ -164,12 +236,13 @@ def _record(cls, key: str, value: Any, source):
 _SCALARS = {"scene": str, "cloud_source": str, "config": dict, "frame_step": int,
             "keyframe_step": (int, type(None)), "versions": dict, "timings": dict,
             "segmenter_images": int, "crops_encoded": int, "view_sharing": (dict, type(None)),
-            "created": str, "num_instances": (int, type(None)), "format_version": int}
+            "created": str, "num_instances": (int, type(None)), "format_version": int,
+            "next_stable_id": (int, type(None))}
 
 
 def _typed(key: str, value: Any, source):
     if key in _RECORDS:
-        return None if value is None and key in ("structure", "cloud") else \
+        return None if value is None and key in _OPTIONAL_RECORDS else \
             _record(_RECORDS[key], key, value, source)
     if key == "instances":
         if not isinstance(value, list):

@@ -49,10 +49,12 @@ def current(root: Path) -> Path | None:
             name = pointer.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             log.warning("%s unreadable (%s): using the newest generation", pointer, exc)
-            name = ""
-        if GEN_RE.match(name) and (root / name).is_dir():
+            name = None
+        if name and GEN_RE.match(name) and (root / name).is_dir():
             return root / name
-        if name:
+        if name == "":
+            log.warning("%s is empty: using the newest generation", pointer)
+        elif name:
             log.warning("%s names '%s', which is not a generation here: using the newest one",
                         pointer, name[:80])
     gens = generations(root)

@@ -18,7 +18,9 @@ import numpy as np
 from .config import EncoderConfig, PipelineConfig, QueryConfig, StructureConfig
 from .errors import InputError
 from .instance_map import InstanceMap
+from .query_image import check_image_size, shrink_for_encoder
 from .interfaces import ImageEncoder, TextEncoder
+from .relations import ParsedQuery, Predicates, answer_parsed, parse_query
 from .relevance import RelevanceScorer, RelevanceSettings, mentions
 from .structure import tag_structure
 from .voxel import group_voxel_centroids
@@ -37,6 +39,16 @@ class QueryResult:
     points: np.ndarray
     relevance: float = float("nan")   # in [0, 1]; 0.5 = as like the query as a generic thing
     structure: str | None = None      # why the instance is scene structure, None for objects
+    # oriented box (core/geometry.py): centre, orientation x, y, z, w, size along its axes
+    box_center: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
+    box_orientation: np.ndarray = field(default_factory=lambda: np.array([0.0, 0, 0, 1]))
+    box_size: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
+    support_id: int = -1              # the instance it rests on (-1: none found)
+    on_floor: bool = False            # it rests on the floor (an instance or not)
+    contact_height: float = float("nan")      # its bottom, along the map's up axis (m)
+    height_above_floor: float = float("nan")  # bottom minus the floor height (m)
+    reference_id: int = -1            # relation queries: the reference it relates to
+    relation_score: float = float("nan")      # relation queries: the combined score
 
     @property
     def n_points(self) -> int:
@@ -48,7 +60,21 @@ class QueryResult:
                 "centroid": self.centroid.round(5).tolist(),
                 "bbox_min": self.bbox_min.round(5).tolist(),
                 "bbox_max": self.bbox_max.round(5).tolist(),
+                "box": {"center": _rounded(self.box_center),
+                        "orientation_xyzw": _rounded(self.box_orientation),
+                        "size": _rounded(self.box_size)},
+                "support": {"support_id": self.support_id, "on_floor": self.on_floor,
+                            "contact_height": _rounded(self.contact_height),
+                            "height_above_floor": _rounded(self.height_above_floor)},
+                "reference_id": self.reference_id,
+                "relation_score": _rounded(self.relation_score),
                 "n_points": self.n_points, "point_indices": self.point_indices.tolist()}
+
+
+def _rounded(x):
+    """JSON-ready: rounded floats, None for NaN."""
+    a = np.round(np.asarray(x, dtype=np.float64), 5)
+    return a.tolist() if a.ndim else (None if np.isnan(a) else float(a))
 
 
 @dataclass
@@ -65,6 +91,8 @@ class QueryAnswer:
     # instances this query cannot return (no feature; scene structure left out). top_k,
     # min_relevance and min_score do not apply: it is what a heatmap of the query shows.
     instance_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    understood: ParsedQuery | None = None   # a relation / superlative query's parse
+    reason: str | None = None               # why a parsed query found nothing
 
     @property
     def found(self) -> bool:
@@ -72,10 +100,13 @@ class QueryAnswer:
 
     def message(self) -> str:
         """One line for logs and the service response."""
+        how = f" (understood as {self.understood.describe()})" if self.understood else ""
         if self.results:
             b = self.results[0]
-            return (f"{len(self.results)} instance(s) for {self.query!r}, best id "
+            return (f"{len(self.results)} instance(s) for {self.query!r}{how}, best id "
                     f"{b.instance_id} relevance {b.relevance:.3f} score {b.score:.3f}")
+        if self.reason:
+            return f"{self.reason}{how}"
         if self.best is None:
             return f"nothing for {self.query!r}: the map has no instance that could answer"
         b = self.best
@@ -87,6 +118,7 @@ class QueryAnswer:
         return {"query": self.query, "found": self.found, "min_relevance": self.min_relevance,
                 "include_structure": self.include_structure, "message": self.message(),
                 "best": self.best.to_dict() if self.best else None,
+                "understood": vars(self.understood) if self.understood else None,
                 "instances": [r.to_dict() for r in self.results]}
 
 
@@ -130,6 +162,8 @@ class QueryEngine:
             tags = tag_structure(instance_map.points, instance_map.point_indices,
                                  self.structure_cfg)
         self.structure: list[str | None] = list(tags)
+        self.placement = instance_map.placement()         # stored in the map, or computed once
+        self._quats = self.placement.boxes.quaternions()
         self._voxels: dict[float, tuple[np.ndarray, np.ndarray]] = {}   # voxel_points, by size
         self._voxels_lock = threading.Lock()
 
@@ -155,7 +189,8 @@ class QueryEngine:
         return self.text_encoder.encode_text([self.relevance.settings.prompt(text.strip())])[0]
 
     def embed_image(self, image: np.ndarray) -> np.ndarray:
-        """An RGB uint8 (h, w, 3) exemplar through the map's image encoder."""
+        """An RGB uint8 (h, w, 3) exemplar through the map's image encoder: refused above
+        ``query.max_image_pixels``, shrunk to ``query_image.ENCODE_PIXELS`` first."""
         if self.image_encoder is None:
             raise ValueError(f"the map's encoder {self.text_encoder.name} cannot embed images")
         img = np.asarray(image)
@@ -163,11 +198,14 @@ class QueryEngine:
             raise ValueError(f"query image must be RGB (h, w, 3), got shape {img.shape}")
         if img.dtype != np.uint8:
             raise ValueError(f"query image must be uint8, got {img.dtype}")
+        check_image_size(img.shape[1], img.shape[0], self.query_cfg.max_image_pixels,
+                         "query image")
         built = self.map.meta.models.image_encoder
         if built and self.image_encoder.name != built:
             raise ValueError(f"the map was built with image encoder {built}, not "
                              f"{self.image_encoder.name}")
-        return self.image_encoder.encode_images([np.ascontiguousarray(img)])[0]
+        return self.image_encoder.encode_images([np.ascontiguousarray(
+            shrink_for_encoder(img))])[0]
 
     def scores(self, text: str) -> np.ndarray:
         """Cosine similarity of every instance to ``text`` (-inf for instances without feature)."""
@@ -177,23 +215,23 @@ class QueryEngine:
     # -- answering ------------------------------------------------------------------------------
     def ask(self, text: str | None = None, image: np.ndarray | None = None, top_k: int = 5,
             min_relevance: float | None = None, min_score: float = -1.0,
-            include_structure: bool | None = None) -> QueryAnswer:
+            include_structure: bool | None = None, viewpoint=None,
+            literal: bool = False) -> QueryAnswer:
         """Instances relevant to ``text`` or to the exemplar ``image`` (exactly one), best first.
 
         ``min_relevance`` None: the configured default (query.min_relevance); 0 lists every
         instance. ``include_structure`` None: only when the text names structure
-        (structure.words, e.g. "the floor"). ``top_k`` 0 = no limit.
+        (structure.words, e.g. "the floor"). ``top_k`` 0 = no limit. A text such as "the mug on
+        the table" or "the largest box" is answered as a relation (core/relations.py; with
+        ``viewpoint`` (3,) for "left of" / "nearest" relative to a viewer) unless ``literal`` or
+        query.relations is false.
         """
-        if (text is None or not str(text).strip()) == (image is None):
-            raise ValueError("give either a non-empty query text or a query image")
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
-        if not math.isfinite(min_score):
-            raise ValueError(f"min_score must be finite, got {min_score}")
-        if min_relevance is None:
-            min_relevance = float(self.query_cfg.min_relevance)
-        if not (math.isfinite(min_relevance) and 0.0 <= min_relevance <= 1.0):
-            raise ValueError(f"min_relevance must be in [0, 1], got {min_relevance}")
+        min_relevance = self._check_args(text, image, top_k, min_score, min_relevance)
+        if image is None and not literal and self.query_cfg.relations:
+            parsed = parse_query(str(text))
+            if parsed is not None:
+                return answer_parsed(self, str(text).strip(), parsed, top_k, min_relevance,
+                                     min_score, include_structure, viewpoint)
         if image is not None:
             q = self.embed_image(image)
             label = f"image {np.asarray(image).shape[1]}x{np.asarray(image).shape[0]}"
@@ -229,11 +267,35 @@ class QueryEngine:
         return self.ask(text, top_k=top_k, min_relevance=min_relevance, min_score=min_score,
                         include_structure=include_structure).results
 
+    def _check_args(self, text, image, top_k: int, min_score: float,
+                    min_relevance: float | None) -> float:
+        """ValueError for a bad request; the min_relevance to use."""
+        if (text is None or not str(text).strip()) == (image is None):
+            raise ValueError("give either a non-empty query text or a query image")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k}")
+        if not math.isfinite(min_score):
+            raise ValueError(f"min_score must be finite, got {min_score}")
+        if min_relevance is None:
+            min_relevance = float(self.query_cfg.min_relevance)
+        if not (math.isfinite(min_relevance) and 0.0 <= min_relevance <= 1.0):
+            raise ValueError(f"min_relevance must be in [0, 1], got {min_relevance}")
+        return min_relevance
+
     def _result(self, m: int, cos: np.ndarray, rel: np.ndarray) -> QueryResult:
         a, b = self._offsets[m], self._offsets[m + 1]
+        box, sup = self.placement.boxes, self.placement.support
         return QueryResult(m, float(cos[m]), self._centroids[m], self._bmin[m], self._bmax[m],
                            self._flat[a:b], self._grouped[a:b], float(rel[m]),
-                           self.structure[m])
+                           self.structure[m], box.center[m], self._quats[m], box.size[m],
+                           int(sup.support_id[m]), bool(sup.on_floor[m]), float(sup.bottom[m]),
+                           float(sup.height_above_floor[m]))
+
+    def predicates(self, viewpoint=None) -> Predicates:
+        """The geometric relation predicates of this map (core/relations.py)."""
+        geo = self.map.meta.pipeline_config().geometry
+        return Predicates(self.placement, self._grouped, self._offsets, geo.up_axis,
+                          geo.contact_distance, self.query_cfg.near_radius, viewpoint)
 
 
 def open_map(path: str | Path, cfg: PipelineConfig | None = None,

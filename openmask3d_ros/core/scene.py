@@ -17,6 +17,7 @@ Colour and depth may differ in resolution; intrinsics are rescaled, never assume
 from __future__ import annotations
 
 import json
+import os
 import logging
 import warnings
 from dataclasses import dataclass
@@ -151,6 +152,18 @@ def write_ply(path: Path, points: np.ndarray, colors: np.ndarray | None = None) 
     PlyData([PlyElement.describe(data, "vertex")]).write(str(path))
 
 
+def replace_ply(path: Path, points: np.ndarray, colors: np.ndarray | None = None) -> None:
+    """``write_ply`` crash-safely: a temporary file in the same folder, then ``os.replace``, so
+    a reader (or a restarted node) sees the old cloud or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_ply(tmp, points, colors)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class SceneFolder:
     """Read access to a scene folder; frames are loaded lazily, one at a time."""
 
@@ -268,6 +281,10 @@ class SceneFolder:
     def color_path(self, fid: str) -> Path:
         return self._color_paths[fid]
 
+    def frame_files(self, fid: str) -> tuple[Path, Path, Path]:
+        """(color, depth, pose) files of a frame."""
+        return self._color_paths[fid], self._depth_paths[fid], self._pose_paths[fid]
+
     # -- cloud and ground truth -----------------------------------------------------------------
     @property
     def cloud_path(self) -> Path:
@@ -310,9 +327,10 @@ def read_scene_json(path: Path) -> dict:
     return data
 
 
-def check_principal_point(K: Intrinsics, src: Path, kind: str) -> Intrinsics:
+def check_principal_point(K: Intrinsics, src: Path | str, kind: str) -> Intrinsics:
     """A matrix whose principal point lies far from the image centre is for another resolution
-    (e.g. a full-size intrinsic_depth.txt beside half-size depth images)."""
+    (e.g. a full-size intrinsic_depth.txt beside half-size depth images, or a camera_info whose
+    K is for another size than its width and height). ``src`` names where K came from."""
     cx, cy = K.K[0, 2], K.K[1, 2]
     if not (0.3 * K.width <= cx <= 0.7 * K.width and 0.3 * K.height <= cy <= 0.7 * K.height):
         raise SceneError(f"{src}: principal point ({cx:.1f}, {cy:.1f}) does not fit the "
@@ -368,8 +386,8 @@ class SceneWriter:
         np.savetxt(tmp, np.asarray(cam_to_world, dtype=np.float64), fmt="%.8f")
         tmp.rename(self.root / "pose" / f"{name}.txt")
 
-    def write_cloud(self, points: np.ndarray, colors: np.ndarray) -> None:
-        write_ply(self.root / "cloud.ply", points, colors)
+    def write_cloud(self, points: np.ndarray, colors: np.ndarray | None) -> None:
+        replace_ply(self.root / "cloud.ply", points, colors)
 
     def write_ground_truth(self, instance_ids: np.ndarray, labels: dict[int, dict]) -> None:
         folder = self.root / "ground_truth"

@@ -153,47 +153,71 @@ def _place_objects(p, cid, rng: np.random.Generator, names: list[str], colors: l
                    top_z: float) -> list[tuple[int, SyntheticObject]]:
     """Load, paint and place objects on the table top without overlap (rejection sampling)."""
     placed: list[tuple[int, SyntheticObject]] = []
-    boxes: list[tuple[float, float, float, float]] = []   # xmin, ymin, xmax, ymax
+    taken: list[tuple[float, float, float, float]] = []   # xmin, ymin, xmax, ymax
+    region = np.array(TABLE_HALF) - TABLE_MARGIN
     for k, (name, color) in enumerate(zip(names, colors)):
-        urdf, scale, rpy = CATALOGUE[name]
-        body = p.loadURDF(urdf, [0, 0, 0], useFixedBase=True, globalScaling=scale,
-                          physicsClientId=cid)
-        _paint(p, cid, body, PALETTE[color])
-        for _attempt in range(500):
-            yaw = float(rng.uniform(-np.pi, np.pi))
-            orn = p.getQuaternionFromEuler([rpy[0], rpy[1], yaw])
-            p.resetBasePositionAndOrientation(body, [0, 0, 0], orn, physicsClientId=cid)
-            lo, hi = (np.array(a) for a in p.getAABB(body, physicsClientId=cid))
-            half = (hi[:2] - lo[:2]) / 2
-            lim = np.array(TABLE_HALF) - TABLE_MARGIN - half
-            if np.any(lim <= 0):
-                continue
-            xy = rng.uniform(-lim, lim)
-            box = (xy[0] - half[0], xy[1] - half[1], xy[0] + half[0], xy[1] + half[1])
-            if all(box[0] > b[2] + MIN_GAP or box[2] < b[0] - MIN_GAP or
-                   box[1] > b[3] + MIN_GAP or box[3] < b[1] - MIN_GAP for b in boxes):
-                break
-        else:
-            raise RuntimeError(f"could not place {name} on the table without overlap")
-        centre = (lo[:2] + hi[:2]) / 2
-        pos = [float(xy[0] - centre[0]), float(xy[1] - centre[1]), float(top_z - lo[2])]
-        p.resetBasePositionAndOrientation(body, pos, orn, physicsClientId=cid)
-        boxes.append(box)
-        placed.append((body, SyntheticObject(
-            instance_id=k + 1, label=name, color=color, rgb=PALETTE[color], urdf=urdf,
-            scale=scale, position=[float(xy[0]), float(xy[1]), float(top_z)], yaw=yaw,
-            size=[round(float(s), 4) for s in hi - lo])))
+        placed.append(_place(p, cid, rng, name, color, k + 1, region, top_z, taken, 500,
+                             "on the table"))
     return placed
+
+
+def _place_on_floor(p, cid, rng: np.random.Generator, twins: list[SyntheticObject],
+                    first_id: int) -> list[tuple[int, SyntheticObject]]:
+    """Copies of ``twins`` standing on the floor (z = 0) beside the table, inside the cropped
+    cloud, clear of the table and of each other."""
+    taken = [(-TABLE_HALF[0] - MIN_GAP, -TABLE_HALF[1] - MIN_GAP,
+              TABLE_HALF[0] + MIN_GAP, TABLE_HALF[1] + MIN_GAP)]
+    region = np.array(TABLE_HALF) + CROP_MARGIN - 0.01
+    return [_place(p, cid, rng, t.label, t.color, first_id + k + 1, region, 0.0, taken, 2000,
+                   "on the floor beside the table") for k, t in enumerate(twins)]
+
+
+def _place(p, cid, rng: np.random.Generator, name: str, color: str, instance_id: int,
+           region: np.ndarray, base_z: float, taken: list, attempts: int, where: str
+           ) -> tuple[int, SyntheticObject]:
+    """Load and paint one object; draw yaw and position until its footprint lies within
+    +-``region`` and ``MIN_GAP`` clear of every box in ``taken`` (appended to); stand it on
+    ``base_z``."""
+    urdf, scale, rpy = CATALOGUE[name]
+    body = p.loadURDF(urdf, [0, 0, 0], useFixedBase=True, globalScaling=scale,
+                      physicsClientId=cid)
+    _paint(p, cid, body, PALETTE[color])
+    for _attempt in range(attempts):
+        yaw = float(rng.uniform(-np.pi, np.pi))
+        orn = p.getQuaternionFromEuler([rpy[0], rpy[1], yaw])
+        p.resetBasePositionAndOrientation(body, [0, 0, 0], orn, physicsClientId=cid)
+        lo, hi = (np.array(a) for a in p.getAABB(body, physicsClientId=cid))
+        half = (hi[:2] - lo[:2]) / 2
+        lim = region - half
+        if np.any(lim <= 0):
+            continue
+        xy = rng.uniform(-lim, lim)
+        box = (xy[0] - half[0], xy[1] - half[1], xy[0] + half[0], xy[1] + half[1])
+        if all(box[0] > b[2] + MIN_GAP or box[2] < b[0] - MIN_GAP or
+               box[1] > b[3] + MIN_GAP or box[3] < b[1] - MIN_GAP for b in taken):
+            break
+    else:
+        raise RuntimeError(f"could not place {name} {where} without overlap")
+    centre = (lo[:2] + hi[:2]) / 2
+    pos = [float(xy[0] - centre[0]), float(xy[1] - centre[1]), float(base_z - lo[2])]
+    p.resetBasePositionAndOrientation(body, pos, orn, physicsClientId=cid)
+    taken.append(box)
+    return body, SyntheticObject(
+        instance_id=instance_id, label=name, color=color, rgb=PALETTE[color], urdf=urdf,
+        scale=scale, position=[float(xy[0]), float(xy[1]), float(base_z)], yaw=yaw,
+        size=[round(float(s), 4) for s in hi - lo])
 
 
 def make_scene(out_dir, seed: int = 0, num_frames: int = 100, width: int = 320,
                height: int = 240, num_objects: int | None = None,
-               depth_noise: float = 0.0) -> Path:
+               depth_noise: float = 0.0, floor_objects: int = 0) -> Path:
     """Render a synthetic table-top scene into the scene folder ``out_dir`` and return its path.
 
     ``num_objects`` defaults to 4-6 (seed-chosen), at most 6 (one per palette colour).
     ``depth_noise`` is the standard deviation (m) of Gaussian noise added to valid depth pixels;
-    the fused cloud is built from the written (noisy, mm-quantised) depth.
+    the fused cloud is built from the written (noisy, mm-quantised) depth. ``floor_objects``:
+    that many of the table's objects get a twin of the same kind and colour on the floor beside
+    the table (ids after the table's objects; the scenes of 0, the default, are unchanged).
     Ground truth: instance ids 1..K for the objects, K+1 for the table, K+2 for the floor;
     per point in ``ground_truth/instance_ids.npy`` and per pixel in
     ``ground_truth/instance_masks/<i>.png`` (uint16, 0 = nothing). ``scene.json`` gets a
@@ -215,6 +239,11 @@ def make_scene(out_dir, seed: int = 0, num_frames: int = 100, width: int = 320,
     try:
         floor, table, top_z, placed = _build_world(p, cid, rng, names, colors)
         spec = _make_spec(rng, placed, top_z, seed, num_frames, width, height, depth_noise)
+        if floor_objects:       # drawn after everything else: scenes without them are unchanged
+            placed += _place_on_floor(p, cid, rng, [o for _, o in placed[:floor_objects]],
+                                      len(placed))
+            spec.objects = [o for _, o in placed]
+            spec.table_id, spec.floor_id = len(placed) + 1, len(placed) + 2
         camera = _OrbitCamera(p, cid, width, height, _instance_lut(floor, table, placed, spec))
         writer = SceneWriter(out)
         writer.write_intrinsics(camera.intr)

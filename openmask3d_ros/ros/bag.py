@@ -28,7 +28,7 @@ from ..core.scene import SceneFolder
 from .conversions import (BODY_T_OPTICAL, arrays_to_cloud, depth_to_compressed_depth,
                           depth_to_image, intrinsics_to_camera_info, matrix_to_pose,
                           matrix_to_transform, ns_to_stamp, rgb_to_compressed, rgb_to_image)
-from .bag_play import play_bag  # noqa: F401  (re-exported)
+from .bag_play import open_bag, play_bag  # noqa: F401  (play_bag re-exported)
 from .params import NODE_NAME, NODE_PARAMETERS
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,5 @@ def _pose_stamped(frame: str, M: np.ndarray, stamp_ns: int):
 
 def bag_summary(bag_path: str | Path) -> dict[str, tuple[str, int]]:
     """topic -> (message type, message count)."""
-    from rosbags.rosbag2 import Reader
-    with Reader(bag_path) as reader:
+    with open_bag(bag_path) as reader:
         return {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}

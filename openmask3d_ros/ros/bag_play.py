@@ -10,9 +10,11 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
+from ..core.errors import InputError
 from .dds import apply_profile
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,6 @@ def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
     reliable sample: a reliable sample still unread when its publisher is destroyed is lost.
     """
     import rclpy
-    from rosbags.rosbag2 import Reader
 
     if camera_qos not in CAMERA_QOS:
         raise ValueError(f"camera_qos must be one of {CAMERA_QOS}, got '{camera_qos}'")
@@ -114,7 +115,7 @@ def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
     wanted = set(topics) if topics else None
     skip = set(exclude)
     try:
-        with Reader(bag_path) as reader:
+        with open_bag(bag_path) as reader:
             conns = [c for c in reader.connections
                      if (wanted is None or c.topic in wanted) and c.topic not in skip]
             publishers, convert = _create_publishers(node, reader, conns, remap, compress,
@@ -132,6 +133,23 @@ def play_bag(bag_path: str | Path, node=None, *, rate: float = 1.0,
                 rclpy.shutdown()
     log.info("replayed %s: %s", bag_path, counts)
     return counts
+
+
+@contextmanager
+def open_bag(bag_path: str | Path) -> Iterator:
+    """An open rosbags Reader on ``bag_path``; InputError naming it when it is no ROS 2 bag (a
+    folder with metadata.yaml, or a .db3 / .mcap file) or its metadata cannot be read."""
+    from rosbags.rosbag2 import Reader, ReaderError
+    try:
+        reader = Reader(bag_path)
+        reader.open()
+    except (ReaderError, OSError, KeyError, ValueError) as exc:
+        raise InputError(f"not a readable ROS 2 bag (a folder with metadata.yaml, or a .db3 or "
+                         f".mcap file): {' '.join(str(exc).split())}", bag_path) from None
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def _player_node(node) -> tuple[object, bool, bool]:

@@ -57,16 +57,31 @@ class Instance:
     relevance: float = 0.0      # [0, 1]; 0.5 = no more like the query than a generic thing
     structure: str = ""         # why it is floor/wall/table top; empty for objects
     point_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # oriented box: centre (3,), orientation x, y, z, w (4,), size along its axes (3,)
+    box_center: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    box_orientation: np.ndarray = field(default_factory=lambda: np.array([0.0, 0, 0, 1]))
+    box_size: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    support_id: int = -1        # what it rests on (-1: nothing found)
+    on_floor: bool = False
+    contact_height: float = float("nan")
+    height_above_floor: float = float("nan")
+    reference_id: int = -1      # relation queries: the reference instance it relates to
+    relation_score: float = 0.0
 
     @staticmethod
     def from_msg(msg) -> Instance:
         pts = (cloud_to_arrays(msg.points)[0] if msg.points.width * msg.points.height
                else np.zeros((0, 3), np.float32))
         vec = lambda p: np.array([p.x, p.y, p.z], dtype=np.float64)  # noqa: E731
+        q = msg.box_center.orientation
         return Instance(int(msg.id), float(msg.score), msg.label, vec(msg.centroid),
                         vec(msg.bbox_min), vec(msg.bbox_max), int(msg.num_points), pts,
                         msg.header.frame_id, float(msg.relevance), msg.structure,
-                        np.asarray(msg.point_indices, dtype=np.int64))
+                        np.asarray(msg.point_indices, dtype=np.int64),
+                        vec(msg.box_center.position), np.array([q.x, q.y, q.z, q.w]),
+                        vec(msg.box_size), int(msg.support_id), bool(msg.on_floor),
+                        float(msg.contact_height), float(msg.height_above_floor),
+                        int(msg.reference_id), float(msg.relation_score))
 
 
 @dataclass
@@ -78,6 +93,11 @@ class QueryReply:
     message: str
     best_id: int                # best candidate, relevant or not (-1: none)
     best_relevance: float
+    # how a relation query was understood (all empty for a plain query)
+    target: str = ""
+    relation: str = ""
+    reference: str = ""
+    superlative: str = ""
 
 
 QUERY_RESEND_S = 1.0      # a query is idempotent: resend it when no answer came in this time
@@ -183,13 +203,18 @@ class OpenMask3DClient:
                   timeout: float = 30.0, *, min_relevance: float = -1.0,
                   include_structure: bool = False, image: np.ndarray | None = None,
                   points_mode: int = QueryObjects.Request.POINTS_ALL,
-                  voxel_size: float = 0.0) -> QueryObjects.Response:
+                  voxel_size: float = 0.0, literal: bool = False,
+                  viewpoint=None) -> QueryObjects.Response:
         """The service response as is (success may be false). ``image``: RGB uint8 (h, w, 3)
-        exemplar instead of text; ``min_relevance`` < 0: the node's default."""
+        exemplar instead of text; ``min_relevance`` < 0: the node's default; ``literal``: no
+        relation parsing; ``viewpoint``: (x, y, z) viewer in the map frame."""
         req = QueryObjects.Request(query=text, top_k=int(top_k), min_score=float(min_score),
                                    min_relevance=float(min_relevance),
                                    include_structure=bool(include_structure),
-                                   points_mode=int(points_mode), voxel_size=float(voxel_size))
+                                   points_mode=int(points_mode), voxel_size=float(voxel_size),
+                                   literal=bool(literal), use_viewpoint=viewpoint is not None)
+        if viewpoint is not None:
+            req.viewpoint.x, req.viewpoint.y, req.viewpoint.z = (float(v) for v in viewpoint)
         if image is not None:
             from .conversions import rgb_to_image
             rgb_to_image(np.asarray(image), msg=req.image)
@@ -199,13 +224,15 @@ class OpenMask3DClient:
             timeout: float = 30.0, **options) -> QueryReply:
         """Relevant instances for ``text`` (or ``image=...``), with ``found`` and the best
         candidate. Raises OpenMask3DError when the node refuses (no map yet, empty text, ...).
-        ``options``: min_score, include_structure, image, points_mode, voxel_size."""
+        ``options``: min_score, include_structure, image, points_mode, voxel_size, literal,
+        viewpoint. "the mug on the table" is answered as a relation (``reply.relation``)."""
         resp = self.query_raw(text, top_k, timeout=timeout, min_relevance=min_relevance,
                               **options)
         if not resp.success:
             raise OpenMask3DError(resp.message)
         return QueryReply(bool(resp.found), [Instance.from_msg(m) for m in resp.instances],
-                          resp.message, int(resp.best_id), float(resp.best_relevance))
+                          resp.message, int(resp.best_id), float(resp.best_relevance),
+                          resp.target, resp.relation, resp.reference, resp.superlative)
 
     def query(self, text: str, top_k: int = 0, min_score: float = -1.0,
               timeout: float = 30.0, **options) -> list[Instance]:

@@ -39,3 +39,16 @@ def build(cls, **fields):
         unknown = sorted(set(fields) - {name for _, name, _ in slots})
         raise AttributeError(f"{cls.__name__} has no field(s) {', '.join(unknown)}")
     return msg
+
+
+def box_pose(values):
+    """A geometry_msgs/Pose from [x, y, z, qx, qy, qz, qw] (an oriented box's centre; NaN
+    position: the origin, NaN orientation: identity), built as above."""
+    import math
+
+    from geometry_msgs.msg import Point, Pose, Quaternion
+    v = [x if math.isfinite(x) else 0.0 for x in values]
+    if not all(math.isfinite(x) for x in values[3:]):
+        v[3:] = [0.0, 0.0, 0.0, 1.0]
+    return build(Pose, position=build(Point, x=v[0], y=v[1], z=v[2]),
+                 orientation=build(Quaternion, x=v[3], y=v[4], z=v[5], w=v[6]))

@@ -2,6 +2,9 @@
 
 Callbacks only hand messages on (to the recorder's queue, the latest-cloud slot or the pose
 history); decoding and disk writes happen on the recorder's worker thread (``decode_frame``).
+Camera messages are taken serialized on a subscriber node and thread of their own
+(ros/camera_input.py): matching and counting read their header bytes, and only keyframe
+candidates are deserialised, by ``decode_frame``.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from .conversions import (BODY_T_OPTICAL, COLOR_ENCODINGS, DEPTH_ENCODINGS, ConversionError,
                           camera_info_to_intrinsics, compressed_to_depth, compressed_to_rgb,
                           image_to_depth, image_to_rgb, pose_to_matrix, stamp_to_ns)
+from .camera_input import InputNode, materialize, message_type
 from .sync import make_synchronizer
 from .tf_buffer import TransformHistory, make_tf_lookup
 
@@ -35,8 +39,9 @@ def camera_qos(depth: int, reliability: str) -> QoSProfile:
 
 def decode_frame(payload) -> tuple[np.ndarray, np.ndarray, object]:
     """(rgb uint8, depth float32 metres, colour Intrinsics) of a (colour, depth, info) triple;
-    ConversionError (a ValueError) when an image cannot be used."""
-    color, depth, info = payload
+    ConversionError (a ValueError) when an image cannot be used. Serialized messages
+    (camera_input.SerializedMessage) are deserialised here, on the recorder's worker thread."""
+    color, depth, info = (materialize(m) for m in payload)
     rgb = compressed_to_rgb(color) if isinstance(color, CompressedImage) else image_to_rgb(color)
     d = compressed_to_depth(depth) if isinstance(depth, CompressedImage) else image_to_depth(depth)
     h, w = rgb.shape[:2]
@@ -45,7 +50,9 @@ def decode_frame(payload) -> tuple[np.ndarray, np.ndarray, object]:
 
 class Inputs:
     """Subscriptions of an active node. ``on_frame(stamp_ns, payload)`` or ``on_reject(reason)``
-    receive each synchronised frame, ``wake()`` is called when a pose arrives."""
+    receive each synchronised frame, ``wake()`` is called when a pose arrives. The cloud is
+    taken in ``sensor_group`` of ``node``; camera and pose messages on the input node's thread
+    (``input_node``), so ``pose_group`` is not used."""
 
     def __init__(self, node, settings, sensor_group, pose_group, on_frame, on_reject, wake):
         self.node, self.s = node, settings
@@ -57,18 +64,39 @@ class Inputs:
         self.pose_lookup = None
         self.pose_history: TransformHistory | None = None
         self._subs = []
+        self._input_subs = []      # on the input node
         log = node.get_logger()
         s = settings
-        cam_qos = camera_qos(s.qos_depth, s.qos_reliability)
         color, depth = s.color_topic, s.depth_topic
         specs = [(CompressedImage, color + "/compressed") if s.color_transport == "compressed"
                  else (Image, color),
                  (CompressedImage, depth + "/compressedDepth")
                  if s.depth_transport == "compressedDepth" else (Image, depth),
                  (CameraInfo, s.camera_info_topic)]
-        self.sync = make_synchronizer(node, specs, cam_qos, self.on_frame, s.sync_queue_size,
-                                      s.sync_slop, callback_group=sensor_group)
         self.topics = [node.resolve_topic_name(t) for _, t in specs]
+        # Camera (serialized) and pose messages: on a node and thread of their own
+        # (ros/camera_input.py), with the names this node resolves (its remappings apply).
+        self.input_node = InputNode(node)
+        try:
+            self._subscribe(node, settings, specs, sensor_group, wake)
+        except BaseException:
+            self.input_node.destroy()
+            raise
+        self.input_node.start()
+        # Rotations (TF, pose messages) need scipy.spatial, a ~1 s import kept off the start-up
+        # path: load it now, before the first pose arrives, without delaying the node.
+        threading.Thread(target=importlib.import_module, args=("scipy.spatial.transform",),
+                         name="import-scipy-spatial", daemon=True).start()
+        log.info(f"inputs: {', '.join(self.topics)} ({self.sync.name}, "
+                 f"{s.qos_reliability}); cloud {self.cloud_topic} ({s.cloud_qos_durability}); "
+                 f"poses from {self.pose_text}")
+
+    def _subscribe(self, node, s, specs, sensor_group, wake) -> None:
+        cam_qos = camera_qos(s.qos_depth, s.qos_reliability)
+        inputs = self.input_node.node
+        self.sync = make_synchronizer(
+            inputs, [(t, name) for (t, _), name in zip(specs, self.topics)], cam_qos,
+            self.on_frame, s.sync_queue_size, s.sync_slop, raw=True)
         cloud_qos = QoSProfile(depth=1, reliability=RELIABILITY[s.cloud_qos_reliability],
                                durability=DURABILITY[s.cloud_qos_durability],
                                history=HistoryPolicy.KEEP_LAST)
@@ -76,8 +104,7 @@ class Inputs:
         self._subs.append(node.create_subscription(PointCloud2, self.cloud_topic, self.on_cloud,
                                                    cloud_qos, callback_group=sensor_group))
         if s.pose_source == "tf":
-            self.pose_lookup = make_tf_lookup(node, s.tf_cache_time, callback_group=pose_group,
-                                              on_update=wake)
+            self.pose_lookup = make_tf_lookup(inputs, s.tf_cache_time, on_update=wake)
             self.pose_text = (f"TF ({self.pose_lookup.name}): {s.map_frame} -> "
                               f"{s.camera_frame or 'the colour frame_id'}")
         else:
@@ -90,16 +117,9 @@ class Inputs:
                 from nav_msgs.msg import Odometry
                 topic, cb = s.odom_topic, self.on_odom
                 msg_type = Odometry
-            self._subs.append(node.create_subscription(msg_type, topic, cb, 100,
-                                                       callback_group=pose_group))
-            self.pose_text = f"{msg_type.__name__} on {node.resolve_topic_name(topic)}"
-        # Rotations (TF, pose messages) need scipy.spatial, a ~1 s import kept off the start-up
-        # path: load it now, before the first pose arrives, without delaying the node.
-        threading.Thread(target=importlib.import_module, args=("scipy.spatial.transform",),
-                         name="import-scipy-spatial", daemon=True).start()
-        log.info(f"inputs: {', '.join(self.topics)} ({self.sync.name}, "
-                 f"{s.qos_reliability}); cloud {self.cloud_topic} ({s.cloud_qos_durability}); "
-                 f"poses from {self.pose_text}")
+            topic = node.resolve_topic_name(topic)
+            self._input_subs.append(inputs.create_subscription(msg_type, topic, cb, 100))
+            self.pose_text = f"{msg_type.__name__} on {topic}"
 
     def input_counts(self) -> str:
         """Messages received per camera input and those the synchroniser could not match: says
@@ -111,10 +131,10 @@ class Inputs:
 
     # -- callbacks (cheap) ------------------------------------------------------------------------
     def on_frame(self, color, depth, info) -> None:
-        if isinstance(color, Image) and color.encoding not in COLOR_ENCODINGS:
+        if message_type(color) is Image and color.encoding not in COLOR_ENCODINGS:
             return self._on_reject(f"unsupported colour encoding '{color.encoding}' (use one of "
                                    f"{', '.join(COLOR_ENCODINGS)})")
-        if isinstance(depth, Image) and depth.encoding not in DEPTH_ENCODINGS:
+        if message_type(depth) is Image and depth.encoding not in DEPTH_ENCODINGS:
             return self._on_reject(f"unsupported depth encoding '{depth.encoding}' (16UC1 mm or "
                                    "32FC1 m)")
         if not self._first_logged:
@@ -155,7 +175,8 @@ class Inputs:
 
     # -- used by the worker ------------------------------------------------------------------------
     def camera_pose(self, settings, stamp_ns: int, strict: bool) -> np.ndarray:
-        """map_T_camera at ``stamp_ns``; ``strict``: only an interpolated or exact pose."""
+        """map_T_camera at ``stamp_ns``; ``strict``: only an interpolated or exact pose. Pose
+        messages are interpolated only between two at most tf_tolerance apart."""
         tol = 0.0 if strict else settings.tf_tolerance
         if self.pose_lookup is not None:
             frame = settings.camera_frame.strip() or self.camera_frame_seen
@@ -163,7 +184,16 @@ class Inputs:
                 raise LookupError("the colour image has no header.frame_id and parameter "
                                   "camera_frame is empty")
             return self.pose_lookup.lookup(settings.map_frame, frame, stamp_ns, tol)
-        return self.pose_history.lookup(stamp_ns, int(tol * 1e9))
+        return self.pose_history.lookup(stamp_ns, int(tol * 1e9),
+                                        max_gap_ns=int(settings.tf_tolerance * 1e9))
+
+    def reset_time(self) -> None:
+        """ROS time jumped backwards: forget the poses and the unmatched camera messages."""
+        self.sync.reset()
+        if self.pose_lookup is not None:
+            self.pose_lookup.clear()
+        else:
+            self.pose_history.clear()
 
     def cloud_in_map(self, settings) -> tuple[np.ndarray, np.ndarray] | None:
         """The latest cloud as (points in map_frame, colours), or None; ValueError/LookupError
@@ -209,9 +239,13 @@ class Inputs:
             return M
 
     def destroy(self) -> None:
+        self.input_node.stop()     # no camera or pose callback runs after this
         self.sync.destroy()
         if self.pose_lookup is not None and hasattr(self.pose_lookup, "destroy"):
             self.pose_lookup.destroy()
         for sub in self._subs:
             self.node.destroy_subscription(sub)
-        self._subs = []
+        for sub in self._input_subs:
+            self.input_node.node.destroy_subscription(sub)
+        self._subs, self._input_subs = [], []
+        self.input_node.destroy()

@@ -143,6 +143,9 @@ class MapBuilder:
             if flush() == 0:
                 raise RuntimeError("no keyframe could be written (see frames_without_pose and "
                                    "frames_rejected)")
+            if cloud is not None:      # the scene folder holds what the map is built on:
+                from ..core.scene import replace_ply   # a restart or `openmask3d run` reuses it
+                replace_ply(self.scene_dir / "cloud.ply", *cloud)
             imap = run_pipeline(self.scene_dir, self.cfg, models=self.models,
                                 progress=self.progress, cloud=cloud)
             engine = self.engine_for(imap)

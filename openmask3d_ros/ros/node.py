@@ -5,12 +5,19 @@ configure: read the parameters once into ``NodeSettings``, open the scene folder
 already in it count), start loading the models in the background (recording never waits for
 them) and then the folder's latest map. activate: subscribe (camera, cloud, poses) and offer
 ``~/map_complete`` and ``~/query``. With ``autostart`` (default) the node drives itself to
-active. Runs on a MultiThreadedExecutor: camera callbacks only enqueue; a recording thread
-decodes and writes keyframes; poses, services and timers have their own callback groups.
+active. Runs on a MultiThreadedExecutor (services, timers, the cloud); camera and pose messages
+come on a helper node spun on its own thread (ros/camera_input.py) and only enqueue; a
+recording thread deserialises, decodes and writes keyframes.
+
+When ROS time jumps backwards (use_sim_time: a looped or restarted bag, a simulator reset) the
+poses, the synchroniser's queues and the waiting keyframe candidates are dropped. Run by its own
+executable (``main``), the node exits after the lifecycle ``shutdown`` transition; parameters
+that it cannot take stop it at start-up with exit status 2 and one line that names them.
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,9 +26,13 @@ import rclpy
 import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.clock import Clock, ClockType
+from rcl_interfaces.msg import SetParametersResult
+from rclpy._rclpy_pybind11 import RCLError
+from rclpy.clock import Clock, ClockChange, ClockType, JumpThreshold, TimeJump
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.task import Future
 from std_msgs.msg import Empty
 from std_srvs.srv import Trigger
 
@@ -35,9 +46,10 @@ from .inputs import Inputs, decode_frame
 from .map_builder import MapBuilder
 from .qos import latched_qos
 from .query_service import QuerySettings, answer_query, handle_query
-from .settings import NodeSettings, check_live_change, declare_parameters, read_settings
+from .settings import (NodeSettings, check_live_change, check_overrides, declare_parameters,
+                       read_settings, unknown_parameter)
 from .visualization import MapPublishers
-from .status import (ADVICE, StatusBoard, diagnostics, forward_core_logging,
+from .status import (StatusBoard, advice, diagnostics, forward_core_logging, no_clock_message,
                      restore_core_logging, status_message)
 
 
@@ -56,8 +68,6 @@ class OpenMask3DNode(LifecycleNode):
 
     def __init__(self, node_name: str = P.NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        declare_parameters(self)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
         # Own names, prefixed: rclpy's Node keeps its own _services/_timers lists.
         self._om_lock = threading.RLock()
         self._sensor_group = MutuallyExclusiveCallbackGroup()
@@ -86,6 +96,18 @@ class OpenMask3DNode(LifecycleNode):
         self._status_pub = self.create_publisher(PipelineStatus, P.STATUS_TOPIC, latched_qos())
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.viz = None
+        self._reasons: dict[Drop, str] = {}     # the latest warning per drop cause
+        self._said_no_clock = False
+        # Done when the node is finalized (lifecycle shutdown): main() then ends the process.
+        self.finalized = Future()
+        # Like tf2's buffer: forget what was recorded before ROS time ran backwards.
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1),
+                          on_clock_change=True), post_callback=self._on_time_jump)
+        # Last: a value it cannot take raises here (ValueError), with the node complete enough
+        # to be destroyed.
+        declare_parameters(self)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- status ------------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -108,23 +130,61 @@ class OpenMask3DNode(LifecycleNode):
             pass
 
     def _on_status_timer(self) -> None:
-        self._publish_status()
-        if self.recorder is None:
+        rec, no_clock = self.recorder, self._no_clock()
+        if rec is None:
+            self._publish_status()
             return
-        drops = self.recorder.counters().drops
-        new = {c: drops[c] - self._last_drops[c] for c in Drop}
-        self._last_drops = drops
+        c = rec.counters()
+        new = {cause: c.drops[cause] - self._last_drops[cause] for cause in Drop}
+        self._last_drops = c.drops
+        # What the user must know first stays in the message while it lasts.
+        if no_clock and c.frames_received:
+            self.board.update(message=no_clock_message(c.frames_received))
+            self._said_no_clock = True
+        elif self._said_no_clock:
+            self._said_no_clock = False
+            self.board.update(message="/clock received: ROS time runs")
+        elif new[Drop.frames_overrun] and Drop.frames_overrun in self._reasons:
+            self.board.update(message=self._reasons[Drop.frames_overrun])
+        self._publish_status()
         try:
             self._diag_pub.publish(diagnostics(self.status(), self.get_fully_qualified_name(),
-                                               self.get_clock().now().to_msg(), new))
+                                               self.get_clock().now().to_msg(), new,
+                                               dict(self._reasons), no_clock))
         except Exception:
             pass
+
+    def _no_clock(self) -> bool:
+        """use_sim_time and no /clock received yet (ROS time reads 0)."""
+        clock = self.get_clock()
+        return clock.ros_time_is_active and clock.now().nanoseconds == 0
 
     def _warn_drop(self, cause: Drop, text: str) -> None:
         inputs = self.inputs
         seen = f" (messages so far: {inputs.input_counts()})" if inputs is not None else ""
-        self._drop_loggers[cause].warning(f"{text}{seen}. To fix: {ADVICE[cause]}",
-                                          throttle_duration_sec=5.0)
+        self._reasons[cause] = text
+        self._drop_loggers[cause].warning(
+            f"{text}{seen}. To fix: {advice(cause, self._no_clock())}", throttle_duration_sec=5.0)
+        self.board.update(message=text)
+
+    def _on_time_jump(self, jump: TimeJump) -> None:
+        """ROS time ran backwards or changed source: drop the poses, the unmatched camera
+        messages and the waiting keyframe candidates of the time before (tf2 clears its buffer
+        likewise); frames and poses after the jump are recorded as usual."""
+        switched = jump.clock_change in (ClockChange.ROS_TIME_ACTIVATED,
+                                         ClockChange.ROS_TIME_DEACTIVATED)
+        if jump.delta.nanoseconds >= 0 and not switched:
+            return
+        what = ("ROS time changed source" if switched else
+                f"ROS time jumped back {-jump.delta.nanoseconds / 1e9:.3f} s")
+        inputs, rec = self.inputs, self.recorder
+        if inputs is not None:
+            inputs.reset_time()
+        if rec is not None:
+            rec.time_jumped(f"{what} while they waited for their pose")
+        text = (f"{what} (a looped or restarted bag, a simulator reset?): poses and camera "
+                "messages from before it were dropped")
+        self.get_logger().warning(text)
         self.board.update(message=text)
 
     def _fail(self, what: str, exc: Exception) -> TransitionCallbackReturn:
@@ -134,6 +194,15 @@ class OpenMask3DNode(LifecycleNode):
         return TransitionCallbackReturn.FAILURE
 
     # -- parameters --------------------------------------------------------------------------------
+    def set_parameters_atomically(self, parameter_list):
+        """rclpy's, except that a request naming an undeclared parameter is refused with a
+        reason that names it (rclpy's reason lists none)."""
+        unknown = [p.name for p in parameter_list if not self.has_parameter(p.name)]
+        if unknown:
+            return SetParametersResult(successful=False,
+                                       reason="; ".join(map(unknown_parameter, unknown)))
+        return super().set_parameters_atomically(parameter_list)
+
     def _on_set_parameters(self, params):
         result = check_live_change(params)
         live = {p.name: p.value for p in params if p.name in P.LIVE_PARAMETERS}
@@ -154,7 +223,7 @@ class OpenMask3DNode(LifecycleNode):
             self.recorder = KeyframeRecorder(
                 self.scene_dir, s.pipeline.frame_step, decode_frame, self._pose_at,
                 lambda: self.get_clock().now().nanoseconds, s.pose_wait, s.keyframe_queue_size,
-                warn=self._warn_drop, info=self.get_logger().info)
+                warn=self._warn_drop, info=self.get_logger().info, pause_s=s.pause_gap)
         except (ValueError, OSError) as exc:   # a clear message instead of a dead node
             return self._fail("configure", exc)
         log = self.get_logger()
@@ -234,6 +303,11 @@ class OpenMask3DNode(LifecycleNode):
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._deactivate()
         self._release()
+        self.board.update(message="finalized (lifecycle shutdown); run by its own executable, "
+                                  "the process exits")
+        self._publish_status()
+        if not self.finalized.done():
+            self.finalized.set_result(True)
         return TransitionCallbackReturn.SUCCESS
 
     def _release(self, join_timeout: float = 10.0) -> None:
@@ -344,19 +418,30 @@ class OpenMask3DNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until shutdown (``--ros-args`` in ``args`` / sys.argv are honoured)."""
-    rclpy.init(args=args)
-    node = OpenMask3DNode()
+    """Run the node until Ctrl-C or the lifecycle ``shutdown`` transition (``--ros-args`` in
+    ``args`` / sys.argv are honoured). Returns 0, or 2 after one line on stderr when a parameter
+    given at start-up cannot be used."""
+    try:
+        check_overrides(sys.argv if args is None else args)   # before rcl drops or chokes on them
+        rclpy.init(args=args)
+    except (ValueError, RCLError) as exc:
+        print(f"{P.NODE_NAME}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    try:
+        node = _create_node()
+    except ValueError as exc:
+        print(f"{P.NODE_NAME}: error: {exc}", file=sys.stderr)
+        rclpy.shutdown()
+        return 2
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:
-        if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error("autostart: configure failed; the node stays "
-                                        "unconfigured (fix the parameters, then configure it)")
-            elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error("autostart: activate failed")
-        executor.spin()
+        _autostart(node)
+        executor.spin_until_future_complete(node.finalized)
+        if node.finalized.done():
+            node.get_logger().info("finalized by the lifecycle shutdown transition: exiting")
+            # let the transition's reply reach the client before the node goes
+            executor.spin_until_future_complete(Future(), timeout_sec=0.5)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -369,3 +454,24 @@ def main(args: list[str] | None = None) -> int:
         if rclpy.ok():
             rclpy.shutdown()
     return 0
+
+
+def _create_node() -> OpenMask3DNode:
+    """The node, after checking every parameter value it took (from parameter files too);
+    ValueError naming the first unusable one."""
+    node = OpenMask3DNode()
+    try:
+        read_settings(node)
+    except ValueError:
+        node.destroy_node()
+        raise
+    return node
+
+
+def _autostart(node: OpenMask3DNode) -> None:
+    if node.get_parameter("autostart").value:
+        if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("autostart: configure failed; the node stays "
+                                    "unconfigured (fix the parameters, then configure it)")
+        elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+            node.get_logger().error("autostart: activate failed")

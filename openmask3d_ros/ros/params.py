@@ -22,13 +22,15 @@ class Param(NamedTuple):
     """One parameter: its default (whose type is the parameter's type) and description;
     ``choices`` (strings) or an inclusive ``range`` (numbers); ``live``: may be set on a running
     node (all others are read-only); ``launch``: also a launch argument / ``openmask3d node``
-    option."""
+    option; ``syntax``: ``topic`` (a ROS topic name) or ``frame`` (a frame id), checked like
+    the ROS names they are."""
     default: Any
     description: str
     choices: tuple[str, ...] = ()
     range: tuple[float, float] | None = None
     live: bool = False
     launch: bool = False
+    syntax: str = ""
 
     @property
     def type(self) -> type:
@@ -40,7 +42,12 @@ class Param(NamedTuple):
             return "one of: " + ", ".join(self.choices)
         if self.range:
             return f"from {self.range[0]} to {self.range[1]}"
-        return ""
+        return SYNTAX.get(self.syntax, "")
+
+
+# What a name parameter must look like (``Param.syntax``), in words.
+SYNTAX = {"topic": "a ROS topic name",
+          "frame": "a frame id: letters, digits, _ - . with / between parts"}
 
 
 _RELIABILITY = ("best_effort", "reliable")
@@ -49,21 +56,23 @@ NODE_PARAMETERS: dict[str, Param] = {
     "autostart": Param(True, "drive the lifecycle node to active at start-up (configure + "
                              "activate)", launch=True),
     "map_frame": Param("map", "fixed frame of the map: poses, the cloud and all answers are in "
-                              "it", live=True),
+                              "it", live=True, syntax="frame"),
     "camera_frame": Param("", "optical frame of the colour camera; empty = the colour image's "
-                              "header.frame_id"),
+                              "header.frame_id", syntax="frame"),
     "color_topic": Param("/camera/color/image_raw", "colour image topic (sensor_msgs/Image; with "
-                         "color_transport compressed: <color_topic>/compressed)", launch=True),
+                         "color_transport compressed: <color_topic>/compressed)", launch=True,
+                         syntax="topic"),
     "depth_topic": Param("/camera/aligned_depth_to_color/image_raw", "depth image topic "
                          "registered to colour (with depth_transport compressedDepth: "
-                         "<depth_topic>/compressedDepth)", launch=True),
+                         "<depth_topic>/compressedDepth)", launch=True, syntax="topic"),
     "camera_info_topic": Param("/camera/color/camera_info", "camera_info of the colour camera",
-                               launch=True),
+                               launch=True, syntax="topic"),
     "cloud_topic": Param("/cloud_map", "reconstructed cloud (sensor_msgs/PointCloud2)",
-                         launch=True),
+                         launch=True, syntax="topic"),
     "pose_topic": Param("/camera_pose", "geometry_msgs/PoseStamped topic (pose_source pose)",
-                        launch=True),
-    "odom_topic": Param("/odom", "nav_msgs/Odometry topic (pose_source odometry)", launch=True),
+                        launch=True, syntax="topic"),
+    "odom_topic": Param("/odom", "nav_msgs/Odometry topic (pose_source odometry)", launch=True,
+                        syntax="topic"),
     "color_transport": Param("raw", "colour input: raw (sensor_msgs/Image) or compressed "
                                     "(sensor_msgs/CompressedImage, jpeg/png)",
                              choices=("raw", "compressed"), launch=True),
@@ -77,10 +86,15 @@ NODE_PARAMETERS: dict[str, Param] = {
     "pose_is_optical": Param(True, "pose/odometry sources: the pose is that of the optical frame "
                                    "(z forward); false = a REP-103 camera body frame (x forward)"),
     "tf_tolerance": Param(0.1, "seconds: a pose outside the recorded interval is used only if "
-                               "its stamp is this close to the image stamp",
+                               "its stamp is this close to the image stamp; PoseStamped and "
+                               "Odometry poses are interpolated only between two at most this "
+                               "far apart (raise it for a pose source slower than 10 Hz)",
                           range=(0.0, 10.0), live=True),
     "pose_wait": Param(2.0, "seconds (ROS time) a keyframe candidate waits for its pose before "
                             "it is counted in frames_without_pose", range=(0.0, 60.0)),
+    "pause_gap": Param(1.0, "seconds: a gap in the image stamps longer than this is a pause of "
+                            "the stream (counted in stream_pauses), not lost frames",
+                       range=(0.05, 3600.0)),
     "keyframe_queue_size": Param(32, "keyframe candidates that may wait for their pose at once; "
                                      "more are dropped (counted in frames_overflow)",
                                  range=(1, 10000)),

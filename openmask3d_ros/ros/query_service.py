@@ -31,8 +31,11 @@ import numpy as np
 from openmask3d_ros.msg import ObjectInstance
 from openmask3d_ros.srv import QueryObjects
 
+from ..core.config import QueryConfig
+from ..core.errors import InputError
 from ..core.query import QueryAnswer
-from .fastmsg import build
+from ..core.query_image import check_image_size
+from .fastmsg import box_pose, build
 from .settings import NodeSettings
 
 
@@ -154,10 +157,14 @@ class CheckedRequest:
     include_structure: bool | None  # None: when the text names structure
     points_mode: int                # one of POINT_MODES
     voxel_size: float               # > 0
+    literal: bool = False           # true: no relation parsing
+    viewpoint: np.ndarray | None = None     # (3,) map frame, for left/right and nearest
 
 
-def check_request(request, settings: QuerySettings) -> CheckedRequest:
-    """``request`` checked; QueryRefused names the first value that is wrong."""
+def check_request(request, settings: QuerySettings,
+                  max_image_pixels: int = QueryConfig.max_image_pixels) -> CheckedRequest:
+    """``request`` checked; QueryRefused names the first value that is wrong. An image larger
+    than ``max_image_pixels`` is refused before its data is converted."""
     text = request.query.strip()
     image_given = has_image(request)
     if text and image_given:
@@ -180,16 +187,31 @@ def check_request(request, settings: QuerySettings) -> CheckedRequest:
     if not math.isfinite(voxel):
         raise QueryRefused(f"voxel_size must be finite, got {voxel}")
     return CheckedRequest(
-        text or None, _request_image(request) if image_given else None,
+        text or None, _request_image(request, max_image_pixels) if image_given else None,
         int(request.top_k) or int(settings.default_top_k),
         min_rel if min_rel >= 0 else settings.min_relevance, float(request.min_score),
-        True if request.include_structure else None, mode, voxel if voxel > 0 else DEFAULT_VOXEL)
+        True if request.include_structure else None, mode, voxel if voxel > 0 else DEFAULT_VOXEL,
+        bool(request.literal), _viewpoint(request))
 
 
-def _request_image(request) -> np.ndarray:
+def _viewpoint(request) -> np.ndarray | None:
+    if not request.use_viewpoint:
+        return None
+    v = np.array([request.viewpoint.x, request.viewpoint.y, request.viewpoint.z], np.float64)
+    if not np.all(np.isfinite(v)):
+        raise QueryRefused(f"viewpoint must be finite, got {v.tolist()}")
+    return v
+
+
+def _request_image(request, max_pixels: int) -> np.ndarray:
     from .conversions import ConversionError, image_to_rgb
+    msg = request.image
+    try:        # from the claimed size, before the data is touched
+        check_image_size(int(msg.width), int(msg.height), max_pixels, "image")
+    except InputError as exc:
+        raise QueryRefused(str(exc)) from None
     try:
-        return image_to_rgb(request.image)
+        return image_to_rgb(msg)
     except ConversionError as exc:
         raise QueryRefused(f"image: {exc}") from exc
 
@@ -202,10 +224,11 @@ def answer_query(engine, request, response, settings: QuerySettings,
     answer (e.g. its encoder cannot embed images)."""
     if engine is None:
         raise QueryRefused(no_map)
-    q = check_request(request, settings)
+    q = check_request(request, settings, engine.query_cfg.max_image_pixels)
     try:
         answer = engine.ask(q.text, image=q.image, top_k=q.top_k, min_relevance=q.min_relevance,
-                            min_score=q.min_score, include_structure=q.include_structure)
+                            min_score=q.min_score, include_structure=q.include_structure,
+                            viewpoint=q.viewpoint, literal=q.literal)
     except ValueError as exc:
         raise QueryRefused(str(exc)) from exc
     frame = settings.map_frame
@@ -217,6 +240,10 @@ def answer_query(engine, request, response, settings: QuerySettings,
     response.found = answer.found
     response.best_id = int(answer.best.instance_id) if answer.best else -1
     response.best_relevance = float(answer.best.relevance) if answer.best else 0.0
+    u = answer.understood
+    if u is not None:
+        response.target, response.relation = u.target, u.relation or ""
+        response.reference, response.superlative = u.reference or "", u.superlative or ""
     if settings.publish_markers and publish_hits is not None:
         publish_hits(answer, stamp, frame)
     return answer
@@ -269,7 +296,7 @@ def instance_messages(results, label: str, stamp, frame: str, mode: int = POINTS
 
     Built for speed (a reply may carry hundreds): the points of all hits are one buffer sliced
     per hit, the header and the point fields are shared, numbers are converted in bulk."""
-    from geometry_msgs.msg import Point
+    from geometry_msgs.msg import Point, Vector3
     from sensor_msgs.msg import PointCloud2
     from std_msgs.msg import Header
     k = len(results)
@@ -277,8 +304,9 @@ def instance_messages(results, label: str, stamp, frame: str, mode: int = POINTS
     empty_cloud = PointCloud2()          # no points (indices / none): shared, never changed
     data, off = (_payload(results, mode, cap, voxelized) if mode != POINTS_NONE
                  else (None, np.zeros(k + 1, np.int64)))
-    geo = np.array([[*r.centroid, *r.bbox_min, *r.bbox_max] for r in results],
-                   np.float64).reshape(k, 9).tolist()
+    geo = np.array([[*r.centroid, *r.bbox_min, *r.bbox_max, *r.box_center, *r.box_orientation,
+                     *r.box_size, r.contact_height, r.height_above_floor, r.relation_score]
+                    for r in results], np.float64).reshape(k, 22).tolist()
     fields = _xyz_fields()
     out = []
     for j, r in enumerate(results):
@@ -300,7 +328,11 @@ def instance_messages(results, label: str, stamp, frame: str, mode: int = POINTS
             bbox_max=build(Point, x=g[6], y=g[7], z=g[8]),
             num_points=int(r.n_points), points=cloud,
             relevance=rel if math.isfinite(rel) else 0.0, structure=str(r.structure or ""),
-            point_indices=indices))
+            point_indices=indices, box_center=box_pose(g[9:16]),
+            box_size=build(Vector3, x=g[16], y=g[17], z=g[18]),
+            support_id=int(r.support_id), on_floor=bool(r.on_floor), contact_height=g[19],
+            height_above_floor=g[20], reference_id=int(r.reference_id),
+            relation_score=g[21] if math.isfinite(g[21]) else 0.0))
     return out
 
 

@@ -66,16 +66,27 @@ class ApproximateTimeSync:
         """One callback per input, to hand to subscriptions."""
         return [lambda m, i=i: self.add(i, m) for i in range(self.n)]
 
+    def reset(self) -> None:
+        """Forget the queued messages (time jumped backwards: they cannot match new ones)."""
+        with self._lock:
+            for q in self._queues:
+                q.clear()
+
 
 class _MessageFiltersSync:
-    """message_filters.ApproximateTimeSynchronizer over its own Subscribers."""
+    """message_filters.ApproximateTimeSynchronizer over its own Subscribers (``raw``: over
+    sources of SerializedMessages, see ``_serialized_source``)."""
 
     def __init__(self, node, specs: Sequence[tuple[type, str]], qos, callback, queue_size, slop,
-                 callback_group=None):
+                 callback_group=None, raw=False):
         import message_filters
-        self.subs = [message_filters.Subscriber(node, msg_type, topic, qos_profile=qos,
-                                                callback_group=callback_group)
-                     for msg_type, topic in specs]
+        if raw:
+            self.subs = [_serialized_source(message_filters, node, msg_type, topic, qos,
+                                            callback_group) for msg_type, topic in specs]
+        else:
+            self.subs = [message_filters.Subscriber(node, msg_type, topic, qos_profile=qos,
+                                                    callback_group=callback_group)
+                         for msg_type, topic in specs]
         self.sync = message_filters.ApproximateTimeSynchronizer(self.subs, queue_size, slop)
         self.sync.registerCallback(callback)
         self.received = [0] * len(self.subs)
@@ -87,6 +98,12 @@ class _MessageFiltersSync:
     def _count(self, i: int) -> None:
         self.received[i] += 1
 
+    def reset(self) -> None:
+        """Forget the queued messages (message_filters' own queues, under its lock)."""
+        with self.sync.lock:
+            for q in self.sync.queues:
+                q.clear()
+
     def counts(self) -> tuple[list[int], int | None]:
         """(messages received per input, messages never matched: unknown here)."""
         return list(self.received), None
@@ -97,18 +114,38 @@ class _MessageFiltersSync:
         self.subs = []
 
 
+def _serialized_source(message_filters, node, msg_type, topic, qos, callback_group):
+    """A message_filters source (what its Subscriber is) that takes ``topic`` serialized and
+    passes SerializedMessages on; ``.sub`` is the subscription."""
+    from .camera_input import wrap
+    source = message_filters.SimpleFilter()
+    source.sub = node.create_subscription(
+        msg_type, topic, lambda data: source.signalMessage(wrap(data, msg_type)), qos,
+        callback_group=callback_group, raw=True)
+    return source
+
+
 class _OwnSync:
-    def __init__(self, node, specs, qos, callback, queue_size, slop, callback_group=None):
+    def __init__(self, node, specs, qos, callback, queue_size, slop, callback_group=None,
+                 raw=False):
         self.sync = ApproximateTimeSync(len(specs), callback, queue_size, slop)
         self._node = node
+        inputs = self.sync.inputs()
+        if raw:     # serialized messages in, SerializedMessages to the sync
+            from .camera_input import wrap
+            inputs = [lambda data, add=add, t=msg_type: add(wrap(data, t))
+                      for add, (msg_type, _) in zip(inputs, specs)]
         self.subs = [node.create_subscription(msg_type, topic, cb, qos,
-                                              callback_group=callback_group)
-                     for (msg_type, topic), cb in zip(specs, self.sync.inputs())]
+                                              callback_group=callback_group, raw=raw)
+                     for (msg_type, topic), cb in zip(specs, inputs)]
         self.name = "openmask3d ApproximateTimeSync"
 
     def counts(self) -> tuple[list[int], int | None]:
         """(messages received per input, messages that left the queues unmatched)."""
         return list(self.sync.received), self.sync.dropped
+
+    def reset(self) -> None:
+        self.sync.reset()
 
     def destroy(self) -> None:
         for s in self.subs:
@@ -118,13 +155,15 @@ class _OwnSync:
 
 def make_synchronizer(node, specs: Sequence[tuple[type, str]], qos, callback,
                       queue_size: int = 10, slop: float = 0.05, prefer_message_filters=True,
-                      callback_group=None):
+                      callback_group=None, raw=False):
     """Subscribe to ``specs`` [(type, topic), ...] and call ``callback(*msgs)`` per matched set
-    (in ``callback_group``). The returned object has ``name``, ``counts()`` and ``destroy()``."""
+    (in ``callback_group``). The returned object has ``name``, ``counts()``, ``reset()``
+    and ``destroy()``. ``raw``: take the messages serialized and match them as
+    ``camera_input.SerializedMessage`` (deserialised only by whoever needs a set's content)."""
     if prefer_message_filters:
         try:
             return _MessageFiltersSync(node, specs, qos, callback, queue_size, slop,
-                                       callback_group)
+                                       callback_group, raw)
         except ImportError:
             pass
-    return _OwnSync(node, specs, qos, callback, queue_size, slop, callback_group)
+    return _OwnSync(node, specs, qos, callback, queue_size, slop, callback_group, raw)

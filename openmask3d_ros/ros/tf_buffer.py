@@ -6,6 +6,11 @@ evaluates each dynamic edge at the requested time by interpolation (linear trans
 rotation) or, outside the recorded interval, by the nearest sample within a tolerance.
 ``make_tf_lookup`` prefers tf2_ros when it is importable and wraps both behind one call:
 ``lookup(target, source, stamp_ns) -> 4x4 target_T_source`` (raises ``LookupError``).
+
+When ROS time jumps backwards (a looped or restarted bag, a simulator reset) the node calls
+``clear()``: the moving transforms recorded before the jump are dropped, as tf2 does (static ones
+stay). ``TransformHistory`` (also the node's history of PoseStamped/Odometry poses) can refuse to
+interpolate across a gap between samples longer than ``max_gap_ns``.
 """
 from __future__ import annotations
 
@@ -30,19 +35,29 @@ def interpolate(M0: np.ndarray, M1: np.ndarray, a: float) -> np.ndarray:
 
 
 class TransformHistory:
-    """Time-stamped transforms of one edge, with interpolated lookups."""
+    """Time-stamped transforms of one edge, with interpolated lookups (thread-safe: poses arrive
+    on one thread, the recorder looks them up on another, a time jump clears them)."""
 
     def __init__(self, max_age_ns: int = 30_000_000_000, max_len: int = 100_000):
         self.max_age_ns = int(max_age_ns)
         self._times: deque[int] = deque(maxlen=max_len)
         self._mats: deque[np.ndarray] = deque(maxlen=max_len)
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._times)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._times.clear()
+            self._mats.clear()
+
     def add(self, stamp_ns: int, M: np.ndarray) -> None:
-        stamp_ns = int(stamp_ns)
         M = np.asarray(M, dtype=np.float64)
+        with self._lock:
+            self._add(int(stamp_ns), M)
+
+    def _add(self, stamp_ns: int, M: np.ndarray) -> None:
         if not self._times or stamp_ns > self._times[-1]:
             self._times.append(stamp_ns)
             self._mats.append(M)
@@ -58,9 +73,16 @@ class TransformHistory:
             self._times.popleft()
             self._mats.popleft()
 
-    def lookup(self, stamp_ns: int | None, tolerance_ns: int) -> np.ndarray:
+    def lookup(self, stamp_ns: int | None, tolerance_ns: int,
+               max_gap_ns: int | None = None) -> np.ndarray:
         """The transform at ``stamp_ns`` (None: the latest). Interpolates between the samples
-        around it; before the first or after the last sample, the nearest within tolerance."""
+        around it (only when they are at most ``max_gap_ns`` apart, if given); before the first
+        or after the last sample, the nearest within tolerance."""
+        with self._lock:
+            return self._lookup(stamp_ns, tolerance_ns, max_gap_ns)
+
+    def _lookup(self, stamp_ns: int | None, tolerance_ns: int,
+                max_gap_ns: int | None) -> np.ndarray:
         if not self._times:
             raise LookupError("no transform received")
         if stamp_ns is None:
@@ -71,6 +93,11 @@ class TransformHistory:
             return self._mats[i]
         if 0 < i < len(times):
             t0, t1 = times[i - 1], times[i]
+            if max_gap_ns is not None and t1 - t0 > max_gap_ns:
+                raise LookupError(f"time {stamp_ns / 1e9:.3f} s lies in a gap of "
+                                  f"{(t1 - t0) / 1e9:.3f} s between the samples at "
+                                  f"{t0 / 1e9:.3f} s and {t1 / 1e9:.3f} s (at most "
+                                  f"{max_gap_ns / 1e9:.3f} s is interpolated)")
             return interpolate(self._mats[i - 1], self._mats[i], (stamp_ns - t0) / (t1 - t0))
         j = 0 if i == 0 else len(times) - 1
         gap = abs(times[j] - stamp_ns)
@@ -123,6 +150,12 @@ class TransformBuffer:
     def frames(self) -> list[str]:
         with self._lock:
             return sorted(set(self._parent) | set(self._parent.values()))
+
+    def clear(self) -> None:
+        """Drop every moving transform (static ones stay), as tf2 does when time jumps back."""
+        with self._lock:
+            for child in self._dynamic:
+                self._dynamic[child].clear()
 
     def _chain(self, frame: str) -> list[str]:
         chain = [frame]
@@ -202,6 +235,9 @@ class Tf2RosLookup:
             raise LookupError(str(exc)) from None
         return transform_to_matrix(ts.transform)
 
+    def clear(self) -> None:
+        self.buffer.clear()
+
     def destroy(self) -> None:
         self.listener.unregister()
 
@@ -248,6 +284,9 @@ class TfTopicLookup:
     def lookup(self, target: str, source: str, stamp_ns: int | None = None,
                tolerance_s: float = 0.1) -> np.ndarray:
         return self.buffer.lookup(target, source, stamp_ns, tolerance_s)
+
+    def clear(self) -> None:
+        self.buffer.clear()
 
     def destroy(self) -> None:
         for sub in self._subs:

@@ -27,7 +27,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ..core import render
 from .conversions import arrays_to_cloud
-from .fastmsg import build
+from .fastmsg import box_pose, build
 from .qos import latched_qos
 
 INSTANCES_CLOUD_TOPIC = "~/instances_cloud"     # sensor_msgs/PointCloud2 (x y z rgb)
@@ -250,14 +250,20 @@ def _vector(x, y, z):
 
 
 def _boxes(results) -> tuple[list, ...]:
-    """Per hit, as Python floats (numpy once for all hits): box min, max, centre and size,
-    centroid, value."""
+    """Per hit, as Python floats (numpy once for all hits): axis-aligned box min and max, the
+    oriented box's pose and size (the axis-aligned box where a hit has none), centroid, value."""
     k = len(results)
     lo = np.array([r.bbox_min for r in results], float).reshape(k, 3)
     hi = np.array([r.bbox_max for r in results], float).reshape(k, 3)
     cen = np.array([r.centroid for r in results], float).reshape(k, 3)
-    return (lo.tolist(), hi.tolist(), ((lo + hi) / 2).tolist(), (hi - lo).tolist(),
-            cen.tolist(), [hit_value(r) for r in results])
+    centre = np.array([r.box_center for r in results], float).reshape(k, 3)
+    quat = np.array([r.box_orientation for r in results], float).reshape(k, 4)
+    size = np.array([r.box_size for r in results], float).reshape(k, 3)
+    none = ~np.all(np.isfinite(np.hstack([centre, quat, size])), axis=1)
+    centre[none], size[none], quat[none] = ((lo + hi) / 2)[none], (hi - lo)[none], [0, 0, 0, 1]
+    poses = [box_pose(v) for v in np.hstack([centre, quat]).tolist()]
+    return (lo.tolist(), hi.tolist(), poses, size.tolist(), cen.tolist(),
+            [hit_value(r) for r in results])
 
 
 def _delete_all(header) -> Marker:
@@ -288,7 +294,7 @@ def _detections(header, text: str, results):
                     hypothesis=build(ObjectHypothesis, class_id=str(text), score=value),
                     pose=build(PoseWithCovariance, pose=_pose(*cen)))
         dets.append(build(Detection3D, header=header, id=str(int(r.instance_id)),
-                          bbox=build(BoundingBox3D, center=_pose(*c), size=_vector(*size)),
+                          bbox=build(BoundingBox3D, center=c, size=_vector(*size)),
                           results=[hyp]))
     return build(Detection3DArray, header=header, detections=dets)
 
@@ -300,7 +306,7 @@ def _hit_markers(header, text: str, results) -> MarkerArray:
     markers = [_delete_all(header)]
     for rank, (lo, hi, c, size, _, value) in enumerate(zip(*_boxes(results))):
         box = build(Marker, header=header, ns="openmask3d/boxes", id=rank, type=Marker.CUBE,
-                    action=Marker.ADD, color=best if rank == 0 else other, pose=_pose(*c),
+                    action=Marker.ADD, color=best if rank == 0 else other, pose=c,
                     scale=_vector(*(max(v, 0.01) for v in size)))
         label = _text(header, "openmask3d/labels", rank, lo, hi,
                       f"{text} #{rank + 1} ({value:.2f})", white)

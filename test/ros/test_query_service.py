@@ -120,6 +120,34 @@ def test_bad_requests_are_refused(service):
         client.ask("   ")
 
 
+def test_an_image_above_the_limit_is_refused_before_its_data_is_read(service):
+    """F1 on the service: an image over pipeline.query.max_image_pixels (here 2500 pixels) is
+    refused with its size and the limit, judged from width x height before the data is touched
+    (a 20000 x 20000 claim with no data says so too); the server keeps answering."""
+    from openmask3d_ros.core.config import PipelineConfig
+    root, _, _, _ = service
+    cfg = PipelineConfig().updated({"query": {"max_image_pixels": 2500}})
+    with served(open_map(root, cfg), node_name="limited") as server:
+        planner = rclpy.create_node("planner_limited", context=server.context)
+        client = OpenMask3DClient(planner, namespace="/limited")
+        assert client._query.wait_for_service(timeout_sec=10)
+        try:
+            resp = client.query_raw(image=np.full((60, 50, 3), 200, np.uint8))
+            assert not resp.success and not resp.instances
+            for needle in ("image", "50x60", "3,000 pixels", "2,500", "max_image_pixels"):
+                assert needle in resp.message, resp.message
+            claim = REQ()
+            claim.image.width = claim.image.height = 20000
+            claim.image.encoding = "rgb8"
+            resp = client._call(client._query, claim, 10.0)
+            assert not resp.success and "20000x20000" in resp.message, resp.message
+            reply = client.ask(image=np.full((50, 50, 3), 200, np.uint8))   # within: answered
+            assert reply.message.startswith("ok"), reply.message
+        finally:
+            client.destroy()
+            planner.destroy_node()
+
+
 def test_success_is_the_result_type_not_its_text():
     """An answer is a success and a QueryRefused a refusal, whatever their text says."""
     import logging

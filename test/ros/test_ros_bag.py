@@ -65,6 +65,27 @@ def test_record_compressed_topics_and_delayed_poses(scene, tmp_path):
     np.testing.assert_allclose(pose_to_matrix(pose.pose), scene.pose(fid), atol=1e-6)
 
 
+@pytest.mark.parametrize("what", ["notimg.png", "junk.db3", "junk.mcap", "no_metadata",
+                                  "bad_metadata", "missing"])
+def test_play_of_something_not_a_bag_is_bad_input_naming_it(scene, tmp_path, what):
+    """W6: `bag-play notimg.png` was exit 1 "internal error: ReaderError"; it is bad input:
+    exit 2 and one line naming the path."""
+    path = tmp_path / what
+    if what == "notimg.png" or what.startswith("junk"):
+        path.write_bytes((scene.root / "color" / f"{scene.frame_ids[0]}.png").read_bytes())
+    elif what != "missing":
+        path.mkdir()
+        if what == "bad_metadata":
+            (path / "metadata.yaml").write_text("rosbag2_bagfile_information: [\n")
+    run = subprocess.run([sys.executable, "-m", "openmask3d_ros.cli", "bag-play", str(path),
+                          "--wait", "0", "--delay", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert str(path) in lines[0] and "not a readable ROS 2 bag" in lines[0], lines[0]
+    assert "internal error" not in run.stderr and "Traceback" not in run.stderr
+
+
 def test_play_with_clock_best_effort_and_compression(scene, tmp_path):
     """A raw bag played with --clock --qos best-effort --compress reaches a best-effort
     subscriber as compressed / compressedDepth images, with /clock following the bag stamps."""

@@ -56,6 +56,19 @@ def test_a_stale_parameter_file_is_reported(tmp_path):
     assert _cli("params", "--check", str(out)).returncode == 0
 
 
+def test_a_broken_parameter_file_reports_its_yaml_error(tmp_path):
+    """W7: invalid YAML was reported as "out of date: regenerate it with `openmask3d params -o
+    FILE`", advice that overwrites the user's file; it is the YAML error, with line and column."""
+    broken = tmp_path / "broken.yaml"
+    text = "/**:\n  ros__parameters:\n    qos_depth: [30\n    status_period: 1.0\n"
+    broken.write_text(text)
+    run = _cli("params", "--check", str(broken))
+    assert run.returncode == 2, run.stderr
+    assert "broken.yaml: not a readable YAML file at line 4, column 18" in run.stderr, run.stderr
+    assert "out of date" not in run.stderr and "params -o" not in run.stderr
+    assert broken.read_text() == text
+
+
 def test_generated_file_holds_every_default_with_its_description():
     data = yaml.safe_load(YAML.read_text())
     assert list(data) == ["/**"]                     # any node name / namespace

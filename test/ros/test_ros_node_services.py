@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from lifecycle_msgs.msg import State, Transition
+from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import ParameterType, ParameterValue
@@ -178,9 +178,7 @@ def test_lifecycle_and_parameter_services(tmp_path, client):
         assert client.state() == "unconfigured"
         assert client.transition(Transition.TRANSITION_CONFIGURE)
         assert client.transition(Transition.TRANSITION_INACTIVE_SHUTDOWN)
-        assert client.state() == "finalized"
-        assert client.call("get_state", GetState.Request()).current_state.id == \
-            State.PRIMARY_STATE_FINALIZED
+        assert proc.wait(15) == 0      # finalized: the process exits (test_ros_node_params.py)
     finally:
         rc = stop_node(proc)
     log = (tmp_path / "node.log").read_text()

@@ -251,3 +251,29 @@ def test_second_trigger_and_restart_with_saved_map(recorded, running_node, ros):
         assert "score" in run.stdout and "points in 'map'" in run.stdout, run.stdout
     finally:
         stop_node(proc2)
+
+
+def test_restarted_node_rebuilds_from_the_cloud_on_disk(recorded, ros):
+    """map_complete wrote the cloud it built on into the scene folder (issue 25 item 2): a node
+    restarted on that folder with no cloud publisher rebuilds from it and answers."""
+    from openmask3d_ros.core.instance_map import InstanceMap, cloud_hash
+    from openmask3d_ros.core.scene import read_ply
+    _, _, root = recorded
+    rec = root / "recording"
+    built = InstanceMap.load(rec).meta
+    assert cloud_hash(read_ply(rec / "cloud.ply")[0]) == built.cloud.sha256
+    proc, log = start_node(root, "rebuild", f"scene_dir:={rec}")
+    try:
+        client = OpenMask3DClient(ros)
+        assert client.wait_for_node(60), log.read_text()[-3000:]
+        ok, message = client.map_complete()
+        assert ok, message
+        deadline = time.monotonic() + 180
+        while InstanceMap.load(rec).meta.generation == built.generation:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        assert client.wait_until_ready(60), client.last_status
+        assert client.query("red", top_k=1)
+        assert InstanceMap.load(rec).meta.cloud.sha256 == built.cloud.sha256
+    finally:
+        stop_node(proc)

@@ -10,7 +10,8 @@ from openmask3d_ros.ros.status import (ADVICE, DIAGNOSTICS_ONLY, StatusBoard, di
 
 def _board() -> tuple[StatusBoard, RecorderCounters]:
     drops = {d: 10 + i for i, d in enumerate(Drop)}          # a different count per cause
-    counters = RecorderCounters(frames_received=7, keyframes=3, pending=1, drops=drops)
+    counters = RecorderCounters(frames_received=7, keyframes=3, pending=1, drops=drops,
+                                stream_pauses=2)
     board = StatusBoard()
     board.merge_counters(counters)
     return board, counters
@@ -19,11 +20,12 @@ def _board() -> tuple[StatusBoard, RecorderCounters]:
 def test_every_counter_reaches_the_status_message_and_diagnostics():
     board, counters = _board()
     msg = status_message(board.snapshot(), None, "map")
-    assert (msg.frames_received, msg.keyframes) == (7, 3)
+    assert (msg.frames_received, msg.keyframes, msg.stream_pauses) == (7, 3, 2)
     assert {d: getattr(msg, d.value) for d in Drop} == counters.drops
     diag = diagnostics(board.snapshot(), "/openmask3d", None, counters.drops)
     values = {kv.key: kv.value for kv in diag.status[0].values}
     assert {d: int(values[d.value]) for d in Drop} == counters.drops
+    assert values["stream_pauses"] == "2"
     for d in Drop:
         assert f"dropped ({d.value}): {ADVICE[d]}" in diag.status[0].message
 

@@ -1,8 +1,15 @@
 """Precomputed class-agnostic masks from any segmenter: a P x M array (.npy) or the ``.pt``
 file that the official OpenMask3D mask stage writes (``torch.save`` of a float16 numpy P x M
-array, so unpickling it needs numpy's array reconstruction; nothing else is allowed)."""
+array, so unpickling it needs numpy's array reconstruction; nothing else is allowed).
+
+Masks are binary: booleans, or numbers that are all 0 or 1 (as the official stage writes them);
+point i is in mask j when the value is 1 (true). Any other value (soft scores, probabilities,
+labels) is refused, since any threshold would be a guess: binarise such masks first. A file with
+no non-empty mask is refused (it would give an empty map); a mask covering ``NEARLY_ALL`` of the
+cloud or more is kept with a warning (it is rarely an object)."""
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -11,6 +18,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..interfaces import Proposals
+
+log = logging.getLogger(__name__)
+
+NEARLY_ALL = 0.95       # a mask with at least this fraction of the cloud's points is warned about
+_CHUNK = 16             # mask columns checked at a time (temporaries of P x 16, not P x M)
 
 # numeric and boolean dtypes only: an object array (arbitrary pickles) stays refused
 _PLAIN_DTYPES = ("?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")
@@ -76,7 +88,36 @@ def load_masks(path: str | Path, num_points: int) -> np.ndarray:
         else:
             raise InputError(f"masks have shape {arr.shape} but the cloud has {num_points} "
                              "points (neither dimension matches)", path)
-    return arr > 0 if arr.dtype != bool else arr
+    return binary_masks(arr, path)
+
+
+def binary_masks(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+    """(P, M) masks of 0/1 values (or booleans) as booleans; InputError (naming ``path``) for
+    any other value and when every mask is empty; a warning for masks covering ``NEARLY_ALL``
+    of the points or more."""
+    arr = np.asarray(arr)
+    out = np.empty(arr.shape, bool)
+    for j in range(0, arr.shape[1], _CHUNK):
+        block = arr[:, j:j + _CHUNK]
+        if arr.dtype != bool:
+            other = (block != 0) & (block != 1)          # NaN included
+            if other.any():
+                raise InputError(
+                    f"masks must hold only 0 and 1 (1: the point is in the mask), found "
+                    f"{block[other].flat[0]!r} in column {j + int(np.argwhere(other)[0, 1])}: "
+                    "binarise soft masks first, e.g. save (scores > 0.5)", path, "masks")
+        out[:, j:j + _CHUNK] = block != 0
+    sizes = out.sum(axis=0)
+    if not sizes.any():
+        raise InputError(f"no usable mask: all {arr.shape[1]} masks are empty (no point is 1)",
+                         path, "masks")
+    whole = np.flatnonzero(sizes >= NEARLY_ALL * max(len(out), 1))
+    if len(whole):
+        log.warning("%s: %d mask(s) cover %d%% or more of the cloud's %d points (columns %s): "
+                    "such a mask is rarely an object; are the masks binarised right?",
+                    path or "masks", len(whole), round(NEARLY_ALL * 100), len(out),
+                    ", ".join(map(str, whole[:10])) + (", ..." if len(whole) > 10 else ""))
+    return out
 
 
 class PrecomputedMasks:

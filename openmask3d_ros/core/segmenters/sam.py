@@ -35,7 +35,7 @@ from .. import low_memory
 from ..device import resolve_device
 from ..interfaces import configured_path
 from ..precision import check_precision, quantize_int8
-from .sam_attention import chunk_global_attention
+from .sam_attention import CHUNK_BYTES, CUDA_CHUNK_BYTES, chunk_global_attention
 from .sam_decode import SplitDecoder
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ class SamSegmenter:
         low_memory.release_freed()              # the built model's initial weights
         model = model.eval()
         if low_memory.ENABLED:   # no full attention matrices in global blocks (sam_attention.py)
-            chunk_global_attention(model.image_encoder)
+            chunk_global_attention(model.image_encoder,
+                                   CUDA_CHUNK_BYTES if on_gpu else CHUNK_BYTES)
         if quantize:
             model.mask_decoder = quantize_int8(model.mask_decoder, "segmenter")
         self.model = model.to(device)
@@ -193,8 +194,33 @@ class SamSegmenter:
             raise ValueError(f"SAM expects a uint8 image, got {image.dtype}")
         with torch.inference_mode(), self._autocast():
             self.predictor.set_image(np.ascontiguousarray(image), image_format="RGB")
+        low_memory.release_freed()              # the encoder's activations
         self.encoder_calls += 1
         self._image_shape = (int(image.shape[0]), int(image.shape[1]))
+
+    def export_embedding(self) -> dict[str, np.ndarray]:
+        """The current image's embedding as plain arrays (core/build_cache.py keeps them), so a
+        later ``import_embedding`` answers prompts exactly as after ``set_image`` again."""
+        if self._image_shape is None:
+            raise RuntimeError("SamSegmenter.export_embedding called before set_image")
+        p = self.predictor
+        return {"features": p.features.detach().float().cpu().numpy(),
+                "dtype": np.array(str(p.features.dtype).removeprefix("torch.")),
+                "original_size": np.asarray(p.original_size, dtype=np.int64),
+                "input_size": np.asarray(p.input_size, dtype=np.int64)}
+
+    def import_embedding(self, data) -> None:
+        """Make an ``export_embedding`` result the current image (no encoder pass)."""
+        import torch
+
+        p = self.predictor
+        p.reset_image()
+        p.features = torch.from_numpy(np.ascontiguousarray(data["features"])).to(
+            self.device, getattr(torch, str(data["dtype"])))
+        p.original_size = tuple(int(v) for v in data["original_size"])
+        p.input_size = tuple(int(v) for v in data["input_size"])
+        p.is_image_set = True
+        self._image_shape = (int(p.original_size[0]), int(p.original_size[1]))
 
     def predict(self, prompt_sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Answer R rounds of K positive points ``(R, K, 2)`` (pixel x, y).
@@ -248,6 +274,7 @@ class SamSegmenter:
                 if len(pending) >= self.prompt_batch:
                     self._upscale(pending, winners, masks)
             self._upscale(pending, winners, masks)
+        low_memory.release_freed()              # the decoder's and upsampling's buffers
         return [(masks[i], np.asarray(scores[i], dtype=np.float32)) for i in range(len(sets))]
 
     def _batches(self, sets, remaining):

@@ -11,11 +11,16 @@ runs the original operations in the original order (``(q * scale) @ k^T``, plus 
 relative-position terms ``rel_h`` and ``rel_w``, softmax, ``@ v``, ``proj``) on
 ``rows`` rows of the token grid at a time, with ``rel_h`` / ``rel_w`` computed once for all rows as
 the original does: equal to the original up to float rounding of the matrix products' blocking
-(test/test_sam_attention.py). Not ``scaled_dot_product_attention``: the relative-position bias
+(test/test_low_memory.py). Not ``scaled_dot_product_attention``: the relative-position bias
 would have to be passed as a full (heads, N, N) mask, the very matrix this avoids.
 
-Window-attention blocks (14 x 14 windows) are small and keep the original forward; so does any
-block whose full attention is at most ``max_bytes``.
+Window-attention blocks (25 windows of 14 x 14 tokens, 46 MB of logits for vit_b) are chunked the
+same way; a block whose full attention is at most ``max_bytes`` keeps the original forward.
+
+``chunk_block_mlp``: each block's MLP (4096 tokens x 4 x width hidden, 50 MB for vit_b, twice:
+the linear layer's output and GELU's) runs on ``tokens`` tokens at a time and adds into the
+block's residual in place; the MLP and LayerNorm work per token, so the result is the same. Only
+without autograd (``set_image`` runs in inference mode); with gradients on, the original forward.
 """
 from __future__ import annotations
 
@@ -23,9 +28,13 @@ import types
 
 import torch
 
-# attention logits of one chunk (heads x rows*W x N float32), before the softmax copy; 64 MiB
-# costs nothing measurable against the full matrix (RESULTS.md: SAM embed seconds before/after)
-CHUNK_BYTES = 64 * 2**20
+# attention logits of one chunk (heads x rows*W x N), before the softmax copy: 16 MiB is one row
+# of vit_b's 64 x 64 token grid (12 heads) in a global block and a quarter of a window block's
+# (25 windows x 12 heads x 196 x 196); smaller chunks did not lower the encoder's peak further
+CHUNK_BYTES = 16 * 2**20
+# on a GPU every chunk costs kernel launches: vit_h's 1.07 GB global matrix in 5 chunks, window
+# blocks whole (not measured on a GPU here: no device was lent to issue 22's memory work)
+CUDA_CHUNK_BYTES = 256 * 2**20
 
 
 def chunk_global_attention(image_encoder, max_bytes: int = CHUNK_BYTES) -> int:
@@ -60,6 +69,7 @@ def chunked_forward(self, x: torch.Tensor) -> torch.Tensor:
     # qkv with shape (3, B, nHead, H * W, C); q, k, v with shape (B * nHead, H * W, C)
     qkv = self.qkv(x).reshape(B, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.reshape(3, heads, n, -1).unbind(0)
+    del qkv                        # the linear layer's output (the reshape copied it)
     kt = k.transpose(-2, -1)
     if self.use_rel_pos:           # add_decomposed_rel_pos's terms, for all query rows at once
         r_q = q.reshape(heads, H, W, -1)
@@ -80,3 +90,49 @@ def chunked_forward(self, x: torch.Tensor) -> torch.Tensor:
         del attn
     x = out.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, -1)
     return self.proj(x)
+
+
+# tokens per MLP chunk: 1024 x 3072 float32 = 12 MiB of hidden activations for vit_b
+MLP_CHUNK_TOKENS = 1024
+
+
+def chunk_block_mlp(image_encoder, tokens: int = MLP_CHUNK_TOKENS) -> int:
+    """Give the Blocks of a segment-anything image encoder the forward with a chunked MLP.
+
+    Returns how many blocks were changed (segment-anything's own ``Block`` class only)."""
+    try:
+        from segment_anything.modeling.image_encoder import Block
+    except ImportError:
+        return 0
+    changed = 0
+    for module in image_encoder.modules():
+        if type(module) is Block and not getattr(module, "mlp_chunk_tokens", 0):
+            module.mlp_chunk_tokens = int(tokens)
+            module.forward = types.MethodType(block_forward, module)
+            changed += 1
+    return changed
+
+
+def block_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """``Block.forward`` of segment-anything with the MLP residual in token chunks, in place."""
+    from segment_anything.modeling.image_encoder import Block, window_partition, window_unpartition
+
+    if torch.is_grad_enabled():    # the in-place residual would overwrite what autograd saved
+        return Block.forward(self, x)
+    shortcut = x
+    x = self.norm1(x)
+    # Window partition
+    if self.window_size > 0:
+        H, W = x.shape[1], x.shape[2]
+        x, pad_hw = window_partition(x, self.window_size)
+    x = self.attn(x)
+    # Reverse window partition
+    if self.window_size > 0:
+        x = window_unpartition(x, self.window_size, pad_hw, (H, W))
+    x = shortcut + x
+    # x + mlp(norm2(x)), token by token: the same sums, written into x's own storage
+    flat = x.view(-1, x.shape[-1])
+    for start in range(0, flat.shape[0], self.mlp_chunk_tokens):
+        part = flat[start:start + self.mlp_chunk_tokens]
+        part += self.mlp(self.norm2(part))
+    return x
