@@ -4,7 +4,7 @@ import array
 
 import pytest
 from geometry_msgs.msg import Point
-from rclpy.serialization import serialize_message
+from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
@@ -28,7 +28,10 @@ def test_built_messages_equal_constructed_ones():
     for cls, fields in cases:
         built, made = build(cls, **fields), cls(**fields)
         assert built == made, cls.__name__
-        assert serialize_message(built) == serialize_message(made), cls.__name__
+        # on the wire: what arrives is the constructed message (the raw bytes are not
+        # compared: CDR alignment padding, e.g. after PointCloud2.is_bigendian, is not
+        # initialised by the serializer, so two equal messages may differ there)
+        assert deserialize_message(serialize_message(built), cls) == made, cls.__name__
 
 
 def test_defaults_are_not_shared_with_given_values():
