@@ -1,5 +1,5 @@
-"""The memory work of issue 22 keeps results: SAM's chunked attention equals the original, weights
-taken from the mapped checkpoint are the file's values, and a run's features are unchanged.
+"""The memory work of issue 22 keeps results: SAM's chunked attention and MLP equal the original,
+weights taken from the mapped checkpoint are the file's values, and a run's features are unchanged.
 
 The attention and weight tests use tiny modules (milliseconds); one test runs the feature stage
 with SAM vit_b + CLIP ViT-B-32 at random weights twice (savings off, on) on a 1-keyframe scene.
@@ -18,7 +18,10 @@ segment_anything = pytest.importorskip("segment_anything")
 from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT  # noqa: E402
 
 from openmask3d_ros.core import low_memory  # noqa: E402
-from openmask3d_ros.core.segmenters.sam_attention import chunk_global_attention  # noqa: E402
+from openmask3d_ros.core.segmenters.sam_attention import (  # noqa: E402
+    chunk_block_mlp,
+    chunk_global_attention,
+)
 
 
 def _attention(dim=64, heads=4, size=(12, 10), rel_pos=True, seed=0):
@@ -65,7 +68,7 @@ def test_small_attention_keeps_the_original_forward():
     assert chunk_global_attention(att) == 0                   # already changed
 
 
-def test_image_encoder_with_global_and_window_blocks_unchanged():
+def _small_encoder():
     """A small SAM image encoder (8 x 8 tokens, window 3 with padding, one global block)."""
     torch.manual_seed(0)
     enc = ImageEncoderViT(img_size=128, patch_size=16, embed_dim=96, depth=3, num_heads=4,
@@ -75,11 +78,30 @@ def test_image_encoder_with_global_and_window_blocks_unchanged():
         for name, p in enc.named_parameters():
             if "rel_pos" in name:
                 p.normal_(0, 0.3)
-        x = torch.randn(1, 3, 128, 128)
+    return enc
+
+
+def test_image_encoder_with_global_and_window_blocks_unchanged():
+    enc = _small_encoder()
+    x = torch.randn(1, 3, 128, 128)
+    released = []
+    with torch.inference_mode():
         ref = enc(x)
         assert chunk_global_attention(enc, max_bytes=1) == 3
+        assert chunk_block_mlp(enc, tokens=5, release=lambda: released.append(1)) == 3
         out = enc(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert len(released) == 3                                 # before each block
+
+
+def test_chunked_mlp_block_falls_back_with_gradients():
+    enc, ref_enc = _small_encoder(), _small_encoder()
+    chunk_block_mlp(enc, tokens=5)
+    x = torch.randn(1, 3, 128, 128)
+    enc(x).sum().backward()                                   # no in-place autograd error
+    ref_enc(x).sum().backward()
+    for a, b in zip(enc.parameters(), ref_enc.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
 
 
 def test_vit_b_width_chunked_at_the_default_budget():
@@ -141,11 +163,14 @@ def test_sam_segmenter_gets_mapped_weights_and_chunked_attention(sam_vit_b_check
     sam = SamSegmenter("vit_b", str(sam_vit_b_checkpoint))
     chunked = [m for m in sam.model.image_encoder.modules() if getattr(m, "chunk_bytes", 0)]
     assert len(chunked) == 12
+    assert sum(1 for m in sam.model.image_encoder.modules()
+               if getattr(m, "mlp_chunk_tokens", 0)) == 12
     for name, value in sam.model.state_dict().items():
         assert torch.equal(value, state[name]), name
     monkeypatch.setattr(low_memory, "ENABLED", False)
     plain = SamSegmenter("vit_b", str(sam_vit_b_checkpoint))
-    assert not any(getattr(m, "chunk_bytes", 0) for m in plain.model.modules())
+    assert not any(getattr(m, "chunk_bytes", 0) or getattr(m, "mlp_chunk_tokens", 0)
+                   for m in plain.model.modules())
 
 
 def test_clip_encoder_weights_equal_the_checkpoint(clip_b32_checkpoint):

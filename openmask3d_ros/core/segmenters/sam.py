@@ -35,7 +35,12 @@ from .. import low_memory
 from ..device import resolve_device
 from ..interfaces import configured_path
 from ..precision import check_precision, quantize_int8
-from .sam_attention import CHUNK_BYTES, CUDA_CHUNK_BYTES, chunk_global_attention
+from .sam_attention import (
+    CHUNK_BYTES,
+    CUDA_CHUNK_BYTES,
+    chunk_block_mlp,
+    chunk_global_attention,
+)
 from .sam_decode import SplitDecoder
 
 log = logging.getLogger(__name__)
@@ -159,6 +164,8 @@ class SamSegmenter:
         if low_memory.ENABLED:   # no full attention matrices in global blocks (sam_attention.py)
             chunk_global_attention(model.image_encoder,
                                    CUDA_CHUNK_BYTES if on_gpu else CHUNK_BYTES)
+            if not on_gpu:       # MLP in token chunks, freed memory returned between blocks
+                chunk_block_mlp(model.image_encoder, release=low_memory.release_freed)
         if quantize:
             model.mask_decoder = quantize_int8(model.mask_decoder, "segmenter")
         self.model = model.to(device)

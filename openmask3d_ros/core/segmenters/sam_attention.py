@@ -96,10 +96,12 @@ def chunked_forward(self, x: torch.Tensor) -> torch.Tensor:
 MLP_CHUNK_TOKENS = 1024
 
 
-def chunk_block_mlp(image_encoder, tokens: int = MLP_CHUNK_TOKENS) -> int:
+def chunk_block_mlp(image_encoder, tokens: int = MLP_CHUNK_TOKENS, release=None) -> int:
     """Give the Blocks of a segment-anything image encoder the forward with a chunked MLP.
 
-    Returns how many blocks were changed (segment-anything's own ``Block`` class only)."""
+    ``release``: called before each block (e.g. ``low_memory.release_freed``): what the previous
+    block freed goes back to the system instead of fragmenting the heap. Returns how many blocks
+    were changed (segment-anything's own ``Block`` class only)."""
     try:
         from segment_anything.modeling.image_encoder import Block
     except ImportError:
@@ -108,6 +110,7 @@ def chunk_block_mlp(image_encoder, tokens: int = MLP_CHUNK_TOKENS) -> int:
     for module in image_encoder.modules():
         if type(module) is Block and not getattr(module, "mlp_chunk_tokens", 0):
             module.mlp_chunk_tokens = int(tokens)
+            module.release_before = release
             module.forward = types.MethodType(block_forward, module)
             changed += 1
     return changed
@@ -117,6 +120,8 @@ def block_forward(self, x: torch.Tensor) -> torch.Tensor:
     """``Block.forward`` of segment-anything with the MLP residual in token chunks, in place."""
     from segment_anything.modeling.image_encoder import Block, window_partition, window_unpartition
 
+    if self.release_before is not None:
+        self.release_before()
     if torch.is_grad_enabled():    # the in-place residual would overwrite what autograd saved
         return Block.forward(self, x)
     shortcut = x
