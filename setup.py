@@ -2,7 +2,7 @@
 
 The distribution is named ``openmask3d-ros-core`` on purpose: the interface build
 (scripts/build_interfaces.sh, or colcon) registers an ``openmask3d_ros`` egg-info for the
-generated ``openmask3d_ros.msg`` / ``openmask3d_ros.srv``; a pip distribution of the same name
+generated ``openmask3d_ros.msg`` / ``.srv`` / ``.action``; a pip distribution of the same name
 would uninstall those generated modules. Dependencies come from requirements.txt minus the ROS
 wheels (ros-*) and the build/test tools.
 """

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Build the openmask3d_ros interfaces (msg/, srv/) into a Python venv that holds the ROS 2 PyPI
+# Build the openmask3d_ros interfaces (msg/, srv/, action/) into a Python venv that holds the ROS 2 PyPI
 # wheels, so that `from openmask3d_ros.srv import QueryObjects` works without a ROS install.
 #
 #   bash scripts/build_interfaces.sh [VENV]        (default: .venv at the repository root)
 #
-# Idempotent: skipped when the installed interfaces match the current msg/srv files (hash stamp).
+# Idempotent: skipped when the installed interfaces match the current msg/srv/action files (hash stamp).
 # Steps:
 #  1. the ROS wheels bake their build machine's paths (/opt/python/cp311-cp311/...) into
 #     share/*/cmake/*.cmake; rewrite them to this interpreter's include dir and numpy's;
@@ -14,7 +14,7 @@
 #  3. cmake-configure this package with OPENMASK3D_INSTALL_PYTHON=OFF, build and install it into
 #     the venv prefix: only the generated interfaces land in site-packages/openmask3d_ros/, whose
 #     generated empty __init__.py is removed so the source package (pip install -e .) is the one
-#     imported and extends its __path__ to the generated msg/srv.
+#     imported and extends its __path__ to the generated msg/srv/action.
 # Set OPENMASK3D_FORCE_INTERFACES=1 to rebuild regardless of the stamp.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -152,15 +152,17 @@ fi
 
 # -- 3. openmask3d_ros interfaces -----------------------------------------------------------------
 STAMP="$VENV/share/openmask3d_ros/interfaces.sha256"
-HASH="$(cd "$ROOT" && cat msg/*.msg srv/*.srv CMakeLists.txt package.xml scripts/build_interfaces.sh \
+HASH="$(cd "$ROOT" && cat msg/*.msg srv/*.srv action/*.action CMakeLists.txt package.xml scripts/build_interfaces.sh \
         | sha256sum | cut -d' ' -f1)"
-CHECK="from openmask3d_ros.srv import QueryObjects; from openmask3d_ros.msg import ObjectInstance, PipelineStatus"
+CHECK="from openmask3d_ros.srv import QueryObjects; from openmask3d_ros.msg import ObjectInstance, \
+PipelineStatus, MapChanges; from openmask3d_ros.action import BuildMap"
 if [ "${OPENMASK3D_FORCE_INTERFACES:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] \
-   && [ -f "$SITE/openmask3d_ros/srv/_query_objects.py" ]; then
+   && [ -f "$SITE/openmask3d_ros/srv/_query_objects.py" ] \
+   && [ -f "$SITE/openmask3d_ros/action/_build_map.py" ]; then
   log "openmask3d_ros interfaces up to date"
 else
   T0=$SECONDS
-  CLEAN_BEFORE_INSTALL=("$SITE/openmask3d_ros/msg" "$SITE/openmask3d_ros/srv")
+  CLEAN_BEFORE_INSTALL=("$SITE/openmask3d_ros/msg" "$SITE/openmask3d_ros/srv" "$SITE/openmask3d_ros/action")
   cmake_install "$ROOT" openmask3d_ros -DOPENMASK3D_INSTALL_PYTHON=OFF
   CLEAN_BEFORE_INSTALL=()
   # The generated empty __init__.py would shadow the source package's (pkgutil.extend_path).
