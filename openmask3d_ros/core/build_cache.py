@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic_files import pid_alive, write_atomically
 from .map_meta import CacheRecord
 from .refine import Refined2D, refine_many
 
@@ -214,18 +215,11 @@ class BuildCache:
         payload = buf.getvalue()
         blob = MAGIC + hashlib.sha256(payload).digest() + payload
         path = self.path(kind, key)
-        tmp = path.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(blob)
-                if kind in _SYNCED:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomically(path, blob, _tmp_path(path), sync=kind in _SYNCED)
             mtime = path.stat().st_mtime_ns
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             log.warning("build cache %s: cannot write (%s); not caching the rest of this build",
                         self.root, exc)
             self.record.notes.append(f"writing stopped: {exc}")
@@ -293,7 +287,7 @@ class BuildCache:
                 try:
                     if entry.name.startswith(_TMP_PREFIX):
                         pid = entry.name[len(_TMP_PREFIX):].split("-", 1)[0]
-                        if not pid.isdigit() or not _pid_alive(int(pid)):
+                        if not pid.isdigit() or not pid_alive(int(pid)):
                             os.unlink(entry.path)
                         continue
                     if entry.name.endswith(SUFFIX):
@@ -329,16 +323,6 @@ class BuildCache:
         return value
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -348,14 +332,17 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(data, indent=1).encode("utf-8"), _tmp_path(path))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         log.debug("cannot write %s: %s", path, exc)
+
+
+def _tmp_path(path: Path) -> Path:
+    """A temporary name beside ``path`` with this process's id (in the kind folders, ``_scan``
+    removes those whose writer is gone)."""
+    return path.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
 # -- model identities --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
+from .atomic_files import fsync_dir, fsync_file, pid_alive, write_atomically
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -61,24 +62,6 @@ def current(root: Path) -> Path | None:
     return gens[-1] if gens else None
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def begin(root: Path) -> tuple[Path, str]:
     """A fresh, empty build folder and the generation name it will get."""
     root.mkdir(parents=True, exist_ok=True)
@@ -98,34 +81,18 @@ def publish(root: Path, tmp: Path, name: str, keep: int) -> Path:
     """Make the finished build folder ``tmp`` the current generation; prune old ones."""
     for f in tmp.iterdir():
         fsync_file(f)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     final = root / name
     while final.exists():          # another writer took the name meanwhile: take the next one
         number = int(GEN_RE.match(final.name).group(1)) + 1
         final = root / f"gen-{number:06d}"
     os.rename(tmp, final)
-    _fsync_dir(root)
-    pointer_tmp = root / f".{POINTER}.{os.getpid()}"
-    pointer_tmp.write_text(final.name + "\n", encoding="utf-8")
-    fsync_file(pointer_tmp)
-    os.replace(pointer_tmp, root / POINTER)
-    _fsync_dir(root)
+    fsync_dir(root)
+    write_atomically(root / POINTER, f"{final.name}\n".encode(),
+                     tmp=root / f".{POINTER}.{os.getpid()}", sync=True)
+    fsync_dir(root)
     prune(root, keep)
     return final
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def prune(root: Path, keep: int) -> list[str]:
@@ -137,10 +104,10 @@ def prune(root: Path, keep: int) -> list[str]:
     doomed = [g for g in gens[:-keep] if g != cur]
     for p in root.iterdir() if root.is_dir() else ():
         m = _BUILD_RE.match(p.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             doomed.append(p)
         elif p.name.startswith(_TRASH_PREFIX) or (p.name.startswith(f".{POINTER}.")
-                                                 and not _pid_alive(_tail_pid(p.name))):
+                                                 and not pid_alive(_tail_pid(p.name))):
             doomed.append(p)
     removed = []
     for p in doomed:

@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from plyfile import PlyData, PlyElement
 
+from .atomic_files import replacing
 from .camera import Intrinsics
 from .errors import InputError
 
@@ -156,12 +157,8 @@ def replace_ply(path: Path, points: np.ndarray, colors: np.ndarray | None = None
     """``write_ply`` crash-safely: a temporary file in the same folder, then ``os.replace``, so
     a reader (or a restarted node) sees the old cloud or the new one, never half of one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path, path.with_name(f".{path.name}.{os.getpid()}.tmp")) as tmp:
         write_ply(tmp, points, colors)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class SceneFolder:
