@@ -154,6 +154,9 @@ class PipelineConfig:
     seed: int = 0
     fidelity: Fidelity = Fidelity.OFFICIAL  # official (the released code) | paper (its text)
     keep_generations: int = 3            # map generations kept on disk (the newest ones)
+    # a larger input cloud is thinned on a voxel grid to at most this many points before the
+    # build (core/cloud_cap.py; the map keeps their indices into the input), 0 = no cap
+    max_cloud_points: int = 1000000
     proposals: ProposalConfig = field(default_factory=ProposalConfig)
     visibility: VisibilityConfig = field(default_factory=VisibilityConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)

@@ -56,6 +56,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "threads": _ge(0),
     "seed": _ge(0),
     "keep_generations": _ge(1),
+    "max_cloud_points": _ge(0),
     "fidelity": _one_of(*FIDELITY_MODES),
     "proposals.backend": _one_of("geometric", "mask3d", "precomputed"),
     "proposals.dbscan_eps": _gt(0),

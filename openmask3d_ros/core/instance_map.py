@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAP_DIRNAME = "openmask3d"
 CLOUD_FILE = "cloud.ply"
+SOURCE_INDEX_FILE = "source_index.npy"     # written only for a thinned input cloud
 DEFAULT_KEEP = 3
 
 
@@ -46,6 +47,8 @@ class InstanceMap:
     point_indices: list[np.ndarray]        # M arrays of int64 indices into ``points``
     features: np.ndarray                   # (M, D) float32, L2-normalised rows (or zero)
     meta: MapMeta = field(default_factory=MapMeta)
+    # (N,) int64: each point's index in the input cloud when max_cloud_points thinned it
+    source_index: np.ndarray | None = None
     # (centroids, bbox_min, bbox_max), each (M, 3) float64: stored or computed once
     _geom: tuple | None = field(default=None, init=False, repr=False, compare=False)
     _placement: Placement | None = field(default=None, init=False, repr=False, compare=False)
@@ -56,6 +59,19 @@ class InstanceMap:
         if len(self.point_indices) != len(self.features):
             raise ValueError(f"{len(self.point_indices)} instances but "
                              f"{len(self.features)} feature rows")
+
+    def source_indices(self, m: int) -> np.ndarray:
+        """Instance ``m``'s points as indices into the input cloud the map was built from (the
+        map cloud's own indices when the input was not thinned, max_cloud_points)."""
+        idx = self.point_indices[m]
+        return idx if self.source_index is None else self.source_index[idx]
+
+    def _source_record(self) -> dict:
+        """The thinning recorded by the build (meta.cloud before saving), when there was one."""
+        prev = self.meta.cloud
+        if self.source_index is None or prev is None:
+            return {}
+        return {"source_points": prev.source_points, "voxel": prev.voxel}
 
     @property
     def num_instances(self) -> int:
@@ -143,7 +159,10 @@ class InstanceMap:
                             **self.placement().to_arrays())
         meta = self.meta
         meta.format_version, meta.num_instances = FORMAT_VERSION, self.num_instances
-        meta.cloud = CloudRecord(CLOUD_FILE, int(len(self.points)), cloud_hash(self.points))
+        meta.cloud = CloudRecord(CLOUD_FILE, int(len(self.points)), cloud_hash(self.points),
+                                 **self._source_record())
+        if self.source_index is not None:
+            np.save(tmp / SOURCE_INDEX_FILE, self.source_index.astype(np.int64))
         (tmp / "meta.json").write_text(json.dumps(meta.to_json(), indent=2,
                                                   default=_json_default))
         gen = map_versions.publish(root, tmp, name, keep)
@@ -177,10 +196,28 @@ class InstanceMap:
         indices, features, geometry, stored = read_instances(gen / "instances.npz",
                                                              len(snapshot))
         meta.map_dir, meta.generation = str(gen), gen.name
-        imap = InstanceMap(snapshot, indices, features, meta)
+        imap = InstanceMap(snapshot, indices, features, meta,
+                           read_source_index(gen / SOURCE_INDEX_FILE, cloud))
         imap._geom = geometry
         imap._placement = Placement.from_arrays(stored)
         return imap
+
+
+def read_source_index(path: Path, cloud: CloudRecord) -> np.ndarray | None:
+    """The map points' indices into the input cloud (None when the map has none), checked."""
+    if not path.is_file():
+        if cloud.source_points:
+            raise InputError("missing: the map was built on a thinned cloud", path)
+        return None
+    try:
+        index = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise input_error_from(exc, path, "source index") from exc
+    if index.shape != (cloud.num_points,) or not np.issubdtype(index.dtype, np.integer) or (
+            len(index) and (index.min() < 0 or index.max() >= max(cloud.source_points, 1))):
+        raise InputError(f"must hold {cloud.num_points} indices below {cloud.source_points}, "
+                         f"got {index.dtype} {index.shape}", path)
+    return index.astype(np.int64, copy=False)
 
 
 def cloud_hash(points: np.ndarray) -> str:

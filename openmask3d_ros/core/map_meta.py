@@ -59,6 +59,8 @@ class CloudRecord:
     file: str = "cloud.ply"
     num_points: int = 0
     sha256: str = ""
+    source_points: int = 0              # the input cloud's size when it was thinned, else 0
+    voxel: float = 0.0                  # m, the thinning grid (max_cloud_points), else 0
 
 
 @dataclass
@@ -195,6 +197,8 @@ class MapMeta:
                 continue
             if f.name == "instances":
                 value = [_instance_json(i) for i in value]
+            elif f.name == "cloud" and value is not None:
+                value = _cloud_json(value)
             elif dataclasses.is_dataclass(value):
                 value = dataclasses.asdict(value)
             out[f.name] = value
@@ -221,6 +225,12 @@ def _instance_json(inst: InstanceRecord) -> dict:
     # optional provenance fields are written only when set, as before
     return {k: v for k, v in dataclasses.asdict(inst).items()
             if v is not None or k not in ("proposal_score", "mask_column", "stable_id")}
+
+
+def _cloud_json(cloud: CloudRecord) -> dict:
+    # the thinning fields are written only for a thinned cloud
+    return {k: v for k, v in dataclasses.asdict(cloud).items()
+            if v or k not in ("source_points", "voxel")}
 
 
 def _record(cls, key: str, value: Any, source):

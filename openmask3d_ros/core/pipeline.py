@@ -26,10 +26,11 @@ from .fingerprint import inputs_record, masks_sha256
 from .fidelity import Fidelity
 from .instance_map import MAP_DIRNAME, InstanceMap, has_map
 from .interfaces import Proposals
-from .map_meta import (CacheRecord, FrameUse, InstanceRecord, MapMeta, ModelNames,
+from .map_meta import (CacheRecord, CloudRecord, FrameUse, InstanceRecord, MapMeta, ModelNames,
                        StructureRecord)
 from .models import Models, build_models
 from .proposals.precomputed import binary_masks, load_masks
+from .cloud_cap import CappedCloud, cap_cloud
 from .scene import SceneError, SceneFolder, check_cloud
 from .structure import structure_meta
 
@@ -66,6 +67,18 @@ class BuildInputs:
     colors: np.ndarray | None
     cloud_source: str            # "cloud.ply" (the scene's) or "given"
     frame_step: int              # relative to the original stream
+    cap: CappedCloud | None = None   # how the input cloud was thinned (max_cloud_points)
+
+    def per_input_point(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` given per point of the input cloud (precomputed masks, superpoints), for
+        the points built on."""
+        index = self.cap.source_index if self.cap is not None else None
+        return rows if index is None else rows[index]
+
+    @property
+    def input_points(self) -> int:
+        """The point count of the input cloud (before max_cloud_points)."""
+        return self.cap.source_points if self.cap is not None else len(self.points)
 
     @property
     def num_keyframes(self) -> int:
@@ -129,6 +142,9 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     meta.inputs = inputs_record(inputs.scene, inputs.frame_ids + list(inputs.pose_skipped),
                                 inputs.cloud_source, cfg, masks)
     imap = InstanceMap.from_masks(inputs.points, split.masks, features, meta)
+    if inputs.cap is not None and inputs.cap.source_index is not None:
+        imap.source_index = inputs.cap.source_index
+        meta.cloud = CloudRecord(source_points=inputs.cap.source_points, voxel=inputs.cap.voxel)
     # floor, walls, table tops: tagged once here, left out of object queries (core/structure.py)
     meta.structure = StructureRecord(**structure_meta(inputs.points, imap.point_indices,
                                                       cfg.structure))
@@ -187,9 +203,7 @@ def _proposals_key(inputs: BuildInputs, models: Models, masks, cfg: PipelineConf
         source = models.proposals.name
         if backend is None:
             return None
-        if models.proposals.uses_segments and inputs.cloud_source != "given":
-            from .proposals.mask3d.segments import find_segments
-            segments = find_segments(inputs.scene.root, len(inputs.points))
+        segments = scene_segments(inputs, models)
     p = cfg.proposals
     return digest("proposals", backend, source, np.asarray(inputs.points, np.float32),
                   inputs.colors, segments, cfg.fidelity,
@@ -334,8 +348,9 @@ def read_inputs(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig,
         source = scene.cloud_path.name
     else:
         (points, colors), source = check_cloud(*cloud), "given"
-    return BuildInputs(scene, frame_ids, pose_skipped, points, colors, source,
-                       step * (recorded or 1))
+    capped = cap_cloud(points, colors, cfg.max_cloud_points)
+    return BuildInputs(scene, frame_ids, pose_skipped, capped.points, capped.colors, source,
+                       step * (recorded or 1), capped)
 
 
 def decimation(scene: SceneFolder, cfg: PipelineConfig, frame_step: int | None = None) -> int:
@@ -350,14 +365,20 @@ def propose(inputs: BuildInputs, models: Models, masks: np.ndarray | str | Path 
             ) -> tuple[Proposals, str]:
     """(the class-agnostic proposals, their source: the backend's name or "precomputed")."""
     if masks is not None:
-        return Proposals(_read_masks(masks, len(inputs.points))), "precomputed"
-    segments = None
-    if models.proposals.uses_segments and inputs.cloud_source != "given":
-        # ScanNet superpoints belong to the scene's own cloud
-        from .proposals.mask3d.segments import find_segments
-        segments = find_segments(inputs.scene.root, len(inputs.points))
-    return models.proposals.propose(inputs.points, inputs.colors, segments), \
-        models.proposals.name
+        return Proposals(inputs.per_input_point(_read_masks(masks, inputs.input_points))), \
+            "precomputed"
+    return models.proposals.propose(inputs.points, inputs.colors,
+                                    scene_segments(inputs, models)), models.proposals.name
+
+
+def scene_segments(inputs: BuildInputs, models: Models) -> np.ndarray | None:
+    """The scene's ScanNet superpoint ids per point built on, for a backend that uses them
+    (None otherwise, and for a given cloud: they belong to the scene's own cloud)."""
+    if not models.proposals.uses_segments or inputs.cloud_source == "given":
+        return None
+    from .proposals.mask3d.segments import find_segments
+    segments = find_segments(inputs.scene.root, inputs.input_points)
+    return None if segments is None else inputs.per_input_point(segments)
 
 
 def split_proposals(points: np.ndarray, proposals: Proposals, source: str,
