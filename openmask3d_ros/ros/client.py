@@ -16,6 +16,8 @@ if reply.found:
 else:
     print("no mug here:", reply.message)
 om3d.ask(image=crop_rgb)                  # an image exemplar (RGB uint8 array) instead of text
+built = om3d.build_map(feedback_callback=lambda f: print(f.stage, f.done, f.total))
+print(built.generation, built.changes.moved)   # the BuildMap action: {stable id: displacement}
 ```
 The client spins ``node`` itself while it waits (pass ``spin=False`` when the node is already
 spun by an executor in another thread).
@@ -26,9 +28,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from std_srvs.srv import Trigger
 
+from openmask3d_ros.action import BuildMap
 from openmask3d_ros.msg import PipelineStatus
 from openmask3d_ros.srv import QueryObjects
 
@@ -100,11 +104,64 @@ class QueryReply:
     superlative: str = ""
 
 
+@dataclass
+class MapChangeSummary:
+    """What changed between a map generation and the previous one, by stable instance id
+    (openmask3d_ros/MapChanges); ``compared`` False: nothing to compare with (a first map)."""
+
+    generation: str
+    previous: str
+    compared: bool
+    added: list[int]
+    removed: list[int]
+    moved: dict[int, np.ndarray]            # stable id -> displacement (3,), m
+    unchanged: list[int]
+    index: dict[int, int]                   # stable id -> instance index in this generation
+    removed_centroids: dict[int, np.ndarray]
+
+    @staticmethod
+    def from_msg(msg) -> MapChangeSummary:
+        vec = lambda p: np.array([p.x, p.y, p.z], dtype=np.float64)  # noqa: E731
+        index = {int(i): int(m) for kind in ("added", "moved", "unchanged")
+                 for i, m in zip(getattr(msg, f"{kind}_ids"), getattr(msg, f"{kind}_indices"))}
+        return MapChangeSummary(
+            msg.generation, msg.previous, bool(msg.compared), [int(i) for i in msg.added_ids],
+            [int(i) for i in msg.removed_ids],
+            {int(i): vec(d) for i, d in zip(msg.moved_ids, msg.moved_displacements)},
+            [int(i) for i in msg.unchanged_ids], index,
+            {int(i): vec(c) for i, c in zip(msg.removed_ids, msg.removed_centroids)})
+
+
+@dataclass
+class BuildResult:
+    """The BuildMap action's result: ``cancelled`` when the goal was cancelled (the previous map
+    stays current); ``timings``: seconds per pipeline stage."""
+
+    success: bool
+    cancelled: bool
+    message: str
+    generation: str
+    num_instances: int
+    timings: dict[str, float]
+    total_seconds: float
+    changes: MapChangeSummary
+
+    @staticmethod
+    def from_msg(msg) -> BuildResult:
+        return BuildResult(bool(msg.success), bool(msg.cancelled), msg.message, msg.generation,
+                           int(msg.num_instances),
+                           dict(zip(msg.stage_names, map(float, msg.stage_seconds))),
+                           float(msg.total_seconds), MapChangeSummary.from_msg(msg.changes))
+
+
+BUILD_MODES = {"incremental": BuildMap.Goal.MODE_INCREMENTAL, "full": BuildMap.Goal.MODE_FULL}
+REJECTED_PREFIX = "build_map goal rejected"
 QUERY_RESEND_S = 1.0      # a query is idempotent: resend it when no answer came in this time
 
 
 class OpenMask3DClient:
-    """Calls ``<ns>/query`` and ``<ns>/map_complete`` and follows ``<ns>/status``."""
+    """Calls ``<ns>/query`` and ``<ns>/map_complete``, sends ``<ns>/build_map`` goals and
+    follows ``<ns>/status``."""
 
     def __init__(self, node, namespace: str = f"/{NODE_NAME}", spin: bool = True):
         self.node = node
@@ -112,13 +169,16 @@ class OpenMask3DClient:
         self.spin = spin
         self._query = node.create_client(QueryObjects, f"{self.ns}/query")
         self._trigger = node.create_client(Trigger, f"{self.ns}/map_complete")
+        self._build = ActionClient(node, BuildMap, f"{self.ns}/build_map")
         self.last_status: PipelineStatus | None = None
+        self._statuses = 0       # status messages received (a rejection's reason comes after)
         self.resent = 0          # queries sent again after QUERY_RESEND_S without an answer
         self._status_sub = node.create_subscription(PipelineStatus, f"{self.ns}/status",
                                                     self._on_status, latched_qos())
 
     def _on_status(self, msg: PipelineStatus) -> None:
         self.last_status = msg
+        self._statuses += 1
 
     # -- waiting ---------------------------------------------------------------------------------
     def _wait(self, predicate, timeout: float) -> bool:
@@ -199,6 +259,51 @@ class OpenMask3DClient:
             self.last_status = None
         return bool(resp.success), resp.message
 
+    def build_map(self, mode: str | int = "incremental", feedback_callback=None,
+                  timeout: float = 600.0, cancel=None) -> BuildResult:
+        """Build the map with the ``build_map`` action and wait for its result. ``mode``:
+        "incremental" (reuse what did not change) or "full"; ``feedback_callback(feedback)``
+        gets BuildMap.Feedback (stage, done, total, elapsed, remaining); ``cancel()``, polled
+        while waiting, True cancels the goal (the result then says ``cancelled``). Raises
+        OpenMask3DError when the goal is rejected (with the node's reason, e.g. a build already
+        running) or no result comes within ``timeout`` s (the goal is cancelled)."""
+        if isinstance(mode, str) and mode not in BUILD_MODES:
+            raise ValueError(f"mode must be one of {sorted(BUILD_MODES)}, got {mode!r}")
+        goal = BuildMap.Goal(mode=BUILD_MODES[mode] if isinstance(mode, str) else int(mode))
+        deadline = time.monotonic() + timeout
+        if not self._wait(self._build.server_is_ready, timeout):
+            raise OpenMask3DError(f"action {self.ns}/build_map is not available "
+                                  "(is the OpenMask3D node running and active?)")
+        seen = self._statuses
+        sent = self._build.send_goal_async(goal, feedback_callback=(
+            (lambda m: feedback_callback(m.feedback)) if feedback_callback else None))
+        if not self._wait(sent.done, max(0.0, deadline - time.monotonic())):
+            raise OpenMask3DError(f"{self.ns}/build_map: the goal was not answered in time")
+        handle = sent.result()
+        if not handle.accepted:
+            raise OpenMask3DError(self._rejection(seen))
+        done = handle.get_result_async()
+        stop = (lambda: False) if cancel is None else cancel
+        self._wait(lambda: done.done() or stop() or time.monotonic() >= deadline, timeout)
+        if not done.done():
+            late = time.monotonic() >= deadline
+            handle.cancel_goal_async()
+            self._wait(done.done, 10.0)
+            if late or not done.done():
+                raise OpenMask3DError(f"{self.ns}/build_map: no result within {timeout} s "
+                                      "(the goal was cancelled)")
+        return BuildResult.from_msg(done.result().result)
+
+    def _rejection(self, seen: int, wait: float = 5.0) -> str:
+        """The reason of a rejected goal: the node puts it in the status message."""
+        def arrived() -> bool:
+            s = self.last_status
+            return self._statuses > seen and s is not None and s.message.startswith(
+                REJECTED_PREFIX)
+        if self._wait(arrived, wait):
+            return self.last_status.message
+        return f"{REJECTED_PREFIX} (no reason received; see the node's log)"
+
     def query_raw(self, text: str = "", top_k: int = 0, min_score: float = -1.0,
                   timeout: float = 30.0, *, min_relevance: float = -1.0,
                   include_structure: bool = False, image: np.ndarray | None = None,
@@ -247,4 +352,5 @@ class OpenMask3DClient:
             self._own_executor = None
         self.node.destroy_client(self._query)
         self.node.destroy_client(self._trigger)
+        self._build.destroy()
         self.node.destroy_subscription(self._status_sub)

@@ -4,10 +4,11 @@ query service and status together.
 configure: read the parameters once into ``NodeSettings``, open the scene folder (keyframes
 already in it count), start loading the models in the background (recording never waits for
 them) and then the folder's latest map. activate: subscribe (camera, cloud, poses) and offer
-``~/map_complete`` and ``~/query``. With ``autostart`` (default) the node drives itself to
-active. Runs on a MultiThreadedExecutor (services, timers, the cloud); camera and pose messages
-come on a helper node spun on its own thread (ros/camera_input.py) and only enqueue; a
-recording thread deserialises, decodes and writes keyframes.
+``~/map_complete``, the ``~/build_map`` action (ros/build_action.py) and ``~/query``. With
+``autostart`` (default) the node drives itself to active. Runs on a MultiThreadedExecutor
+(services, timers, the cloud); camera and pose messages come on a helper node spun on its own
+thread (ros/camera_input.py) and only enqueue; a recording thread deserialises, decodes and
+writes keyframes.
 
 When ROS time jumps backwards (use_sim_time: a looped or restarted bag, a simulator reset) the
 poses, the synchroniser's queues and the waiting keyframe candidates are dropped. Run by its own
@@ -33,7 +34,7 @@ from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.task import Future
-from std_msgs.msg import Empty
+from std_msgs.msg import Empty, Header
 from std_srvs.srv import Trigger
 
 from openmask3d_ros.msg import PipelineStatus
@@ -42,8 +43,9 @@ from openmask3d_ros.srv import QueryObjects
 from ..core.instance_map import MAP_DIRNAME
 from ..core.recorder import Drop, KeyframeRecorder
 from . import params as P
+from .build_action import BUILD_ACTION, BuildMapServer
 from .inputs import Inputs, decode_frame
-from .map_builder import MapBuilder
+from .map_builder import BuildJob, MapBuilder
 from .qos import latched_qos
 from .query_service import QuerySettings, answer_query, handle_query
 from .settings import (NodeSettings, check_live_change, check_overrides, declare_parameters,
@@ -81,6 +83,7 @@ class OpenMask3DNode(LifecycleNode):
         self.inputs: Inputs | None = None
         self.scene_dir: Path | None = None
         self._om_services: list = []
+        self._build_action: BuildMapServer | None = None
         self._om_subs: list = []
         self._om_timers: list = []
         self._record_thread: threading.Thread | None = None
@@ -265,6 +268,8 @@ class OpenMask3DNode(LifecycleNode):
             self.create_service(QueryObjects, P.QUERY_SERVICE, self._on_query, callback_group=g)]
         self._om_subs = [self.create_subscription(Empty, P.TRIGGER_TOPIC, self._on_trigger_topic,
                                                   10, callback_group=g)]
+        self._build_action = BuildMapServer(self, self.start_processing, self._build_refused,
+                                            self._map_header)
         self._record_stop.clear()
         self._record_thread = threading.Thread(target=self._record_loop, daemon=True,
                                                name="openmask3d-recorder")
@@ -272,7 +277,8 @@ class OpenMask3DNode(LifecycleNode):
         age = process_age()
         self.get_logger().info(
             f"active: services {self.resolve_service_name(P.TRIGGER_SERVICE)}, "
-            f"{self.resolve_service_name(P.QUERY_SERVICE)}" +
+            f"{self.resolve_service_name(P.QUERY_SERVICE)}, action "
+            f"{self.resolve_topic_name(BUILD_ACTION)}" +
             (f" ({age:.2f} s after the process started)" if age is not None else ""))
         self._publish_status()
         return super().on_activate(state)
@@ -295,6 +301,9 @@ class OpenMask3DNode(LifecycleNode):
         for sub in self._om_subs:
             self.destroy_subscription(sub)
         self._om_services, self._om_subs = [], []
+        if self._build_action is not None:
+            self._build_action.destroy()
+            self._build_action = None
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
@@ -312,6 +321,7 @@ class OpenMask3DNode(LifecycleNode):
 
     def _release(self, join_timeout: float = 10.0) -> None:
         if self.builder is not None:
+            self.builder.cancel()       # a build in progress stops; the current map stays
             self.builder.join(join_timeout)
         for t in self._om_timers:
             self.destroy_timer(t)
@@ -365,8 +375,18 @@ class OpenMask3DNode(LifecycleNode):
             response.success, response.message = False, f"internal error: {exc}"
         return response
 
-    def start_processing(self) -> tuple[bool, str]:
-        """Start building the map from all keyframes and the latest cloud; (accepted, message)."""
+    def _build_refused(self, text: str) -> None:
+        """A build_map goal was rejected: say why in the log and the status message."""
+        self.get_logger().warning(text)
+        self.board.update(message=text)
+        self._publish_status()
+
+    def _map_header(self) -> Header:
+        return Header(stamp=self.get_clock().now().to_msg(), frame_id=self.settings.map_frame)
+
+    def start_processing(self, job: BuildJob | None = None) -> tuple[bool, str]:
+        """Start building the map from all keyframes and the latest cloud; (accepted, message).
+        ``job``: the build's mode, cancel flag and outcome (the build_map action's)."""
         with self._om_lock:
             rec, builder, inputs = self.recorder, self.builder, self.inputs
             if rec is None or builder is None:
@@ -388,7 +408,7 @@ class OpenMask3DNode(LifecycleNode):
             def flush() -> int:
                 rec.process(force=True)
                 return rec.keyframes
-            ok, text = builder.start(flush, cloud)
+            ok, text = builder.start(flush, cloud, job)
         self._publish_status()
         if ok:
             n = f"{len(cloud[0])} cloud points" if cloud is not None else "cloud.ply"

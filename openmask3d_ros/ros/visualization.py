@@ -3,7 +3,11 @@
 ``MapPublishers(node, frame)`` creates the publishers on a node; then
 
 * ``publish_map(map_or_engine)`` when a map becomes ready: ``~/instances_cloud`` (the scene, one
-  colour per instance) and ``~/instance_markers`` (a box and an "id (N pts)" label per instance);
+  colour per instance), ``~/instance_markers`` (a box and an "id (N pts)" label per instance,
+  and what changed since the previous map in the namespaces ``openmask3d/changes`` and
+  ``openmask3d/change_labels``: added instances boxed green, removed ones a red sphere at their
+  old centroid, moved ones an orange arrow from the old centroid to the new) and
+  ``~/map_changes`` (openmask3d_ros/MapChanges: the change summary, ``map_changes_msg``);
 * ``publish_query(text, results, values)`` after each query: ``~/detections``
   (vision_msgs/Detection3DArray, one Detection3D per hit), ``~/heatmap`` (the scene coloured by
   each instance's value for the query, the best hottest), ``~/markers`` (a box and label per hit)
@@ -25,6 +29,8 @@ from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion, Vecto
 from sensor_msgs.msg import PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
+from openmask3d_ros.msg import MapChanges
+
 from ..core import render
 from .conversions import arrays_to_cloud
 from .fastmsg import box_pose, build
@@ -36,6 +42,9 @@ DETECTIONS_TOPIC = "~/detections"               # vision_msgs/Detection3DArray
 HEATMAP_TOPIC = "~/heatmap"                     # sensor_msgs/PointCloud2 (x y z rgb)
 MARKERS_TOPIC = "~/markers"                     # visualization_msgs/MarkerArray
 QUERY_POINTS_TOPIC = "~/query_points"           # sensor_msgs/PointCloud2 (x y z rgb)
+CHANGES_TOPIC = "~/map_changes"                 # openmask3d_ros/MapChanges
+CHANGES_NS, CHANGE_LABELS_NS = "openmask3d/changes", "openmask3d/change_labels"
+CHANGE_COLORS = {"added": (40, 200, 60), "removed": (230, 40, 40), "moved": (255, 150, 0)}
 
 
 def _rgba(rgb, alpha: float = 1.0):
@@ -75,6 +84,7 @@ class MapPublishers:
         self._pubs = {
             INSTANCES_CLOUD_TOPIC: node.create_publisher(PointCloud2, INSTANCES_CLOUD_TOPIC, qos),
             INSTANCE_MARKERS_TOPIC: node.create_publisher(MarkerArray, INSTANCE_MARKERS_TOPIC, qos),
+            CHANGES_TOPIC: node.create_publisher(MapChanges, CHANGES_TOPIC, qos),
             DETECTIONS_TOPIC: answer(Detection3DArray, DETECTIONS_TOPIC, qos),
             HEATMAP_TOPIC: answer(PointCloud2, HEATMAP_TOPIC, qos),
         }
@@ -104,8 +114,9 @@ class MapPublishers:
 
     # -- the map ---------------------------------------------------------------------------------
     def publish_map(self, source, stamp=None) -> None:
-        """Publish ``~/instances_cloud`` and ``~/instance_markers`` of an InstanceMap (or of an
-        object holding one as ``.map``, e.g. a QueryEngine); kept for ``publish_query``."""
+        """Publish ``~/instances_cloud``, ``~/instance_markers`` and ``~/map_changes`` of an
+        InstanceMap (or of an object holding one as ``.map``, e.g. a QueryEngine); kept for
+        ``publish_query``."""
         imap = getattr(source, "map", source)
         header = self._header(stamp)
         points = np.asarray(imap.points, np.float32)
@@ -126,7 +137,9 @@ class MapPublishers:
                 label = _text(header, "openmask3d/instance_labels", m, lo[m], hi[m],
                               f"{m} ({n} pts)", _rgba(palette[m]))
                 markers.markers += [box, label]
+        markers.markers += _change_markers(header, imap)
         self._pubs[INSTANCE_MARKERS_TOPIC].publish(markers)
+        self._pubs[CHANGES_TOPIC].publish(map_changes_msg(imap, header))
 
     # -- a query ---------------------------------------------------------------------------------
     def publish_query(self, text: str, results, values=None, stamp=None) -> None:
@@ -323,3 +336,58 @@ def _hit_points(header, results) -> PointCloud2:
     cols = np.repeat(palette, [len(p) for p in pts], axis=0)
     return arrays_to_cloud(np.concatenate(pts), cols, frame_id=header.frame_id,
                            stamp=header.stamp)
+
+
+# -- what changed since the previous map -----------------------------------------------------------
+def map_changes_msg(imap, header=None) -> MapChanges:
+    """The change summary of ``imap``'s generation (``meta.changes``, core/changes.py);
+    ``compared`` is False when there is none (a first map, change tracking off)."""
+    from std_msgs.msg import Header
+    ch = imap.meta.changes
+    msg = MapChanges(header=header if header is not None else Header(),
+                     generation=imap.meta.generation or "")
+    if ch is None:
+        return msg
+    msg.previous, msg.compared = ch.previous, True
+    for kind in ("added", "moved", "unchanged"):
+        entries = getattr(ch, kind)
+        setattr(msg, f"{kind}_ids", [int(e["id"]) for e in entries])
+        setattr(msg, f"{kind}_indices", [int(e["index"]) for e in entries])
+    msg.removed_ids = [int(e["id"]) for e in ch.removed]
+    msg.removed_centroids = [Point(**dict(zip("xyz", map(float, e["centroid"]))))
+                             for e in ch.removed]
+    msg.moved_displacements = [Vector3(**dict(zip("xyz", map(float, e["displacement"]))))
+                               for e in ch.moved]
+    return msg
+
+
+def _change_markers(header, imap) -> list[Marker]:
+    """Added instances boxed, removed ones a sphere at their old centroid, moved ones an arrow
+    from the old centroid to the new, each with a label (namespaces CHANGES_NS and
+    CHANGE_LABELS_NS)."""
+    ch = imap.meta.changes
+    if ch is None:
+        return []
+    color = {k: _rgba(c) for k, c in CHANGE_COLORS.items()}
+    shapes, labels = [], []
+    lo, hi = imap.boxes() if imap.num_instances else (None, None)
+    for e in ch.added:
+        m = int(e["index"])
+        shapes.append(_box_lines(header, CHANGES_NS, len(shapes), lo[m], hi[m], color["added"]))
+        labels.append((e["centroid"], f"added {e['id']}", color["added"]))
+    for e in ch.removed:
+        shapes.append(build(Marker, header=header, ns=CHANGES_NS, id=len(shapes),
+                            type=Marker.SPHERE, action=Marker.ADD, color=color["removed"],
+                            pose=_pose(*e["centroid"]), scale=_vector(0.1, 0.1, 0.1)))
+        labels.append((e["centroid"], f"removed {e['id']}", color["removed"]))
+    for e in ch.moved:
+        new = np.asarray(e["centroid"], float)
+        old = new - np.asarray(e["displacement"], float)
+        shapes.append(build(Marker, header=header, ns=CHANGES_NS, id=len(shapes),
+                            type=Marker.ARROW, action=Marker.ADD, color=color["moved"],
+                            pose=_pose(0, 0, 0), scale=_vector(0.02, 0.04, 0.06),
+                            points=[_point(*old), _point(*new)]))
+        labels.append((e["centroid"], f"moved {e['id']} ({np.linalg.norm(new - old):.2f} m)",
+                       color["moved"]))
+    return shapes + [_text(header, CHANGE_LABELS_NS, k, c, c, text, col)
+                     for k, (c, text, col) in enumerate(labels)]
