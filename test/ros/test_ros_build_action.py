@@ -6,7 +6,10 @@ answering; a second goal while a build runs is rejected with its reason.
 A running build is held deterministically (no timing race) with the node's test-only hook
 OPENMASK3D_BUILD_TEST_HOLD=STAGE:FILE (ros/map_builder.py): the build waits at STAGE until FILE
 exists or the build is cancelled."""
+import contextlib
+import io
 import json
+import re
 import shutil
 import time
 
@@ -24,7 +27,7 @@ from openmask3d_ros.ros.map_builder import TEST_HOLD_ENV
 from openmask3d_ros.ros.qos import latched_qos
 
 import nodeproc  # test/ros/nodeproc.py
-from nodeproc import ClientNode, node_env, params, stop_node
+from nodeproc import ROOT, ClientNode, node_env, params, stop_node
 
 NS = "/openmask3d"
 LIFT = np.array([0.0, 0.0, 0.5])
@@ -87,6 +90,16 @@ def lift_and_remove(scene):
     return points[~keep].mean(axis=0)
 
 
+def run_documented_example(om3d) -> str:
+    """docs/ros.md's build_map example, as written, with its ``om3d``; what it printed."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs/ros.md").read_text(), re.S)
+    code = next(b for b in blocks if "om3d.build_map(" in b)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(code, {"om3d": om3d})
+    return out.getvalue()
+
+
 def test_feedback_result_changes_topic_and_markers(tmp_path, scene, client):
     node, om3d = client
     changes = latest(node, MapChanges, f"{NS}/map_changes")
@@ -135,6 +148,10 @@ def test_feedback_result_changes_topic_and_markers(tmp_path, scene, client):
         a, b = arrows[0].points
         np.testing.assert_allclose([b.x - a.x, b.y - a.y, b.z - a.z], LIFT, atol=0.01)
         assert om3d.ask("a red thing").best_id >= 0      # the new map answers
+        printed = run_documented_example(om3d)
+        assert re.search(rf"^gen-\d+: {second.num_instances} instances in ", printed, re.M), printed
+        assert "added: [] removed: []" in printed, printed
+        assert re.search(r"^\w[\w ]* \d+/\d+ \d+\.\d s \(~-?\d+ s left\)$", printed, re.M), printed
     finally:
         assert stop_node(proc) == 0
     log = (tmp_path / "node.log").read_text()
@@ -193,3 +210,32 @@ def test_cancel_keeps_the_previous_map_and_a_second_goal_is_rejected(tmp_path, s
     finally:
         assert stop_node(proc) == 0
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_first_map_has_nothing_to_compare_and_time_left_estimate(monkeypatch):
+    """In process: a map without a change record gives compared=False and no change markers;
+    the time left is the current stage's rest at its rate, or the previous build's duration
+    minus the time spent, whichever is larger, and -1 when neither is known."""
+    from openmask3d_ros.core.instance_map import InstanceMap
+    from openmask3d_ros.core.map_meta import MapMeta
+    from openmask3d_ros.ros import map_builder
+    from openmask3d_ros.ros.map_builder import BuildJob
+    from openmask3d_ros.ros.visualization import _change_markers, map_changes_msg
+    imap = InstanceMap(np.zeros((4, 3), np.float32), [np.arange(4)], np.ones((1, 2), np.float32),
+                       MapMeta())
+    msg = map_changes_msg(imap)
+    assert not msg.compared and not msg.previous and not list(msg.unchanged_ids)
+    assert _change_markers(None, imap) == []
+
+    clock = [100.0]
+    monkeypatch.setattr(map_builder.time, "perf_counter", lambda: clock[0])
+    job = BuildJob("full")
+    assert job.report("proposals", 0, 1).remaining == -1.0
+    clock[0] = 102.0
+    job.report("features", 0, 10)
+    clock[0] = 104.0
+    assert job.report("features", 2, 10).remaining == pytest.approx(8.0)   # 2 s per 2 frames
+    job.expected = 20.0
+    assert job.snapshot().remaining == pytest.approx(16.0)    # 20 s last time, 4 s spent
+    with pytest.raises(ValueError, match="incremental or full"):
+        BuildJob("fast")

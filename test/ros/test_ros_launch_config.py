@@ -338,10 +338,11 @@ def test_package_xml_and_setup():
     for dep in ("rclpy", "sensor_msgs", "geometry_msgs", "std_msgs", "std_srvs",
                 "visualization_msgs", "nav_msgs", "lifecycle_msgs", "tf2_ros", "tf2_msgs",
                 "message_filters", "rosidl_default_generators", "rosidl_default_runtime",
-                "python3-numpy"):
+                "python3-numpy", "action_msgs", "builtin_interfaces"):
         assert dep in deps, dep
     cmake = (ROOT / "CMakeLists.txt").read_text()
-    for f in ("msg/ObjectInstance.msg", "msg/PipelineStatus.msg", "srv/QueryObjects.srv"):
+    for f in ("msg/ObjectInstance.msg", "msg/PipelineStatus.msg", "msg/MapChanges.msg",
+              "srv/QueryObjects.srv", "action/BuildMap.action"):
         assert f'"{f}"' in cmake and (ROOT / f).is_file()
     # the interface generator already installs the Python package (ros2/rosidl_python#141)
     assert not re.search(r"^\s*ament_python_install_package\(", cmake, re.M)
@@ -357,6 +358,10 @@ def test_interfaces_import():
     assert (req.query, req.top_k, req.min_score) == ("", 0, -1.0)
     assert PipelineStatus.STATE_READY == "ready"
     assert ObjectInstance().points.height == 0
+    from openmask3d_ros.action import BuildMap
+    from openmask3d_ros.msg import MapChanges
+    assert (BuildMap.Goal.MODE_INCREMENTAL, BuildMap.Goal.MODE_FULL) == (0, 1)
+    assert BuildMap.Result().changes == MapChanges()
 
 
 def test_installed_share_path_is_used_outside_a_source_checkout(monkeypatch, tmp_path):
