@@ -47,11 +47,9 @@ class BuildMapServer:
             cancel_callback=self._on_cancel, callback_group=ReentrantCallbackGroup())
 
     def destroy(self) -> None:
-        """Stop serving; a goal still waiting ends aborted (its build is cancelled)."""
+        """Stop serving (a deactivated node); a goal still waiting ends aborted, its build runs
+        on as one started by the service would."""
         self._closed.set()
-        with self._lock:
-            for job in self._jobs.values():
-                job.cancel()
         self._server.destroy()
 
     # -- goal, accept, cancel ----------------------------------------------------------------------
@@ -98,6 +96,8 @@ class BuildMapServer:
             outcome = job.outcome or BuildOutcome(False, False, "the node stopped serving "
                                                   "build_map", 0.0)
             result = self._result(outcome)
+            if self._closed.is_set():           # a destroyed server takes no transition
+                return result
             if outcome.cancelled and goal_handle.is_cancel_requested:
                 goal_handle.canceled()
             elif outcome.success:
