@@ -21,9 +21,9 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from openmask3d_ros.action import BuildMap
 
 from .map_builder import BuildJob, BuildOutcome, Progress
+from .params import BUILD_ACTION
 from .visualization import map_changes_msg
 
-BUILD_ACTION = "~/build_map"
 MODES = {BuildMap.Goal.MODE_INCREMENTAL: "incremental", BuildMap.Goal.MODE_FULL: "full"}
 POLL_S = 0.05
 HEARTBEAT_S = 1.0

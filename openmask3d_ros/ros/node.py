@@ -43,7 +43,7 @@ from openmask3d_ros.srv import QueryObjects
 from ..core.instance_map import MAP_DIRNAME
 from ..core.recorder import Drop, KeyframeRecorder
 from . import params as P
-from .build_action import BUILD_ACTION, BuildMapServer
+from .build_action import BuildMapServer
 from .inputs import Inputs, decode_frame
 from .map_builder import BuildJob, MapBuilder
 from .qos import latched_qos
@@ -278,7 +278,7 @@ class OpenMask3DNode(LifecycleNode):
         self.get_logger().info(
             f"active: services {self.resolve_service_name(P.TRIGGER_SERVICE)}, "
             f"{self.resolve_service_name(P.QUERY_SERVICE)}, action "
-            f"{self.resolve_topic_name(BUILD_ACTION)}" +
+            f"{self.resolve_topic_name(P.BUILD_ACTION)}" +
             (f" ({age:.2f} s after the process started)" if age is not None else ""))
         self._publish_status()
         return super().on_activate(state)

@@ -151,6 +151,7 @@ LIVE_PARAMETERS = frozenset(name for name, p in NODE_PARAMETERS.items() if p.liv
 TRIGGER_TOPIC = "~/map_complete"        # std_msgs/Empty, same purpose as the service
 TRIGGER_SERVICE = "~/map_complete"      # std_srvs/Trigger
 QUERY_SERVICE = "~/query"               # openmask3d_ros/srv/QueryObjects
+BUILD_ACTION = "~/build_map"            # openmask3d_ros/action/BuildMap (ros/build_action.py)
 STATUS_TOPIC = "~/status"               # openmask3d_ros/msg/PipelineStatus
 MARKERS_TOPIC = "~/markers"             # visualization_msgs/MarkerArray
 QUERY_POINTS_TOPIC = "~/query_points"   # sensor_msgs/PointCloud2
