@@ -400,6 +400,43 @@ def run_batch(scenes: Sequence[Path], cfg: PipelineConfig, *, ray_address: str |
         raise BatchError(f"--retries must be >= 0, got {retries}")
     if cpus_per_scene < 0 or (gpus_per_scene or 0) < 0:
         raise BatchError("resources per scene must be >= 0")
+    queue = _scenes_to_build(scenes, labels, results, cfg, resume, emit)
+    if not queue:
+        report.wall_s = time.perf_counter() - t_start
+        return report
+
+    import ray
+    started_here = not ray.is_initialized()
+    pool: list[_Worker] = []
+    try:
+        resources = _connect(ray, report, started_here, ray_address, verbose)
+        if gpus_per_scene is None:
+            gpus_per_scene = 1.0 if resources.get("GPU", 0) > 0 and cfg.device != "cpu" else 0.0
+        n = plan_workers(resources, len(queue), cpus_per_scene, gpus_per_scene,
+                         memory_per_scene, workers)
+        threads = None if cfg.threads > 0 else max(1, int(cpus_per_scene))
+        report.ray["per_scene"] = {"CPU": cpus_per_scene, "GPU": gpus_per_scene,
+                                   "memory": memory_per_scene, "threads": threads or cfg.threads}
+        report.ray["workers"] = n
+        board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+        pool = _start_workers(ray, n, cfg, threads, cpus_per_scene, gpus_per_scene,
+                              memory_per_scene, verbose)
+        _drive(ray, pool, queue, results, report, board, retries, emit)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        for r in results:
+            if r.status == "not run" and not r.reason:
+                r.reason = "interrupted"
+    finally:
+        _stop_workers(ray, pool, started_here)
+        report.wall_s = time.perf_counter() - t_start
+    return report
+
+
+def _scenes_to_build(scenes: Sequence[Path], labels: list[str], results: list[SceneResult],
+                     cfg: PipelineConfig, resume: bool, emit: Event) -> deque[_Task]:
+    """The scenes to map, in order; with ``resume``, those whose map is current are marked
+    skipped in ``results`` instead."""
     queue: deque[_Task] = deque()
     for i, (label, path) in enumerate(zip(labels, scenes)):
         if resume:
@@ -411,54 +448,45 @@ def run_batch(scenes: Sequence[Path], cfg: PipelineConfig, *, ray_address: str |
                 continue
             log.debug("%s: rebuilding (%s)", label, why)
         queue.append(_Task(i, Path(path), label))
-    if not queue:
-        report.wall_s = time.perf_counter() - t_start
-        return report
+    return queue
 
-    import ray
-    started_here = not ray.is_initialized()
-    pool: list[_Worker] = []
-    try:
-        if started_here:
-            report.ray.update(start_ray(ray_address, verbose))
-        else:
-            report.ray["address"] = "already connected"
-            report.ray["resources"] = dict(ray.cluster_resources())
-        resources = report.ray["resources"]
-        if gpus_per_scene is None:
-            gpus_per_scene = 1.0 if resources.get("GPU", 0) > 0 and cfg.device != "cpu" else 0.0
-        n = plan_workers(resources, len(queue), cpus_per_scene, gpus_per_scene,
-                         memory_per_scene, workers)
-        threads = None if cfg.threads > 0 else max(1, int(cpus_per_scene))
-        report.ray["per_scene"] = {"CPU": cpus_per_scene, "GPU": gpus_per_scene,
-                                   "memory": memory_per_scene, "threads": threads or cfg.threads}
-        report.ray["workers"] = n
-        board = ray.remote(num_cpus=0)(ProgressBoard).remote()
-        options: dict[str, Any] = dict(num_cpus=cpus_per_scene, num_gpus=gpus_per_scene,
-                                       max_restarts=-1, max_task_retries=0)
-        if memory_per_scene:
-            options["memory"] = memory_per_scene
-        actor_cls = ray.remote(SceneWorker).options(**options)
-        level = logging.INFO if verbose else logging.WARNING
-        pool = [_Worker(i, actor_cls.remote(cfg, threads, gpus_per_scene > 0, level,
-                                            os.environ.get(TEST_PAUSE_ENV) or None))
-                for i in range(n)]
-        _drive(ray, pool, queue, results, report, board, retries, emit)
-    except KeyboardInterrupt:
-        report.interrupted = True
-        for r in results:
-            if r.status == "not run" and not r.reason:
-                r.reason = "interrupted"
-    finally:
-        for w in pool:
-            try:
-                ray.kill(w.actor, no_restart=True)
-            except Exception:     # already dead; nothing to release
-                pass
-        if started_here and ray.is_initialized():
-            ray.shutdown()
-        report.wall_s = time.perf_counter() - t_start
-    return report
+
+def _connect(ray, report: BatchReport, started_here: bool, address: str | None,
+             verbose: bool) -> dict[str, float]:
+    """Start or join Ray (unless this process is already connected); the cluster's resources,
+    also recorded in ``report.ray``."""
+    if started_here:
+        report.ray.update(start_ray(address, verbose))
+    else:
+        report.ray["address"] = "already connected"
+        report.ray["resources"] = dict(ray.cluster_resources())
+    return report.ray["resources"]
+
+
+def _start_workers(ray, n: int, cfg: PipelineConfig, threads: int | None, cpus: float,
+                   gpus: float, memory: int | None, verbose: bool) -> list[_Worker]:
+    """``n`` SceneWorker actors, each reserving the per-scene resources (restarted by Ray when
+    their process dies; each loads the models once)."""
+    options: dict[str, Any] = dict(num_cpus=cpus, num_gpus=gpus, max_restarts=-1,
+                                   max_task_retries=0)
+    if memory:
+        options["memory"] = memory
+    actor_cls = ray.remote(SceneWorker).options(**options)
+    level = logging.INFO if verbose else logging.WARNING
+    return [_Worker(i, actor_cls.remote(cfg, threads, gpus > 0, level,
+                                        os.environ.get(TEST_PAUSE_ENV) or None))
+            for i in range(n)]
+
+
+def _stop_workers(ray, pool: list[_Worker], started_here: bool) -> None:
+    """Kill the workers (for good) and shut down the Ray this batch started."""
+    for w in pool:
+        try:
+            ray.kill(w.actor, no_restart=True)
+        except Exception:     # already dead; nothing to release
+            pass
+    if started_here and ray.is_initialized():
+        ray.shutdown()
 
 
 def _drive(ray, pool: list[_Worker], queue: deque[_Task], results: list[SceneResult],

@@ -74,21 +74,10 @@ class MapChanges:
     def of(self, kind: str) -> list[InstanceChange]:
         return [e for e in self.entries if e.kind == kind]
 
-    @property
-    def added(self) -> list[InstanceChange]:
-        return self.of("added")
-
-    @property
-    def removed(self) -> list[InstanceChange]:
-        return self.of("removed")
-
-    @property
-    def moved(self) -> list[InstanceChange]:
-        return self.of("moved")
-
-    @property
-    def unchanged(self) -> list[InstanceChange]:
-        return self.of("unchanged")
+    added = property(lambda self: self.of("added"), doc="new instances, with fresh ids")
+    removed = property(lambda self: self.of("removed"), doc="previous instances not matched")
+    moved = property(lambda self: self.of("moved"), doc="matched, displaced >= min_move")
+    unchanged = property(lambda self: self.of("unchanged"), doc="matched, displaced less")
 
     def to_record(self) -> ChangesRecord:
         return ChangesRecord(previous=self.previous, settings=dict(self.settings),
@@ -120,27 +109,55 @@ def compare_maps(previous, current, cfg: ChangesConfig | None = None,
     prev = _Instances(previous, vs)
     new = _Instances(current, vs)
     sim = _similarity(previous.features, current.features)
-    sim_ok = np.isnan(sim) | (sim >= cfg.min_similarity)
-    pairs: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
+    pairs = _pairs_in_place(prev, new, sim, cfg)
+    match = _assign(pairs, sim, prev.count, new.count, cfg.min_similarity)
+    far = _pairs_moved(prev, new, sim, match, cfg)
+    match.update(_assign(far, sim, prev.count, new.count, cfg.min_similarity))
+    pairs.update(far)
+    entries, ids, next_id = _entries(previous, prev, new, match, pairs, sim, cfg)
+    settings = {k: getattr(cfg, k) for k in ("voxel_size", "min_overlap", "min_similarity",
+                                             "min_move", "size_tolerance")}
+    return MapChanges(previous_name, entries, ids, int(next_id), settings)
 
-    # 1. in place: pairs that share voxels (a fraction worth aligning: not neighbours touching)
+
+Pairs = dict[tuple[int, int], tuple[float, np.ndarray]]    # (prev i, new j) -> (fit, shift)
+
+
+def _feature_ok(sim: np.ndarray, cfg: ChangesConfig) -> np.ndarray:
+    """(M_prev, M_new) whether a pair's features allow a match (always, lacking one)."""
+    return np.isnan(sim) | (sim >= cfg.min_similarity)
+
+
+def _pairs_in_place(prev: _Instances, new: _Instances, sim: np.ndarray,
+                    cfg: ChangesConfig) -> Pairs:
+    """1. in place: pairs that share voxels (a fraction worth aligning: not neighbours
+    touching) and overlap after a small alignment."""
+    vs = float(cfg.voxel_size)
+    sim_ok = _feature_ok(sim, cfg)
     shared = _shared_voxels(prev, new)
     n_p = np.array([len(v) for v in prev.voxels])
     n_n = np.array([len(v) for v in new.voxels])
     frac = shared / np.maximum(np.minimum(n_p[:, None], n_n[None, :]), 1)
-    cand = [(i, j) for i, j in zip(*np.nonzero(frac >= 0.5 * cfg.min_overlap))
-            if sim_ok[i, j]]
-    for i, j in cand:
+    pairs: Pairs = {}
+    for i, j in zip(*np.nonzero(frac >= 0.5 * cfg.min_overlap)):
+        if not sim_ok[i, j]:
+            continue
         fit, t = _align(prev, i, new, j, np.zeros(3), vs, 4 * vs)
         if fit >= cfg.min_overlap:
             pairs[(i, j)] = (fit, t)
-    match = _assign(pairs, sim, prev.count, new.count, cfg.min_similarity)
+    return pairs
 
-    # 2. moved: left-overs of similar size and feature, anywhere
+
+def _pairs_moved(prev: _Instances, new: _Instances, sim: np.ndarray, match: dict[int, int],
+                 cfg: ChangesConfig) -> Pairs:
+    """2. moved: instances left unmatched in place, of similar size and feature, anywhere,
+    that overlap once aligned from one centroid to the other."""
+    vs = float(cfg.voxel_size)
+    sim_ok = _feature_ok(sim, cfg)
     left_p = [i for i in range(prev.count) if i not in match]
     taken = set(match.values())
     left_n = [j for j in range(new.count) if j not in taken]
-    far: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
+    far: Pairs = {}
     for i in left_p:
         for j in left_n:
             if not sim_ok[i, j] or not _similar_size(prev.extent[i], new.extent[j], vs,
@@ -150,10 +167,14 @@ def compare_maps(previous, current, cfg: ChangesConfig | None = None,
                             max(4 * vs, float(np.max(prev.extent[i])) / 2))
             if fit >= cfg.min_overlap:
                 far[(i, j)] = (fit, t)
-    match.update(_assign(far, sim, prev.count, new.count, cfg.min_similarity))
-    pairs.update(far)
+    return far
 
-    # ids and entries
+
+def _entries(previous, prev: _Instances, new: _Instances, match: dict[int, int], pairs: Pairs,
+             sim: np.ndarray, cfg: ChangesConfig
+             ) -> tuple[list[InstanceChange], np.ndarray, int]:
+    """(the entries: matched as unchanged or moved, then added, then removed; the new map's
+    stable ids; the next free stable id)."""
     old_ids = stable_ids(previous)
     ids = np.full(new.count, -1, dtype=np.int64)
     entries: list[InstanceChange] = []
@@ -173,14 +194,11 @@ def compare_maps(previous, current, cfg: ChangesConfig | None = None,
         entries.append(InstanceChange("added", int(next_id), int(j), None,
                                       _r(new.centroid[j])))
         next_id += 1
-    matched_prev = set(match)
     for i in range(prev.count):
-        if i not in matched_prev:
+        if i not in match:
             entries.append(InstanceChange("removed", int(old_ids[i]), None, int(i),
                                           _r(prev.centroid[i])))
-    settings = {k: getattr(cfg, k) for k in ("voxel_size", "min_overlap", "min_similarity",
-                                             "min_move", "size_tolerance")}
-    return MapChanges(previous_name, entries, ids, int(next_id), settings)
+    return entries, ids, next_id
 
 
 class _Instances:

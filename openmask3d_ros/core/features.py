@@ -103,6 +103,13 @@ class _CropBatcher:
                 done(np.stack(rows))
         self._crops, self._owners, self._tags = [], [], []
 
+    def features(self) -> np.ndarray:
+        """(owners, D) float32: each owner's mean embedding, L2-normalised (zero for an owner
+        without crops). Call after ``flush``."""
+        features = l2_normalize(self.sums / np.maximum(self.counts, 1)[:, None])
+        features[self.counts == 0] = 0.0
+        return features.astype(np.float32)
+
 
 def check_cancel(cancel: Callable[[], bool] | None) -> None:
     """``BuildCancelled`` when ``cancel()`` says so."""
@@ -183,14 +190,8 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
     by_frame = _masks_by_frame(views)
 
     K_color = scene.color_intrinsics()
-    plan = None
-    if official:   # prompts drawn up front, in the official mask-major order (core/prompt_plan)
-        plan = plan_official_prompts(
-            points, masks, views,
-            lambda j: np.unpackbits(seen_packed[j], count=len(points)).astype(bool),
-            lambda j: scene.pose(frame_ids[j]), projection_intrinsics(scene, Fidelity.OFFICIAL),
-            K_color,
-            cfg.segmenter.k_rounds, cfg.segmenter.k_sample, cfg.seed)
+    plan = (_official_prompt_plan(points, masks, views, seen_packed, scene, frame_ids,
+                                  K_color, cfg) if official else None)
     batcher = _CropBatcher(encoder, M, cfg.encoder.batch_size)
     for done, j in enumerate(sorted(by_frame)):
         check_cancel(cancel)
@@ -206,22 +207,38 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
         # all masks of this frame are prompted together: a segmenter with predict_many shares
         # decoder calls between them (on a GPU, one call for every round of every mask)
         jobs = _prompt_jobs(by_frame[j], j, plan, points, masks, seen, pose, K_color, cfg)
-        fhash = None
-        if cache is None:
-            segmenter.set_image(image)
-            results = refine_many(segmenter, [p for _, p, _ in jobs], [b for _, _, b in jobs],
-                                  cfg.segmenter.min_score)
-        else:
-            fhash = image_hash(image)
-            results = cache.refine(segmenter, image, fid, fhash, jobs)
+        fhash = None if cache is None else image_hash(image)
+        results = _refine_frame(segmenter, image, fid, fhash, jobs, cfg, cache)
         _add_crops(batcher, image, jobs, results, K_color, cfg, report, cache, fhash)
         if progress:
             progress("features", done + 1, len(by_frame))
     batcher.flush()
     report.crops_encoded = batcher.encoded + batcher.reused    # as a build from scratch
-    features = l2_normalize(batcher.sums / np.maximum(batcher.counts, 1)[:, None])
-    features[batcher.counts == 0] = 0.0
-    return features.astype(np.float32), report
+    return batcher.features(), report
+
+
+def _official_prompt_plan(points: np.ndarray, masks: np.ndarray, views: np.ndarray,
+                          seen_packed: dict[int, np.ndarray], scene: SceneFolder,
+                          frame_ids: list[str], K_color: np.ndarray, cfg: PipelineConfig):
+    """Official fidelity: every mask's prompts drawn up front, in the official mask-major order
+    from one random stream (core/prompt_plan.py)."""
+    return plan_official_prompts(
+        points, masks, views,
+        lambda j: np.unpackbits(seen_packed[j], count=len(points)).astype(bool),
+        lambda j: scene.pose(frame_ids[j]), projection_intrinsics(scene, Fidelity.OFFICIAL),
+        K_color,
+        cfg.segmenter.k_rounds, cfg.segmenter.k_sample, cfg.seed)
+
+
+def _refine_frame(segmenter: Segmenter, image: np.ndarray, fid: str, fhash: str | None,
+                  jobs: list, cfg: PipelineConfig, cache: FeatureCache | None) -> list:
+    """The segmenter's refinement of every prompt job of one frame (through the build cache
+    when there is one: ``fhash`` is then the frame's content hash)."""
+    if cache is None:
+        segmenter.set_image(image)
+        return refine_many(segmenter, [p for _, p, _ in jobs], [b for _, _, b in jobs],
+                           cfg.segmenter.min_score)
+    return cache.refine(segmenter, image, fid, fhash, jobs)
 
 
 def _choose_views(counts: np.ndarray, cfg: PipelineConfig, official: bool,

@@ -118,6 +118,49 @@ def _guess_type(state: dict) -> str | None:
     return next((t for t, (_, w) in SAM_CHECKPOINTS.items() if w == width), None)
 
 
+def _checkpoint_file(model_type: str, checkpoint: str) -> Path:
+    """The configured SAM checkpoint file (in a configured folder: the file of that model
+    type's usual name); FileNotFoundError saying where to get it when there is none."""
+    hint = (f"expected a SAM {model_type} checkpoint; obtain {where_to_get(model_type)} "
+            f"and set segmenter.sam_checkpoint to the file")
+    path = configured_path(checkpoint, "SAM", "segmenter.sam_checkpoint", hint)
+    if path.is_dir():
+        wanted = (SAM_CHECKPOINTS.get(model_type) or MOBILE_SAM[model_type])[0]
+        if (path / wanted).is_file():
+            path = path / wanted
+    if not path.is_file():
+        raise FileNotFoundError(f"SAM checkpoint not found: {path}: {hint}")
+    return path
+
+
+def _load_model(builder, path: Path, model_type: str, on_gpu: bool):
+    """The SAM model of ``model_type`` with the checkpoint's weights, in eval mode, on the CPU
+    (with the memory-saving forwards of sam_attention.py when core/low_memory.py is enabled).
+    ValueError when the checkpoint holds another model type's weights."""
+    state = _load_state_dict(path, model_type)
+    guessed = _guess_type(state)
+    if model_type in SAM_CHECKPOINTS and guessed is not None and guessed != model_type:
+        raise ValueError(f"SAM checkpoint {path} holds {guessed} weights, but model type "
+                         f"{model_type} was configured (segmenter.sam_model); use "
+                         f"{where_to_get(model_type)} or set sam_model: {guessed}")
+    model = builder(checkpoint=None)
+    try:
+        # the mapped file's tensors become the weights: no second copy (core/low_memory.py)
+        low_memory.load_weights(model, state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).strip().splitlines()[:6]]
+        raise ValueError(f"SAM checkpoint {path} does not match model type {model_type} "
+                         f"(wrong architecture?): {'; '.join(lines)}") from exc
+    del state
+    low_memory.release_freed()              # the built model's initial weights
+    model = model.eval()
+    if low_memory.ENABLED:   # no full attention matrices in global blocks (sam_attention.py)
+        chunk_global_attention(model.image_encoder, CUDA_CHUNK_BYTES if on_gpu else CHUNK_BYTES)
+        if not on_gpu:       # MLP in token chunks, freed memory returned between blocks
+            chunk_block_mlp(model.image_encoder, release=low_memory.release_freed)
+    return model
+
+
 class SamSegmenter:
     """SAM (vit_h / vit_l / vit_b, or MobileSAM vit_t if installed) answering point prompts.
 
@@ -133,39 +176,9 @@ class SamSegmenter:
         device = resolve_device(device)
         on_gpu = str(device).startswith("cuda")
         _check_options(prompt_batch, early_stop_iou, precision, quantize, on_gpu)
-        hint = (f"expected a SAM {model_type} checkpoint; obtain {where_to_get(model_type)} "
-                f"and set segmenter.sam_checkpoint to the file")
-        path = configured_path(checkpoint, "SAM", "segmenter.sam_checkpoint", hint)
-        if path.is_dir():
-            wanted = (SAM_CHECKPOINTS.get(model_type) or MOBILE_SAM[model_type])[0]
-            if (path / wanted).is_file():
-                path = path / wanted
-        if not path.is_file():
-            raise FileNotFoundError(f"SAM checkpoint not found: {path}: {hint}")
-
+        path = _checkpoint_file(model_type, checkpoint)
         t0 = time.perf_counter()
-        state = _load_state_dict(path, model_type)
-        guessed = _guess_type(state)
-        if model_type in SAM_CHECKPOINTS and guessed is not None and guessed != model_type:
-            raise ValueError(f"SAM checkpoint {path} holds {guessed} weights, but model type "
-                             f"{model_type} was configured (segmenter.sam_model); use "
-                             f"{where_to_get(model_type)} or set sam_model: {guessed}")
-        model = builder(checkpoint=None)
-        try:
-            # the mapped file's tensors become the weights: no second copy (core/low_memory.py)
-            low_memory.load_weights(model, state, strict=True)
-        except RuntimeError as exc:
-            lines = [ln.strip() for ln in str(exc).strip().splitlines()[:6]]
-            raise ValueError(f"SAM checkpoint {path} does not match model type {model_type} "
-                             f"(wrong architecture?): {'; '.join(lines)}") from exc
-        del state
-        low_memory.release_freed()              # the built model's initial weights
-        model = model.eval()
-        if low_memory.ENABLED:   # no full attention matrices in global blocks (sam_attention.py)
-            chunk_global_attention(model.image_encoder,
-                                   CUDA_CHUNK_BYTES if on_gpu else CHUNK_BYTES)
-            if not on_gpu:       # MLP in token chunks, freed memory returned between blocks
-                chunk_block_mlp(model.image_encoder, release=low_memory.release_freed)
+        model = _load_model(builder, path, model_type, on_gpu)
         if quantize:
             model.mask_decoder = quantize_int8(model.mask_decoder, "segmenter")
         self.model = model.to(device)

@@ -43,15 +43,27 @@ def chunk_global_attention(image_encoder, max_bytes: int = CHUNK_BYTES) -> int:
     Only modules of segment-anything's own ``Attention`` class are changed (MobileSAM's TinyViT
     encoder has none). Returns how many modules were changed; calling it twice changes nothing
     more."""
+    return _replace_forward(image_encoder, "Attention", chunked_forward,
+                            chunk_bytes=int(max_bytes))
+
+
+def _replace_forward(image_encoder, class_name: str, forward, **settings) -> int:
+    """Give each module of segment-anything's ``image_encoder.<class_name>`` class (not of a
+    subclass) in ``image_encoder`` the method ``forward`` and the attributes ``settings``, which
+    it reads. The first setting marks a changed module: one that has it is left as it is.
+    Returns how many modules were changed (0 without segment-anything)."""
     try:
-        from segment_anything.modeling.image_encoder import Attention
+        from segment_anything.modeling import image_encoder as sam_image_encoder
     except ImportError:
         return 0
+    cls = getattr(sam_image_encoder, class_name)
+    marker = next(iter(settings))
     changed = 0
     for module in image_encoder.modules():
-        if type(module) is Attention and not getattr(module, "chunk_bytes", 0):
-            module.chunk_bytes = int(max_bytes)
-            module.forward = types.MethodType(chunked_forward, module)
+        if type(module) is cls and not getattr(module, marker, 0):
+            for name, value in settings.items():
+                setattr(module, name, value)
+            module.forward = types.MethodType(forward, module)
             changed += 1
     return changed
 
@@ -102,18 +114,8 @@ def chunk_block_mlp(image_encoder, tokens: int = MLP_CHUNK_TOKENS, release=None)
     ``release``: called before each block (e.g. ``low_memory.release_freed``): what the previous
     block freed goes back to the system instead of fragmenting the heap. Returns how many blocks
     were changed (segment-anything's own ``Block`` class only)."""
-    try:
-        from segment_anything.modeling.image_encoder import Block
-    except ImportError:
-        return 0
-    changed = 0
-    for module in image_encoder.modules():
-        if type(module) is Block and not getattr(module, "mlp_chunk_tokens", 0):
-            module.mlp_chunk_tokens = int(tokens)
-            module.release_before = release
-            module.forward = types.MethodType(block_forward, module)
-            changed += 1
-    return changed
+    return _replace_forward(image_encoder, "Block", block_forward,
+                            mlp_chunk_tokens=int(tokens), release_before=release)
 
 
 def block_forward(self, x: torch.Tensor) -> torch.Tensor:
