@@ -53,3 +53,20 @@ def test_engine_voxelises_once_per_size_and_keeps_the_latest_sizes():
         engine.voxel_points(size)
     assert engine.voxel_points(0.1) is not first              # evicted after 4 newer sizes
     np.testing.assert_array_equal(engine.voxel_points(0.1)[0], vp)
+
+
+@pytest.mark.parametrize("size", [0.01, 0.3, 1e-12])     # 1e-12: the grid overflows int64 keys
+def test_voxel_keys_sort_like_voxel_rows(size):
+    """The int64 keys (and the row fallback of a huge grid) give np.unique(rows, axis=0)'s
+    first indices and inverse: what the DBSCAN split and the cloud cap rely on."""
+    from openmask3d_ros.core.voxel import unique_keys, voxel_keys
+    rng = np.random.default_rng(5)
+    pts = rng.normal(0, 2, (5000, 3))
+    pts[2500:] = pts[:2500]                               # repeated points share a voxel
+    rows = np.floor(pts / size).astype(np.int64)
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    keys = voxel_keys(pts, size)
+    assert keys.ndim == (2 if size < 1e-6 else 1)
+    _, got_first, got_inverse = unique_keys(keys, return_index=True, return_inverse=True)
+    np.testing.assert_array_equal(got_first, first)
+    np.testing.assert_array_equal(got_inverse, inverse.reshape(-1))

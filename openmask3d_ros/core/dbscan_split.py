@@ -4,12 +4,14 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import DBSCAN
 
+from .voxel import unique_keys, voxel_keys
+
 
 def voxel_representatives(points: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
     """One representative point per occupied voxel, and each point's voxel index."""
-    keys = np.floor(points / voxel).astype(np.int64)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    return points[first], inverse.ravel()
+    _, first, inverse = unique_keys(voxel_keys(points, voxel), return_index=True,
+                                    return_inverse=True)
+    return points[first], inverse
 
 
 def split_masks(points: np.ndarray, masks: np.ndarray, eps: float = 0.95, min_points: int = 1,

@@ -34,11 +34,15 @@ def official_prompts(pixels: np.ndarray, k_rounds: int, k_sample: int,
     ``np.random.seed(s)`` before the official ``extract_features`` and ``rs = RandomState(s)``
     consumed in the same mask-major, view-rank order, both draw the same prompts.
     """
-    coords = np.array(pixels, dtype=np.int64, copy=True)
+    coords = np.asarray(pixels, dtype=np.int64)
+    # Shuffling a 1-D index array draws exactly what shuffling the (n, 2) rows draws (the same
+    # Fisher-Yates steps), but runs without the GIL and ~100x faster (a row shuffle is a Python-
+    # level loop): the node's queries are not held up by a build's prompt planning.
+    order = np.arange(len(coords))
     rounds = []
     for _ in range(k_rounds):
-        rs.shuffle(coords)
-        rounds.append(coords[:k_sample].copy())
+        rs.shuffle(order)
+        rounds.append(coords[order[:k_sample]])
     return np.stack(rounds)
 
 
