@@ -117,37 +117,13 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     store = BuildCache.for_map(out, cfg, cache)
     timings: dict[str, float] = {}
     check_cancel(cancel)
-    with _stage("proposals", progress, timings), cancel_hooks(models, cancel):
-        split, source, proposed = proposals_stage(inputs, models, masks, cfg, store)
-    if not split.masks.shape[1]:     # never an empty map in place of a good one
-        raise InputError(f"no instance: the {source} proposals left no mask with points "
-                         "(no map was written; the current one, if any, stays)", inputs.scene.root)
-    log.info("proposals: %d masks from %s, %d after DBSCAN split (%.1f s%s)",
-             proposed, source, split.masks.shape[1], timings["proposals_s"],
-             ", from the build cache" if store and store.record.proposals == "reused" else "")
+    split, source = _proposals_step(inputs, models, masks, cfg, store, progress, timings,
+                                    cancel)
     check_cancel(cancel)
-    with _stage("features", None, timings), cancel_hooks(models, cancel):
-        feature_cache = (FeatureCache(store, models.segmenter, models.image_encoder,
-                                      cfg.segmenter.min_score) if store else None)
-        features, report = compute_features(inputs.points, split.masks, inputs.scene,
-                                            inputs.frame_ids, models.segmenter,
-                                            models.image_encoder, cfg, progress,
-                                            feature_cache, cancel)
-    check_frames_read(inputs, report)
-    log.info("features: %d instances, %d/%d frames used, %d segmenter images, %d crops (%.1f s)",
-             split.masks.shape[1], len(report.frames_used), len(inputs.frame_ids),
-             report.segmenter_images, report.crops_encoded, timings["features_s"])
-    meta = map_meta(inputs, split, report, models, source, cfg, timings)
-    # what the build read, so `openmask3d batch --resume` can tell an up-to-date map
-    meta.inputs = inputs_record(inputs.scene, inputs.frame_ids + list(inputs.pose_skipped),
-                                inputs.cloud_source, cfg, masks)
-    imap = InstanceMap.from_masks(inputs.points, split.masks, features, meta)
-    if inputs.cap is not None and inputs.cap.source_index is not None:
-        imap.source_index = inputs.cap.source_index
-        meta.cloud = CloudRecord(source_points=inputs.cap.source_points, voxel=inputs.cap.voxel)
-    # floor, walls, table tops: tagged once here, left out of object queries (core/structure.py)
-    meta.structure = StructureRecord(**structure_meta(inputs.points, imap.point_indices,
-                                                      cfg.structure))
+    features, report = _features_step(inputs, split, models, cfg, store, progress, timings,
+                                      cancel)
+    imap = _assemble_map(inputs, split, features, report, models, source, cfg, timings, masks)
+    meta = imap.meta
     with _stage("changes", progress, timings):
         track_changes(imap, out, cfg, previous)
     if store is not None:
@@ -159,6 +135,61 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
         progress("done", 1, 1)
     log.info("map saved to %s (%s)%s", out, meta.generation,
              f"; changes: {meta.changes.summary()}" if meta.changes else "")
+    return imap
+
+
+def _proposals_step(inputs: BuildInputs, models: Models, masks, cfg: PipelineConfig,
+                    store: BuildCache | None, progress: Progress | None,
+                    timings: dict[str, float], cancel: Callable[[], bool] | None
+                    ) -> tuple[Proposals, str]:
+    """The timed "proposals" stage (``proposals_stage``); InputError when no mask is left."""
+    with _stage("proposals", progress, timings), cancel_hooks(models, cancel):
+        split, source, proposed = proposals_stage(inputs, models, masks, cfg, store)
+    if not split.masks.shape[1]:     # never an empty map in place of a good one
+        raise InputError(f"no instance: the {source} proposals left no mask with points "
+                         "(no map was written; the current one, if any, stays)", inputs.scene.root)
+    log.info("proposals: %d masks from %s, %d after DBSCAN split (%.1f s%s)",
+             proposed, source, split.masks.shape[1], timings["proposals_s"],
+             ", from the build cache" if store and store.record.proposals == "reused" else "")
+    return split, source
+
+
+def _features_step(inputs: BuildInputs, split: Proposals, models: Models, cfg: PipelineConfig,
+                   store: BuildCache | None, progress: Progress | None,
+                   timings: dict[str, float], cancel: Callable[[], bool] | None
+                   ) -> tuple[np.ndarray, FeatureReport]:
+    """The timed "features" stage (visibility, views, refinement, crops: ``compute_features``),
+    through the build cache when there is one; checks that enough frames were read."""
+    with _stage("features", None, timings), cancel_hooks(models, cancel):
+        feature_cache = (FeatureCache(store, models.segmenter, models.image_encoder,
+                                      cfg.segmenter.min_score) if store else None)
+        features, report = compute_features(inputs.points, split.masks, inputs.scene,
+                                            inputs.frame_ids, models.segmenter,
+                                            models.image_encoder, cfg, progress,
+                                            feature_cache, cancel)
+    check_frames_read(inputs, report)
+    log.info("features: %d instances, %d/%d frames used, %d segmenter images, %d crops (%.1f s)",
+             split.masks.shape[1], len(report.frames_used), len(inputs.frame_ids),
+             report.segmenter_images, report.crops_encoded, timings["features_s"])
+    return features, report
+
+
+def _assemble_map(inputs: BuildInputs, split: Proposals, features: np.ndarray,
+                  report: FeatureReport, models: Models, source: str, cfg: PipelineConfig,
+                  timings: dict[str, float], masks) -> InstanceMap:
+    """The map (not saved yet) with its metadata: the build's record, what it read, the
+    thinning of the input cloud, the structure tags."""
+    meta = map_meta(inputs, split, report, models, source, cfg, timings)
+    # what the build read, so `openmask3d batch --resume` can tell an up-to-date map
+    meta.inputs = inputs_record(inputs.scene, inputs.frame_ids + list(inputs.pose_skipped),
+                                inputs.cloud_source, cfg, masks)
+    imap = InstanceMap.from_masks(inputs.points, split.masks, features, meta)
+    if inputs.cap is not None and inputs.cap.source_index is not None:
+        imap.source_index = inputs.cap.source_index
+        meta.cloud = CloudRecord(source_points=inputs.cap.source_points, voxel=inputs.cap.voxel)
+    # floor, walls, table tops: tagged once here, left out of object queries (core/structure.py)
+    meta.structure = StructureRecord(**structure_meta(inputs.points, imap.point_indices,
+                                                      cfg.structure))
     return imap
 
 
