@@ -59,6 +59,7 @@ class Inputs:
         self._on_frame_cb, self._on_reject, self._wake = on_frame, on_reject, wake
         self._lock = threading.Lock()
         self.latest_cloud: PointCloud2 | None = None
+        self.clouds_received = 0        # tells a new cloud from the one a build used
         self.camera_frame_seen = ""
         self._first_logged = False
         self.pose_lookup = None
@@ -147,6 +148,7 @@ class Inputs:
     def on_cloud(self, msg: PointCloud2) -> None:
         with self._lock:
             first, self.latest_cloud = self.latest_cloud is None, msg
+            self.clouds_received += 1
         if first:
             self.node.get_logger().info(f"cloud received: {msg.width * msg.height} points in "
                                         f"frame '{msg.header.frame_id}'")

@@ -327,6 +327,8 @@ class MapBuilder:
         self.board.update(state=state, stage="", progress=progress, elapsed=outcome.elapsed,
                           message=outcome.message)
         self._publish()
+        from ..core.low_memory import release_freed
+        release_freed()       # the build's transient memory goes back to the system (W14)
         job.finish(outcome)
 
     def _make_current(self, engine, replace: bool = True) -> bool:

@@ -40,7 +40,7 @@ from std_srvs.srv import Trigger
 from openmask3d_ros.msg import PipelineStatus
 from openmask3d_ros.srv import QueryObjects
 
-from ..core.instance_map import MAP_DIRNAME
+from ..core.instance_map import MAP_DIRNAME, has_map
 from ..core.recorder import Drop, KeyframeRecorder
 from . import params as P
 from .build_action import BuildMapServer
@@ -86,6 +86,8 @@ class OpenMask3DNode(LifecycleNode):
         self._build_action: BuildMapServer | None = None
         self._om_subs: list = []
         self._om_timers: list = []
+        self._rebuild_timer = None                                # rebuild_period, when active
+        self._last_build_inputs: tuple[int, int] | None = None   # when the last build started
         self._record_thread: threading.Thread | None = None
         self._record_stop = threading.Event()
         self._wake = threading.Event()
@@ -270,6 +272,12 @@ class OpenMask3DNode(LifecycleNode):
                                                   10, callback_group=g)]
         self._build_action = BuildMapServer(self, self.start_processing, self._build_refused,
                                             self._map_header)
+        if self.settings.rebuild_period > 0:
+            if self._last_build_inputs is None and has_map(self.scene_dir):
+                self._last_build_inputs = self._build_inputs()   # the map on disk is up to date
+            self._rebuild_timer = self.create_timer(
+                self.settings.rebuild_period, self._on_rebuild_timer,
+                callback_group=self._timer_group, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._record_stop.clear()
         self._record_thread = threading.Thread(target=self._record_loop, daemon=True,
                                                name="openmask3d-recorder")
@@ -304,6 +312,9 @@ class OpenMask3DNode(LifecycleNode):
         if self._build_action is not None:
             self._build_action.destroy()
             self._build_action = None
+        if self._rebuild_timer is not None:
+            self.destroy_timer(self._rebuild_timer)
+            self._rebuild_timer = None
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
@@ -375,6 +386,22 @@ class OpenMask3DNode(LifecycleNode):
             response.success, response.message = False, f"internal error: {exc}"
         return response
 
+    def _build_inputs(self) -> tuple[int, int]:
+        """(keyframes recorded or pending, clouds received): what a build would read."""
+        c = self.recorder.counters()
+        return c.keyframes + c.pending, self.inputs.clouds_received if self.inputs else 0
+
+    def _on_rebuild_timer(self) -> None:
+        """rebuild_period: an incremental build when keyframes or the cloud changed since the
+        last build started; skipped while a build runs (queries keep the current map)."""
+        builder = self.builder
+        if builder is None or self.recorder is None or builder.busy():
+            return
+        if self._build_inputs() == self._last_build_inputs:
+            return
+        ok, text = self.start_processing()
+        (self.get_logger().info if ok else self.get_logger().debug)(f"scheduled rebuild: {text}")
+
     def _build_refused(self, text: str) -> None:
         """A build_map goal was rejected: say why in the log and the status message."""
         self.get_logger().warning(text)
@@ -408,7 +435,10 @@ class OpenMask3DNode(LifecycleNode):
             def flush() -> int:
                 rec.process(force=True)
                 return rec.keyframes
+            inputs_now = self._build_inputs()
             ok, text = builder.start(flush, cloud, job)
+            if ok:
+                self._last_build_inputs = inputs_now
         self._publish_status()
         if ok:
             n = f"{len(cloud[0])} cloud points" if cloud is not None else "cloud.ply"
@@ -453,6 +483,10 @@ def main(args: list[str] | None = None) -> int:
         print(f"{P.NODE_NAME}: error: {exc}", file=sys.stderr)
         rclpy.shutdown()
         return 2
+    # Service callbacks wait for the GIL while a build's Python code runs in its worker thread:
+    # switching every 1 ms instead of 5 ms halved the p99 query latency during a rebuild
+    # (benchmarks/bench_query_during_build.py, RESULTS.md)
+    sys.setswitchinterval(0.001)
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:

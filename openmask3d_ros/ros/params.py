@@ -115,6 +115,11 @@ NODE_PARAMETERS: dict[str, Param] = {
     "cloud_qos_durability": Param("transient_local", "cloud topic: transient_local (also "
                                   "receives a cloud latched before the node started) or volatile",
                                   choices=("transient_local", "volatile")),
+    "rebuild_period": Param(0.0, "seconds between scheduled incremental rebuilds while the "
+                                 "node is active, each only when keyframes or the cloud changed "
+                                 "since the last build started; 0 = off (builds start on "
+                                 "map_complete or the build_map action)",
+                            range=(0.0, 86400.0)),
     "scene_dir": Param("", "scene folder keyframes are written to; empty = "
                            "~/.ros/openmask3d/<date-time>", launch=True),
     "load_scene_map": Param(True, "at configure, load the latest map of scene_dir (if it has "

@@ -239,3 +239,36 @@ def test_first_map_has_nothing_to_compare_and_time_left_estimate(monkeypatch):
     assert job.snapshot().remaining == pytest.approx(16.0)    # 20 s last time, 4 s spent
     with pytest.raises(ValueError, match="incremental or full"):
         BuildJob("fast")
+
+
+def test_rebuild_period_rebuilds_when_the_cloud_changes_and_only_then(tmp_path, scene, client):
+    """rebuild_period (issue 25 item 4): a restarted node whose map is up to date does not
+    rebuild; a new cloud on the cloud topic starts one incremental build, and no further ones
+    follow while nothing changes."""
+    from sensor_msgs.msg import PointCloud2
+
+    from openmask3d_ros.ros.conversions import arrays_to_cloud
+    node, om3d = client
+    gens = lambda: [g.name for g in map_versions.generations(scene / "openmask3d")]  # noqa: E731
+    before = gens()
+    proc = nodeproc.start_node(tmp_path / "node.log", "--params", "config/openmask3d.yaml",
+                               *params(f"scene_dir:={scene}", "pose_source:=pose",
+                                       "rebuild_period:=0.3"))
+    try:
+        assert om3d.wait_for_status(lambda s: s.state == "ready", 60), \
+            (tmp_path / "node.log").read_text()
+        om3d._wait(lambda: False, 2.0)            # about 6 periods: the map is up to date
+        assert gens() == before, (tmp_path / "node.log").read_text()
+        pub = node.create_publisher(PointCloud2, "/cloud_map", latched_qos())
+        points, colors = SceneFolder(scene).cloud()
+        pub.publish(arrays_to_cloud(points, colors, "map"))
+        assert om3d._wait(lambda: len(gens()) > len(before) and om3d.last_status is not None
+                          and om3d.last_status.state == "ready", 60), \
+            (tmp_path / "node.log").read_text()
+        after = gens()
+        om3d._wait(lambda: False, 2.0)
+        assert gens() == after
+        log = (tmp_path / "node.log").read_text()
+        assert log.count("scheduled rebuild: processing") == 1, log
+    finally:
+        assert stop_node(proc) == 0
