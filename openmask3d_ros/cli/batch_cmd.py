@@ -9,53 +9,58 @@ import sys
 from pathlib import Path
 
 from . import CliError
+from .scene_cmds import add_build_options, build_config
 
 # Ray, torch and the pipeline are imported when the command runs (core/batch.py), never by
 # `openmask3d --help`, `openmask3d run` or the ROS node.
 
 
+DESCRIPTION = (
+    "Build the OpenMask3D map of every scene folder given (folders, glob patterns, or folders of "
+    "scene folders), as `openmask3d run` does for one, on Ray: a local Ray on this machine by "
+    "default, or an existing cluster with --ray-address. Each worker loads the models once and "
+    "maps scene after scene. A scene that fails is reported and the others go on; a worker that "
+    "dies has its scene retried. Exit status 0 only when every scene has a map.")
+
+
 def register(subparsers) -> None:
     """Add the ``batch`` subcommand."""
-    p = subparsers.add_parser(
-        "batch", help="build the maps of many scene folders on Ray (models loaded once per "
-                      "worker; resumable)",
-        description="Build the OpenMask3D map of every scene folder given (folders, glob "
-                    "patterns, or folders of scene folders), as `openmask3d run` does for one, "
-                    "on Ray: a local Ray on this machine by default, or an existing cluster with "
-                    "--ray-address. Each worker loads the models once and maps scene after "
-                    "scene. A scene that fails is reported and the others go on; a worker that "
-                    "dies has its scene retried. Exit status 0 only when every scene has a map.")
+    p = subparsers.add_parser("batch", description=DESCRIPTION, help=(
+        "build the maps of many scene folders on Ray (models loaded once per worker; "
+        "resumable)"))
     p.add_argument("scenes", nargs="+", help="scene folders, glob patterns ('data/scene*'), or "
                                              "folders of scene folders")
-    p.add_argument("--config", help="YAML config (as for `openmask3d run`)")
-    p.add_argument("--frame-step", type=int, help="use every n-th frame (default 10)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (inside each worker)")
-    p.add_argument("--ray-address", default=None,
-                   help="an existing Ray cluster: 'auto' (the one `ray start` runs here) or "
-                        "HOST:PORT (default: start a local Ray on this machine)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="workers (each loads the models once; default: as many as the "
-                        "resources per scene fit in the cluster, at most one per scene)")
-    p.add_argument("--cpus-per-scene", type=float, default=1.0,
-                   help="CPUs a worker reserves; its thread pools get as many (default 1)")
-    p.add_argument("--gpus-per-scene", type=float, default=None,
-                   help="GPUs a worker reserves, fractions allowed (0.5: two workers share a "
-                        "GPU; default 1 when the cluster has GPUs, else 0)")
-    p.add_argument("--memory-per-scene", default=None,
-                   help="memory a worker reserves in Ray's scheduling (e.g. 8GB)")
-    p.add_argument("--retries", type=int, default=2,
-                   help="times a scene whose worker died is tried again (default 2)")
+    add_build_options(p, "inside each worker")
     p.add_argument("--resume", action="store_true",
                    help="skip scenes whose current map was built from the same cloud, keyframes "
                         "and configuration")
     p.add_argument("--json", action="store_true",
                    help="print the summary (and --eval results) as one JSON object on stdout")
+    _add_ray_options(p.add_argument_group("Ray options (where and how the scenes run)"))
     p.add_argument("--eval", action="store_true",
                    help="then evaluate all mapped scenes together against their ground truth "
                         "(matches pooled over scenes, as `openmask3d eval`)")
     from .eval_cmd import add_protocol_options
     add_protocol_options(p.add_argument_group("evaluation options (with --eval)"))
     p.set_defaults(func=cmd_batch)
+
+
+def _add_ray_options(g) -> None:
+    g.add_argument("--ray-address", default=None,
+                   help="an existing Ray cluster: 'auto' (the one `ray start` runs here) or "
+                        "HOST:PORT (default: start a local Ray on this machine)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="workers (each loads the models once; default: as many as the "
+                        "resources per scene fit in the cluster, at most one per scene)")
+    g.add_argument("--cpus-per-scene", type=float, default=1.0,
+                   help="CPUs a worker reserves; its thread pools get as many (default 1)")
+    g.add_argument("--gpus-per-scene", type=float, default=None,
+                   help="GPUs a worker reserves, fractions allowed (0.5: two workers share a "
+                        "GPU; default 1 when the cluster has GPUs, else 0)")
+    g.add_argument("--memory-per-scene", default=None,
+                   help="memory a worker reserves in Ray's scheduling (e.g. 8GB)")
+    g.add_argument("--retries", type=int, default=2,
+                   help="times a scene whose worker died is tried again (default 2)")
 
 
 class BatchProgress:
@@ -115,9 +120,8 @@ def _sigterm(signum, frame):
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from ..core.batch import BatchError, find_scene_folders, parse_size, run_batch
-    from .scene_cmds import _config
-    cfg = _config(args)           # the same configuration `openmask3d run` would use
+    from ..core.batch import BatchError, find_scene_folders, parse_size
+    cfg = build_config(args)      # the same configuration `openmask3d run` would use
     try:
         scenes, notes = find_scene_folders(args.scenes)
         memory = parse_size(args.memory_per_scene)
@@ -125,42 +129,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    progress = BatchProgress(len(scenes))
-    previous = signal.signal(signal.SIGTERM, _sigterm)
-    # Ray's log monitor prints workers' and the raylet's lines to sys.stdout: send them to
-    # stderr with the progress, so stdout holds only the summary (one JSON object with --json)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            report = run_batch(scenes, cfg, ray_address=args.ray_address,
-                               cpus_per_scene=args.cpus_per_scene,
-                               gpus_per_scene=args.gpus_per_scene, memory_per_scene=memory,
-                               workers=args.workers, resume=args.resume, retries=args.retries,
-                               event=progress, verbose=args.verbose or args.debug)
-    except BatchError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        progress.close()
+    report = _build_maps(args, scenes, cfg, memory)
     report.notes[:0] = notes
     status = 130 if report.interrupted else 0 if report.ok else 1
-
     evaluation, eval_error = None, None
     if args.eval and not report.interrupted:
-        mapped = [Path(r.path) for r in report.scenes if r.has_map]
-        if not mapped:
-            eval_error = "no scene has a map to evaluate"
-        else:
-            from .eval_cmd import evaluate_paths
-            try:
-                evaluation = evaluate_paths(args, mapped, "openmask3d", {})
-            except (OSError, ValueError, KeyError) as exc:
-                eval_error = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+        evaluation, eval_error = _evaluate(args, report)
         if eval_error and status == 0:
             status = 2
-        if evaluation and len(mapped) < len(report.scenes):
-            report.notes.append(f"evaluated {len(mapped)} of {len(report.scenes)} scenes: the "
-                                "others have no map")
-
     if args.json:
         out = report.to_dict()
         if args.eval:
@@ -175,6 +151,44 @@ def cmd_batch(args: argparse.Namespace) -> int:
     elif eval_error:
         print(f"openmask3d batch: eval: error: {eval_error}", file=sys.stderr)
     return status
+
+
+def _build_maps(args: argparse.Namespace, scenes: list[Path], cfg, memory: int | None):
+    """run_batch with the progress on stderr; SIGTERM stops it as Ctrl-C does."""
+    from ..core.batch import BatchError, run_batch
+    progress = BatchProgress(len(scenes))
+    previous = signal.signal(signal.SIGTERM, _sigterm)
+    # Ray's log monitor prints workers' and the raylet's lines to sys.stdout: send them to
+    # stderr with the progress, so stdout holds only the summary (one JSON object with --json)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return run_batch(scenes, cfg, ray_address=args.ray_address,
+                             cpus_per_scene=args.cpus_per_scene,
+                             gpus_per_scene=args.gpus_per_scene, memory_per_scene=memory,
+                             workers=args.workers, resume=args.resume, retries=args.retries,
+                             event=progress, verbose=args.verbose or args.debug)
+    except BatchError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+
+
+def _evaluate(args: argparse.Namespace, report) -> tuple[tuple | None, str | None]:
+    """(``evaluate_paths``' result over the scenes that have a map, or None; the error that
+    prevented it, or None). Notes in the report when some scenes were left out."""
+    mapped = [Path(r.path) for r in report.scenes if r.has_map]
+    if not mapped:
+        return None, "no scene has a map to evaluate"
+    from .eval_cmd import evaluate_paths
+    try:
+        evaluation = evaluate_paths(args, mapped, "openmask3d", {})
+    except (OSError, ValueError, KeyError) as exc:
+        return None, str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    if evaluation and len(mapped) < len(report.scenes):
+        report.notes.append(f"evaluated {len(mapped)} of {len(report.scenes)} scenes: the "
+                            "others have no map")
+    return evaluation, None
 
 
 def print_summary(report) -> None:

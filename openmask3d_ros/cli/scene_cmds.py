@@ -40,7 +40,16 @@ class TqdmProgress:
             self._bar = None
 
 
-def _config(args: argparse.Namespace):
+def add_build_options(p: argparse.ArgumentParser, where: str = "") -> None:
+    """--config, --frame-step and --device: the options of a map build (``run``, ``demo``,
+    ``batch``); ``where`` says where the device is used."""
+    p.add_argument("--config", help="YAML config (ROS parameter file or plain mapping)")
+    p.add_argument("--frame-step", type=int, help="use every n-th frame (default 10)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N" + (f" ({where})" if where else ""))
+
+
+def build_config(args: argparse.Namespace):
+    """The PipelineConfig of ``add_build_options``' options (--config with the others applied)."""
     overrides = {}
     if getattr(args, "frame_step", None) is not None:
         overrides["frame_step"] = args.frame_step
@@ -59,7 +68,7 @@ def cmd_make_scene(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..core.pipeline import run_pipeline
-    cfg = _config(args)
+    cfg = build_config(args)
     progress = TqdmProgress()
     try:
         mode = "off" if args.no_cache else "full" if args.refresh_cache else None
@@ -157,7 +166,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..core.synthetic import make_scene
     root = Path(args.out or tempfile.mkdtemp(prefix="openmask3d_demo_"))
     scene_dir = make_scene(root / "scene", seed=args.seed)
-    cfg = _config(args)
+    cfg = build_config(args)
     run_pipeline(scene_dir, cfg, progress=TqdmProgress())
     engine = open_map(scene_dir)
     gt = SceneFolder(scene_dir).ground_truth()
@@ -189,11 +198,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the floor beside the table (default 0: the seed's usual scene)")
     p.set_defaults(func=cmd_make_scene)
 
-    def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--config", help="YAML config (ROS parameter file or plain mapping)")
-        q.add_argument("--frame-step", type=int, help="use every n-th frame (default 10)")
-        q.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-
     p = sub.add_parser("run", help="build the OpenMask3D map of a scene folder")
     p.add_argument("scene", help="scene folder (color/ depth/ pose/ intrinsic/ cloud.ply)")
     p.add_argument("--out", help="map folder (default SCENE/openmask3d)")
@@ -205,7 +209,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "a rebuild reuses what did not change, cache.enabled)")
     reuse.add_argument("--refresh-cache", action="store_true",
                        help="recompute everything, then store it for later rebuilds")
-    common(p)
+    add_build_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("query", help="find the instances of a map relevant to text or an image")
@@ -235,5 +239,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="synthetic scene end to end with the built-in default models")
     p.add_argument("--out", help="where to write the scene (default: a temp folder)")
     p.add_argument("--seed", type=int, default=0)
-    common(p)
+    add_build_options(p)
     p.set_defaults(func=cmd_demo)
