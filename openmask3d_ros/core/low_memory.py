@@ -122,3 +122,15 @@ def release_freed() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def resident_mib() -> int:
+    """This process's resident memory (VmRSS) in MiB; 0 where /proc is not available."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

@@ -41,6 +41,7 @@ from openmask3d_ros.msg import PipelineStatus
 from openmask3d_ros.srv import QueryObjects
 
 from ..core.instance_map import MAP_DIRNAME, has_map
+from ..core.low_memory import resident_mib
 from ..core.recorder import Drop, KeyframeRecorder
 from . import params as P
 from .build_action import BuildMapServer
@@ -135,6 +136,7 @@ class OpenMask3DNode(LifecycleNode):
             pass
 
     def _on_status_timer(self) -> None:
+        self.board.update(memory_mib=resident_mib())
         rec, no_clock = self.recorder, self._no_clock()
         if rec is None:
             self._publish_status()

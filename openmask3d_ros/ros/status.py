@@ -85,7 +85,8 @@ class StatusBoard:
         self._f = dict(state=PipelineStatus.STATE_RECORDING, stage="", stage_done=0,
                        stage_total=0, progress=0.0, elapsed=0.0, frames_received=0, keyframes=0,
                        **{d.value: 0 for d in Drop}, have_cloud=False, num_instances=0,
-                       scene_dir="", models="", notes=[], message="", inputs="", stream_pauses=0)
+                       scene_dir="", models="", notes=[], message="", inputs="", stream_pauses=0,
+                       memory_mib=0)
 
     def update(self, **fields) -> None:
         unknown = fields.keys() - self._f.keys()
@@ -151,7 +152,7 @@ def diagnostics(fields: dict, node_name: str, stamp, new_drops: dict[Drop, int],
     m.message = f"{fields['state']}: {fields['message']}"[:500]
     m.values = [KeyValue(key=k, value=str(fields[k])) for k in
                 ("state", "stage", "stage_done", "stage_total", "elapsed", "num_instances",
-                 "models", "scene_dir")]
+                 "memory_mib", "models", "scene_dir")]
     out = DiagnosticArray()
     out.header.stamp = stamp
     out.status = [rec, m]

@@ -213,6 +213,10 @@ def test_restart_on_recorded_folder_loads_map_and_triggers_at_once(tmp_path, cli
         assert om3d.wait_for_status(lambda s: s.state == "ready", 60), \
             (tmp_path / "second.log").read_text()     # the saved map, loaded at start-up
         assert om3d.query(colour, top_k=1)[0].id == hits[0].id
+        # the node's resident memory, idle with models and map loaded (issue 22): torch alone
+        # is more than 100 MiB, and this node is far below 8 GiB
+        st = om3d.wait_for_status(lambda s: s.memory_mib > 0, 10)
+        assert st is not None and 100 < st.memory_mib < 8192, om3d.last_status
         ok, text = om3d.map_complete()
         assert ok, text
     finally:
