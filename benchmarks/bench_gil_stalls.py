@@ -50,7 +50,8 @@ while not done.is_set():
               if top else "?"] += dt
         stalls.append(dt)
 import openmask3d_ros
-print(json.dumps({"code": str(openmask3d_ros.__file__), "build_s": time.perf_counter() - t0, "stalls": len(stalls),
+print(json.dumps({"code": str(openmask3d_ros.__file__), "build_s": time.perf_counter() - t0,
+                  "stalls": len(stalls),
                   "total_ms": 1e3 * sum(stalls), "max_ms": 1e3 * max(stalls, default=0),
                   "where": [(w, round(1e3 * t)) for w, t in where.most_common(4)]}))
 """

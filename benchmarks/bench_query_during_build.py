@@ -6,7 +6,8 @@ Per case (``max_cloud_points`` values, ``--caps``; 0 = no cap, the code before W
 
 1. a first build (``map_complete``), timed, with the node's peak RSS (``VmHWM``) and its RSS
    3 s after the map is ready;
-2. queries "red" with the node idle (the baseline latency), then a second build of the same inputs with the build cache off (a full rebuild, as a re-optimised
+2. queries "red" with the node idle (the baseline latency), then a second build of the same
+   inputs with the build cache off (a full rebuild, as a re-optimised
    cloud gives) while a client queries "red" every ``--period`` s: latency p50 / p99 / max of
    the answers from the current map, and queries that failed.
 
