@@ -309,6 +309,17 @@ def exponent(a: float, b: float, na: float, nb: float) -> float:
     return math.log(b / a) / math.log(nb / na)
 
 
+def _stage_table(title: str, rows: dict, stages: list, field: str, fmt: str, tail_head: str,
+                 tail) -> None:
+    """One row per run: ``r[field][stage]`` per stage column, then ``tail(r)``."""
+    print(f"\n{title}")
+    print(f"{'K x P x M':<22}" + "".join(f"{LABELS[s][:11]:>12}" for s in stages) + tail_head)
+    for key, r in rows.items():
+        print(f"{'x'.join(map(str, key)):<22}" +
+              "".join(format(r[field].get(s, float("nan")), "12" + fmt) for s in stages) +
+              tail(r))
+
+
 def report(args, rows: dict, sweeps: dict) -> None:
     models = ("SAM vit_b + CLIP ViT-B-32 (random weights)" if args.real
               else "stand-ins (hull segmenter, colour encoder)")
@@ -317,29 +328,14 @@ def report(args, rows: dict, sweeps: dict) -> None:
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}); {platform.processor() or _cpu()}, "
           f"{os.cpu_count()} cores")
     stages = [s for s in STAGES if any(s in r["seconds"] for r in rows.values())]
-    print("\nseconds per stage")
-    head = f"{'K x P x M':<22}" + "".join(f"{LABELS[s][:11]:>12}" for s in stages) + \
-        f"{'wall':>8} {'load':>10}"
-    print(head)
-    for key, r in rows.items():
-        print(f"{'x'.join(map(str, key)):<22}" +
-              "".join(f"{r['seconds'].get(s, float('nan')):12.2f}" for s in stages) +
-              f"{r['wall_s']:8.1f} {r['load_before']:4.1f}-{r['load_after']:4.1f}")
+    _stage_table("seconds per stage", rows, stages, "seconds", ".2f", f"{'wall':>8} {'load':>10}",
+                 lambda r: f"{r['wall_s']:8.1f} {r['load_before']:4.1f}-{r['load_after']:4.1f}")
     if all("cpu" in r for r in rows.values()):
-        print("\nCPU seconds per stage (the process, all threads)")
-        print(f"{'K x P x M':<22}" + "".join(f"{LABELS[s][:11]:>12}" for s in stages) +
-              f"{'total':>8}")
-        for key, r in rows.items():
-            print(f"{'x'.join(map(str, key)):<22}" +
-                  "".join(f"{r['cpu'].get(s, float('nan')):12.2f}" for s in stages) +
-                  f"{r['cpu_s']:8.1f}")
-    print("\npeak RSS per stage (MiB, whole process; pre-run RSS in the last column)")
-    print(f"{'K x P x M':<22}" + "".join(f"{LABELS[s][:11]:>12}" for s in stages) +
-          f"{'max':>8}{'pre-run':>9}")
-    for key, r in rows.items():
-        print(f"{'x'.join(map(str, key)):<22}" +
-              "".join(f"{r['peak_mib'].get(s, float('nan')):12.0f}" for s in stages) +
-              f"{max(r['peak_mib'].values()):8.0f}{r['base_mib']:9.0f}")
+        _stage_table("CPU seconds per stage (the process, all threads)", rows, stages, "cpu",
+                     ".2f", f"{'total':>8}", lambda r: f"{r['cpu_s']:8.1f}")
+    _stage_table("peak RSS per stage (MiB, whole process; pre-run RSS in the last column)", rows,
+                 stages, "peak_mib", ".0f", f"{'max':>8}{'pre-run':>9}",
+                 lambda r: f"{max(r['peak_mib'].values()):8.0f}{r['base_mib']:9.0f}")
     print("\nwork and images alive at once")
     print(f"{'K x P x M':<22}{'frames used':>12}{'masks':>7}{'seg images':>11}{'crops':>7}"
           f"{'colour live':>12}{'depth live':>11}{'live MiB':>9}{'all-K MiB':>10}"
