@@ -113,15 +113,20 @@ def _assigning(model, state: dict, strict: bool = True):
     return type(model).load_state_dict(model, state, strict=strict, assign=assign)
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, looked up once (it runs before every SAM block), or None."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
 def release_freed() -> None:
     """Hand memory freed by the C allocator back to the system (glibc; elsewhere nothing)."""
-    if not ENABLED:
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim = _malloc_trim() if ENABLED else None
+    if trim is not None:
+        trim(0)
 
 
 def resident_mib() -> int:
