@@ -1,9 +1,10 @@
 """Per-instance open-vocabulary features: visibility -> top-k views -> 2D refinement -> crops ->
 batched image encoding -> mean feature per instance (paper Sec. 3.2).
 
-Each used frame is loaded once and its segmenter embedding is computed once, shared by every mask
-that chose that frame (the official code re-embeds per mask and view). Crops of all masks and
-views are encoded in batches and summed per mask as they go, so memory stays bounded.
+Each used frame's segmenter embedding is computed once, shared by every mask that chose that frame
+(the official code re-embeds per mask and view). The segmenter pass goes first over all frames,
+then the crop pass reads the frames again: crops of all masks and views are encoded in batches
+and summed per mask as they go, so memory stays bounded.
 """
 from __future__ import annotations
 
@@ -168,9 +169,14 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
                      frame_ids: list[str], segmenter: Segmenter, encoder: ImageEncoder,
                      cfg: PipelineConfig, progress: Progress | None = None,
                      cache: FeatureCache | None = None,
-                     cancel: Callable[[], bool] | None = None
+                     cancel: Callable[[], bool] | None = None,
+                     segmenter_done: Callable[[], None] | None = None
                      ) -> tuple[np.ndarray, FeatureReport]:
     """(M, D) L2-normalised features (zero rows for instances no frame sees) and a report.
+
+    Two passes over the viewed frames: the segmenter refines every (mask, view), then the crops
+    are cut and encoded, so the two models' weights and work memory are never needed at once;
+    ``segmenter_done()`` is called between them (a one-shot run frees the segmenter there).
 
     ``cache`` (core/build_cache.py): reuse a previous build's embeddings, refinements and crop
     embeddings where their inputs are unchanged (the result is the same). ``cancel()`` is
@@ -192,11 +198,39 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
     K_color = scene.color_intrinsics()
     plan = (_official_prompt_plan(points, masks, views, seen_packed, scene, frame_ids,
                                   K_color, cfg) if official else None)
+    refined = _segment_frames(by_frame, points, masks, scene, frame_ids, seen_packed, plan,
+                              segmenter, K_color, cfg, report, cache, progress, cancel)
+    if segmenter_done is not None:
+        segmenter_done()
     batcher = _CropBatcher(encoder, M, cfg.encoder.batch_size)
+    for done, (j, fhash, jobs, results) in enumerate(refined):
+        check_cancel(cancel)
+        fid = frame_ids[j]
+        image = _color_frame(scene, fid, K_color, report)
+        if image is None:                              # unreadable since the segmenter pass
+            report.frames_used.remove(fid)
+            report.segmenter_images -= 1
+            continue
+        _add_crops(batcher, image, jobs, results, K_color, cfg, report, cache, fhash)
+        if progress:
+            progress("features", len(by_frame) + done + 1, 2 * len(by_frame))
+    batcher.flush()
+    report.crops_encoded = batcher.encoded + batcher.reused    # as a build from scratch
+    return batcher.features(), report
+
+
+def _segment_frames(by_frame: dict[int, list[int]], points: np.ndarray, masks: np.ndarray,
+                    scene: SceneFolder, frame_ids: list[str], seen_packed: dict[int, np.ndarray],
+                    plan, segmenter: Segmenter, K_color, cfg: PipelineConfig,
+                    report: FeatureReport, cache: FeatureCache | None,
+                    progress: Progress | None, cancel: Callable[[], bool] | None) -> list:
+    """The segmenter pass: each viewed frame's refined boxes, as (frame index, content hash,
+    prompt jobs, results) in frame order. Images are read one at a time and not kept (the crop
+    pass reads them again), so neither pass holds more than one frame."""
+    refined = []
     for done, j in enumerate(sorted(by_frame)):
         check_cancel(cancel)
         fid = frame_ids[j]
-        pose = scene.pose(fid)
         image = _color_frame(scene, fid, K_color, report)
         if image is None:                              # its masks keep their other views
             continue
@@ -206,15 +240,14 @@ def compute_features(points: np.ndarray, masks: np.ndarray, scene: SceneFolder,
         report.frames_used.append(fid)
         # all masks of this frame are prompted together: a segmenter with predict_many shares
         # decoder calls between them (on a GPU, one call for every round of every mask)
-        jobs = _prompt_jobs(by_frame[j], j, plan, points, masks, seen, pose, K_color, cfg)
+        jobs = _prompt_jobs(by_frame[j], j, plan, points, masks, seen, scene.pose(fid),
+                            K_color, cfg)
         fhash = None if cache is None else image_hash(image)
-        results = _refine_frame(segmenter, image, fid, fhash, jobs, cfg, cache)
-        _add_crops(batcher, image, jobs, results, K_color, cfg, report, cache, fhash)
+        refined.append((j, fhash, jobs, _refine_frame(segmenter, image, fid, fhash, jobs, cfg,
+                                                      cache)))
         if progress:
-            progress("features", done + 1, len(by_frame))
-    batcher.flush()
-    report.crops_encoded = batcher.encoded + batcher.reused    # as a build from scratch
-    return batcher.features(), report
+            progress("features", done + 1, 2 * len(by_frame))
+    return refined
 
 
 def _official_prompt_plan(points: np.ndarray, masks: np.ndarray, views: np.ndarray,

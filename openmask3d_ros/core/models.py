@@ -22,6 +22,17 @@ class Models:
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)   # fallbacks and stand-ins, for logs/metadata
 
+    def release(self, *names: str) -> None:
+        """Free the weights of the named models (``"proposals"``, ``"segmenter"``) that can be
+        freed (a ``release()`` method): a one-shot run is done with them. They answer nothing
+        after; the others and every model's ``name`` stay."""
+        for name in names:
+            release = getattr(getattr(self, name), "release", None)
+            if release is not None:
+                release()
+                log.info("%s %s released (not needed for the rest of this run)", name,
+                         getattr(self, name).name)
+
     def describe(self) -> dict:
         return {"proposals": self.proposals.name, "segmenter": self.segmenter.name,
                 "image_encoder": self.image_encoder.name, "text_encoder": self.text_encoder.name,

@@ -112,6 +112,7 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     cfg = cfg or PipelineConfig()
     cfg.validate()
     inputs = read_inputs(scene_dir, cfg, frame_step, cloud)
+    own_models = models is None         # built for this run alone: freed stage by stage
     models = models or build_models(cfg)
     out = Path(out_dir) if out_dir else inputs.scene.root / MAP_DIRNAME
     store = BuildCache.for_map(out, cfg, cache)
@@ -120,8 +121,10 @@ def run_pipeline(scene_dir: str | Path | SceneFolder, cfg: PipelineConfig | None
     split, source = _proposals_step(inputs, models, masks, cfg, store, progress, timings,
                                     cancel)
     check_cancel(cancel)
+    if own_models:
+        models.release("proposals")
     features, report = _features_step(inputs, split, models, cfg, store, progress, timings,
-                                      cancel)
+                                      cancel, own_models)
     imap = _assemble_map(inputs, split, features, report, models, source, cfg, timings, masks)
     meta = imap.meta
     with _stage("changes", progress, timings):
@@ -156,17 +159,20 @@ def _proposals_step(inputs: BuildInputs, models: Models, masks, cfg: PipelineCon
 
 def _features_step(inputs: BuildInputs, split: Proposals, models: Models, cfg: PipelineConfig,
                    store: BuildCache | None, progress: Progress | None,
-                   timings: dict[str, float], cancel: Callable[[], bool] | None
-                   ) -> tuple[np.ndarray, FeatureReport]:
+                   timings: dict[str, float], cancel: Callable[[], bool] | None,
+                   release_segmenter: bool = False) -> tuple[np.ndarray, FeatureReport]:
     """The timed "features" stage (visibility, views, refinement, crops: ``compute_features``),
-    through the build cache when there is one; checks that enough frames were read."""
+    through the build cache when there is one; checks that enough frames were read.
+    ``release_segmenter``: free the segmenter once its pass is done (a one-shot run)."""
     with _stage("features", None, timings), cancel_hooks(models, cancel):
         feature_cache = (FeatureCache(store, models.segmenter, models.image_encoder,
                                       cfg.segmenter.min_score) if store else None)
         features, report = compute_features(inputs.points, split.masks, inputs.scene,
                                             inputs.frame_ids, models.segmenter,
                                             models.image_encoder, cfg, progress,
-                                            feature_cache, cancel)
+                                            feature_cache, cancel,
+                                            (lambda: models.release("segmenter"))
+                                            if release_segmenter else None)
     check_frames_read(inputs, report)
     log.info("features: %d instances, %d/%d frames used, %d segmenter images, %d crops (%.1f s)",
              split.masks.shape[1], len(report.frames_used), len(inputs.frame_ids),
@@ -320,27 +326,35 @@ def cancel_hooks(models: Models, cancel: Callable[[], bool] | None):
     build within one block's compute instead of one frame's (a SAM vit_b embedding is seconds
     on a CPU). Only in the calling thread: queries answered meanwhile by the same CLIP model
     (its text tower has no hook anyway) are never interrupted."""
-    handles = []
-    if cancel is not None and "torch" in sys.modules:
-        import torch
-        me = threading.get_ident()
-
-        def hook(module, args):
-            if threading.get_ident() == me and cancel():
-                raise BuildCancelled("the map build was cancelled")
-        nets = [getattr(models.segmenter, "model", None), getattr(models.proposals, "model", None),
-                getattr(getattr(models.image_encoder, "model", None), "visual", None)]
-        for net in nets:
-            if not isinstance(net, torch.nn.Module):
-                continue
-            for mod in net.modules():
-                if isinstance(mod, torch.nn.ModuleList):
-                    handles += [child.register_forward_pre_hook(hook) for child in mod]
+    handles = _register_cancel_hooks(models, cancel) if cancel is not None else []
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def _register_cancel_hooks(models: Models, cancel: Callable[[], bool]) -> list:
+    """The forward pre-hooks of ``cancel_hooks``; a function of its own so that no model is
+    referenced from the suspended generator (a one-shot run frees models in the middle)."""
+    if "torch" not in sys.modules:
+        return []
+    import torch
+    me = threading.get_ident()
+
+    def hook(module, args):
+        if threading.get_ident() == me and cancel():
+            raise BuildCancelled("the map build was cancelled")
+    handles = []
+    nets = [getattr(models.segmenter, "model", None), getattr(models.proposals, "model", None),
+            getattr(getattr(models.image_encoder, "model", None), "visual", None)]
+    for net in nets:
+        if not isinstance(net, torch.nn.Module):
+            continue
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.ModuleList):
+                handles += [child.register_forward_pre_hook(hook) for child in mod]
+    return handles
 
 
 @contextmanager

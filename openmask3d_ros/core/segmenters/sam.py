@@ -25,6 +25,7 @@ input frame) and ``input_size`` / ``original_size`` for ``Sam.postprocess_masks`
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from pathlib import Path
@@ -203,10 +204,20 @@ class SamSegmenter:
                  f", early stop at IoU {early_stop_iou}" if early_stop_iou > 0 else "",
                  time.perf_counter() - t0)
 
+    def release(self) -> None:
+        """Free the model: its weights, buffers and the current embedding (a one-shot run is
+        done with SAM before the crops are encoded). The segmenter answers nothing after."""
+        self.model = self.predictor = self.decoder = None
+        self._image_shape = None
+        gc.collect()                            # modules in reference cycles
+        low_memory.release_freed()
+
     def set_image(self, image: np.ndarray) -> None:
         """Embed an RGB uint8 (H, W, 3) image once; later predictions refer to it."""
         import torch
 
+        if self.model is None:
+            raise RuntimeError("SamSegmenter.set_image called after release()")
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
             raise ValueError(f"SAM expects an RGB (H, W, 3) image, got shape {image.shape}")
@@ -222,7 +233,8 @@ class SamSegmenter:
         """The current image's embedding as plain arrays (core/build_cache.py keeps them), so a
         later ``import_embedding`` answers prompts exactly as after ``set_image`` again."""
         if self._image_shape is None:
-            raise RuntimeError("SamSegmenter.export_embedding called before set_image")
+            raise RuntimeError("SamSegmenter.export_embedding called before set_image "
+                               "(or after release)")
         p = self.predictor
         return {"features": p.features.detach().float().cpu().numpy(),
                 "dtype": np.array(str(p.features.dtype).removeprefix("torch.")),
@@ -234,6 +246,8 @@ class SamSegmenter:
         import torch
 
         p = self.predictor
+        if p is None:
+            raise RuntimeError("SamSegmenter.import_embedding called after release()")
         p.reset_image()
         p.features = torch.from_numpy(np.ascontiguousarray(data["features"])).to(
             self.device, getattr(torch, str(data["dtype"])))
@@ -260,7 +274,7 @@ class SamSegmenter:
         import torch
 
         if self._image_shape is None:
-            raise RuntimeError("SamSegmenter.predict called before set_image")
+            raise RuntimeError("SamSegmenter.predict called before set_image (or after release)")
         sets = [_check_prompts(p) for p in prompt_list]
         winners: dict[int, tuple[float, object, object]] = {}     # i -> (score, src, token)
         scores: list[list[float]] = [[] for _ in sets]

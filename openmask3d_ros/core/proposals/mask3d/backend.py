@@ -1,6 +1,7 @@
 """Mask3D class-agnostic proposals behind the ProposalBackend interface."""
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ... import low_memory
 from ...fidelity import Fidelity
 from ...interfaces import Proposals
 from .compat import import_minkowski
@@ -75,10 +77,19 @@ class Mask3DBackend:
         log.info("Mask3D proposals: device %s, weights %s, %d queries, voxel %.3f m",
                  self.device, self.weights, self.num_queries, self.voxel_size)
 
+    def release(self) -> None:
+        """Free the network (a one-shot run is done with its proposals); proposes nothing
+        after."""
+        self.model = None
+        gc.collect()
+        low_memory.release_freed()
+
     @torch.no_grad()
     def predict_logits(self, points: np.ndarray, colors: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Raw network output: class logits (Q, C), voxel mask logits (V, Q), inverse map (P,)."""
+        if self.model is None:
+            raise RuntimeError("Mask3DBackend used after release()")
         from .preprocess import voxelize
         ME = import_minkowski()
         t0 = time.perf_counter()
