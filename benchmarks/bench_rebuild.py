@@ -159,6 +159,8 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--grow", type=float, default=0.1, help="cloud growth of the grown case")
     ap.add_argument("--fidelity", default="official", choices=("official", "paper"))
+    ap.add_argument("--prompt-seeding", default="stream", choices=("stream", "per_view"),
+                    help="segmenter.prompt_seeding (official fidelity)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--iou-offset", type=float, default=0.5)
     ap.add_argument("--stand-ins", action="store_true")
@@ -189,6 +191,7 @@ def main() -> int:
     masks, centres = masks[:, keep], centres[keep]
 
     values = {"frame_step": 1, "threads": args.threads, "fidelity": args.fidelity,
+              "segmenter.prompt_seeding": args.prompt_seeding,
               "device": "cpu"}
     if not args.stand_ins:
         import open_clip
@@ -223,7 +226,7 @@ def main() -> int:
     print(f"scene {scene}: {len(points)} points, {masks.shape[1]} masks, {args.keyframes} + "
           f"{args.added} keyframes {args.width}x{args.height}; models "
           f"{'stand-ins' if args.stand_ins else 'SAM vit_b + CLIP ViT-B-32 (random weights)'}; "
-          f"fidelity {args.fidelity}; {machine}", flush=True)
+          f"fidelity {args.fidelity}, prompt seeding {args.prompt_seeding}; {machine}", flush=True)
     rows: dict[str, dict] = {}
     maps = {}
 

@@ -96,6 +96,36 @@ def test_rebuild_after_new_keyframes_is_the_map_from_scratch(scene):
     assert again.meta.changes.summary().startswith("0 added, 0 removed, 0 moved")
 
 
+def test_per_view_seeding_recomputes_only_the_changed_views(scene):
+    """segmenter.prompt_seeding: per_view (official fidelity otherwise): a rebuild after new
+    keyframes is still the map from scratch, and only the (mask, view) pairs that were not views
+    before are refined again, where the one official stream redoes every mask after the first
+    changed one."""
+    root, held = scene
+    twin, twin_held = root.parent / "twin", root.parent / "twin_held"
+    shutil.copytree(root, twin)
+    shutil.copytree(held, twin_held)
+    cfg = PipelineConfig().updated({"frame_step": 1, "segmenter.prompt_seeding": "per_view"})
+    first = run_pipeline(root, cfg)
+    restore_frames(root, held)
+    rebuilt = run_pipeline(root, cfg)
+    scratch = run_pipeline(root, cfg, out_dir=root.parent / "scratch", cache="off")
+    assert_same_map(rebuilt, scratch)
+    before = {(m, v) for m, i in enumerate(first.meta.instances) for v in i.views}
+    after = {(m, v) for m, i in enumerate(rebuilt.meta.instances) for v in i.views}
+    assert first.num_instances == rebuilt.num_instances and after - before
+    rec = rebuilt.meta.cache
+    assert rec.refinements_computed == len(after - before)
+    assert rec.refinements_reused == len(after & before)
+    # the same rebuild with the one stream (the default) refines more pairs again
+    stream_cfg = PipelineConfig().updated({"frame_step": 1})
+    run_pipeline(twin, stream_cfg)
+    restore_frames(twin, twin_held)
+    stream = run_pipeline(twin, stream_cfg)
+    assert [i.views for i in stream.meta.instances] == [i.views for i in rebuilt.meta.instances]
+    assert stream.meta.cache.refinements_computed > rec.refinements_computed
+
+
 def test_cache_enabled_false_and_refresh(scene):
     root, held = scene
     restore_frames(root, held)

@@ -59,6 +59,10 @@ class SegmenterConfig:
     k_rounds: int = 10
     k_sample: int = 5
     min_score: float = 0.0               # best round must score above this, else box fallback
+    # official fidelity's prompt draws: stream = one random stream over all masks (the official
+    # code's; a changed view redraws every later mask on a rebuild) | per_view = a stream per
+    # (mask, frame) from [seed, mask, frame] (same distribution; rebuilds redo changed views only)
+    prompt_seeding: str = "stream"
     sam_model: str = "vit_h"
     sam_checkpoint: str = ""
     # speed (core/segmenters/sam.py); the defaults keep the paper's results

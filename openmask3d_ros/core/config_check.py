@@ -77,6 +77,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "segmenter.backend": _one_of("hull", "sam"),
     "segmenter.k_rounds": _ge(1),
     "segmenter.k_sample": _ge(1),
+    "segmenter.prompt_seeding": _one_of("stream", "per_view"),
     "segmenter.sam_model": _one_of(*SAM_MODELS),
     "segmenter.prompt_batch": _ge(0),
     "segmenter.early_stop_iou": _within(0.0, 1.5),   # SAM's predicted IoU may exceed 1 slightly

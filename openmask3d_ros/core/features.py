@@ -260,7 +260,8 @@ def _official_prompt_plan(points: np.ndarray, masks: np.ndarray, views: np.ndarr
         lambda j: np.unpackbits(seen_packed[j], count=len(points)).astype(bool),
         lambda j: scene.pose(frame_ids[j]), projection_intrinsics(scene, Fidelity.OFFICIAL),
         K_color,
-        cfg.segmenter.k_rounds, cfg.segmenter.k_sample, cfg.seed)
+        cfg.segmenter.k_rounds, cfg.segmenter.k_sample, cfg.seed,
+        per_view=cfg.segmenter.prompt_seeding == "per_view")
 
 
 def _refine_frame(segmenter: Segmenter, image: np.ndarray, fid: str, fhash: str | None,

@@ -33,12 +33,15 @@ def plan_official_prompts(points: np.ndarray, masks: np.ndarray, views: np.ndarr
                           seen_of: Callable[[int], np.ndarray],
                           pose_of: Callable[[int], np.ndarray], depth_intr: Intrinsics,
                           color_intr: Intrinsics, k_rounds: int, k_sample: int, seed: int,
-                          keep_pixels: bool = False) -> PromptPlan:
+                          keep_pixels: bool = False, per_view: bool = False) -> PromptPlan:
     """Prompts for ``views`` ((M, k) frame indices, -1 = none) as the official ``run_sam``.
 
     ``seen_of(j)`` / ``pose_of(j)``: frame j's visible points and camera-to-world pose. Pixels
     are found at depth resolution (as the official code); when the colour image differs in size
     they are scaled to it (the official code would use depth pixels on the colour image as is).
+    ``per_view``: each (mask m, frame j) draws from its own ``RandomState([seed, m, j])`` instead
+    of the one stream (``segmenter.prompt_seeding: per_view``): the same shuffles, so the same
+    distribution of prompts, but a pair's prompts no longer depend on the masks before it.
     """
     by_frame: dict[int, list[int]] = defaultdict(list)
     for m, row in enumerate(views):
@@ -62,7 +65,8 @@ def plan_official_prompts(points: np.ndarray, masks: np.ndarray, views: np.ndarr
                 plan.pixels[key] = px
             if len(px) == 0:          # the official code skips views without pixels (no draw)
                 continue
-            prompts = official_prompts(px, k_rounds, k_sample, rs).astype(np.float32)
+            draws = np.random.RandomState([seed, m, int(j)]) if per_view else rs
+            prompts = official_prompts(px, k_rounds, k_sample, draws).astype(np.float32)
             lo, hi = px.min(axis=0), px.max(axis=0)
             if not same:
                 prompts = prompts * scale.astype(np.float32)
