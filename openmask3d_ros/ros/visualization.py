@@ -148,7 +148,8 @@ class MapPublishers:
         value the ranking used (``QueryAnswer.instance_values``) for the heatmap, which covers
         only the hits when None. The heatmap needs a map from ``publish_map``."""
         header = self._header(stamp)
-        self._pubs[DETECTIONS_TOPIC].publish(_detections(header, text, results))
+        boxes = _boxes(results)                      # once for the detections and the markers
+        self._pubs[DETECTIONS_TOPIC].publish(_detections(header, text, results, boxes))
         view = self._view
         if view is not None:
             imap, labels = view
@@ -162,7 +163,7 @@ class MapPublishers:
                     imap.points, render.heat_colors(heat), frame_id=header.frame_id,
                     stamp=header.stamp))
         if MARKERS_TOPIC in self._pubs:
-            self._pubs[MARKERS_TOPIC].publish(_hit_markers(header, text, results))
+            self._pubs[MARKERS_TOPIC].publish(_hit_markers(header, text, boxes))
             self._pubs[QUERY_POINTS_TOPIC].publish(_hit_points(header, results))
 
     def publish_query_later(self, text: str, results, values=None, stamp=None) -> None:
@@ -298,11 +299,11 @@ def _text(header, ns: str, mid: int, lo, hi, text: str, color) -> Marker:
                  scale=_vector(0, 0, 0.05))
 
 
-def _detections(header, text: str, results):
+def _detections(header, text: str, results, boxes: tuple[list, ...]):
     from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis,
                                  ObjectHypothesisWithPose)
     dets = []
-    for r, _, _, c, size, cen, value in zip(results, *_boxes(results)):
+    for r, _, _, c, size, cen, value in zip(results, *boxes):
         hyp = build(ObjectHypothesisWithPose,
                     hypothesis=build(ObjectHypothesis, class_id=str(text), score=value),
                     pose=build(PoseWithCovariance, pose=_pose(*cen)))
@@ -312,12 +313,12 @@ def _detections(header, text: str, results):
     return build(Detection3DArray, header=header, detections=dets)
 
 
-def _hit_markers(header, text: str, results) -> MarkerArray:
+def _hit_markers(header, text: str, boxes: tuple[list, ...]) -> MarkerArray:
     from std_msgs.msg import ColorRGBA
     best, other, white = (_rgba(render.HIGHLIGHT, 0.35), _rgba(render.OTHER_HIT, 0.35),
                           build(ColorRGBA, r=1.0, g=1.0, b=1.0, a=1.0))
     markers = [_delete_all(header)]
-    for rank, (lo, hi, c, size, _, value) in enumerate(zip(*_boxes(results))):
+    for rank, (lo, hi, c, size, _, value) in enumerate(zip(*boxes)):
         box = build(Marker, header=header, ns="openmask3d/boxes", id=rank, type=Marker.CUBE,
                     action=Marker.ADD, color=best if rank == 0 else other, pose=c,
                     scale=_vector(*(max(v, 0.01) for v in size)))

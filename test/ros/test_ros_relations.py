@@ -13,7 +13,7 @@ from room import room_engine  # noqa: E402
 
 from openmask3d_ros.ros.client import OpenMask3DClient  # noqa: E402
 from openmask3d_ros.ros.query_service import QuerySettings, served  # noqa: E402
-from openmask3d_ros.ros.visualization import _detections, _hit_markers  # noqa: E402
+from openmask3d_ros.ros.visualization import _boxes, _detections, _hit_markers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +71,10 @@ def test_rviz_gets_oriented_boxes(room_service):
     from std_msgs.msg import Header
     engine, n, _ = room_service
     results = engine.ask("yellow", top_k=1).results
-    det = _detections(Header(frame_id="map"), "yellow", results).detections[0]
+    det = _detections(Header(frame_id="map"), "yellow", results, _boxes(results)).detections[0]
     q = det.bbox.center.orientation
     np.testing.assert_allclose([q.x, q.y, q.z, q.w], results[0].box_orientation, atol=1e-9)
     assert det.bbox.size.x == pytest.approx(results[0].box_size[0])
-    cube = _hit_markers(Header(frame_id="map"), "yellow", results).markers[1]
+    cube = _hit_markers(Header(frame_id="map"), "yellow", _boxes(results)).markers[1]
     assert cube.pose.orientation.z == pytest.approx(results[0].box_orientation[2])
     assert abs(cube.pose.orientation.z) > 0.3          # 45 degrees: not the identity
