@@ -77,10 +77,10 @@ def bench_sam(model_type: str, device: str, size: tuple[int, int], rounds: int, 
     full_s = _timed(full_res, device, repeats)
 
     # where the decoder time goes: transformer for all rounds vs upscaling all / only the winner
-    feats = p.get_image_embedding()
     with torch.inference_mode():
-        out = seg.decoder.transformer(feats, *prompts())
-    decode_s = _timed(lambda: _no_grad(lambda: seg.decoder.transformer(feats, *prompts())),
+        side = seg.decoder.image_side(p.get_image_embedding())
+        out = seg.decoder.transformer(side, *prompts())
+    decode_s = _timed(lambda: _no_grad(lambda: seg.decoder.transformer(side, *prompts())),
                       device, repeats)
     up_all_s = _timed(lambda: _no_grad(lambda: seg.decoder.masks(out.src, out.token)), device,
                       repeats)

@@ -283,13 +283,13 @@ class SamSegmenter:
         pending: list[int] = []
         p = self.predictor
         with torch.inference_mode(), self._autocast():
-            features = p.get_image_embedding()
+            side = self.decoder.image_side(p.get_image_embedding())    # shared by all prompts
             for batch in self._batches(sets, remaining):
                 pts = np.stack([sets[i][r] for i, r in batch])
                 coords = p.transform.apply_coords_torch(
                     torch.from_numpy(pts).to(self.device), self._image_shape)
                 labels = torch.ones(pts.shape[:2], dtype=torch.int, device=self.device)
-                out = self.decoder.transformer(features, coords, labels)
+                out = self.decoder.transformer(side, coords, labels)
                 self.decoder_calls += 1
                 self.rounds_decoded += len(batch)
                 iou = out.iou.float().cpu().numpy()
