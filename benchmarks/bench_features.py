@@ -154,7 +154,8 @@ def build_models(args, run, tmp: Path):
 
 def run_config(args, run):
     from openmask3d_ros.core.config import PipelineConfig, load_config
-    cfg = PipelineConfig().updated({"seed": 0, "encoder.batch_size": args.batch_size})
+    cfg = PipelineConfig().updated({"seed": 0, "encoder.batch_size": args.batch_size,
+                                    "segmenter.prompt_seeding": "stream"})   # official draws
     if run == "profile":
         prof = load_config(args.profile).flat()
         cfg = cfg.updated({k: prof[k] for k in SPEED_KEYS if k in prof})

@@ -159,8 +159,8 @@ def main() -> int:
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--grow", type=float, default=0.1, help="cloud growth of the grown case")
     ap.add_argument("--fidelity", default="official", choices=("official", "paper"))
-    ap.add_argument("--prompt-seeding", default="stream", choices=("stream", "per_view"),
-                    help="segmenter.prompt_seeding (official fidelity)")
+    ap.add_argument("--prompt-seeding", default="per_view", choices=("stream", "per_view"),
+                    help="segmenter.prompt_seeding (official fidelity; default per_view)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--iou-offset", type=float, default=0.5)
     ap.add_argument("--stand-ins", action="store_true")

@@ -80,7 +80,8 @@ def main() -> int:
             segmenter.model.mask_decoder.iou_prediction_head.layers[-1].bias += args.iou_offset
     feats_o, trace = official_features(points, masks, scene, frames, segmenter, encoder,
                                        seed=args.seed)
-    cfg = PipelineConfig().updated({"seed": args.seed})
+    cfg = PipelineConfig().updated({"seed": args.seed,
+                                    "segmenter.prompt_seeding": "stream"})   # official draws
     feats, report = compute_features(points, masks, scene, frames, segmenter, encoder, cfg)
     views_o = [[frames[v] for v in row if trace.scores[v, m] > 0]
                for m, row in enumerate(trace.topk)]

@@ -63,7 +63,8 @@ def compare(scene, points, masks, frames, mode: str, seed: int, two_sided: bool)
                                        enc_o, seed=seed)
     feats_o /= np.maximum(np.linalg.norm(feats_o, axis=1, keepdims=True), 1e-12)
     cfg = PipelineConfig().updated({"fidelity": mode, "seed": seed,
-                                    "visibility.two_sided": two_sided})
+                                    "visibility.two_sided": two_sided,
+                                    "segmenter.prompt_seeding": "stream"})   # official draws
     seg, enc = RoundBoxSegmenter(), ThumbnailEncoder()
     feats, report = compute_features(points, masks, scene, frames, seg, enc, cfg)
     official_views = [[frames[v] for v in row if trace.scores[v, m] > 0]

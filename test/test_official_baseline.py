@@ -54,7 +54,8 @@ def scene_and_masks(request, tmp_path_factory):
 
 def test_official_mode_equals_the_official_algorithm(scene_and_masks):
     scene, points, masks, frames = scene_and_masks
-    cfg = PipelineConfig().updated({"seed": 5, "encoder.batch_size": 7})
+    cfg = PipelineConfig().updated({"seed": 5, "encoder.batch_size": 7,
+                                    "segmenter.prompt_seeding": "stream"})
     assert cfg.fidelity == "official" and cfg.visibility.two_sided
     seg_o, enc_o = BoxSegmenter(), CropEncoder()
     feats_o, trace = official_features(points, masks, scene, frames, seg_o, enc_o, seed=5)
@@ -78,7 +79,8 @@ def test_official_mode_equals_the_official_algorithm(scene_and_masks):
                               depth_scale=scene.depth_scale)
     plan = plan_official_prompts(points, masks, views, seen_of, lambda j: scene.pose(frames[j]),
                                  projection_intrinsics(scene, "official"),
-                                 scene.color_intrinsics(), 10, 5, 5, keep_pixels=True)
+                                 scene.color_intrinsics(), 10, 5, 5, per_view=False,
+                                 keep_pixels=True)
     assert plan.pixels.keys() == trace.pixels.keys()
     for key in trace.pixels:
         assert np.array_equal(plan.pixels[key], trace.pixels[key]), key

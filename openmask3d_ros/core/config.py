@@ -59,10 +59,11 @@ class SegmenterConfig:
     k_rounds: int = 10
     k_sample: int = 5
     min_score: float = 0.0               # best round must score above this, else box fallback
-    # official fidelity's prompt draws: stream = one random stream over all masks (the official
-    # code's; a changed view redraws every later mask on a rebuild) | per_view = a stream per
-    # (mask, frame) from [seed, mask, frame] (same distribution; rebuilds redo changed views only)
-    prompt_seeding: str = "stream"
+    # official fidelity's prompt draws: per_view = a random stream per (mask, frame) from
+    # [seed, mask, frame] (a rebuild redoes changed views only) | stream = one stream over all
+    # masks, the draws of the official code after np.random.seed(seed) (it seeds none; a changed
+    # view redraws every later mask on a rebuild)
+    prompt_seeding: str = "per_view"
     sam_model: str = "vit_h"
     sam_checkpoint: str = ""
     # speed (core/segmenters/sam.py); the defaults keep the paper's results

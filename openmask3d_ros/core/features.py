@@ -253,8 +253,7 @@ def _segment_frames(by_frame: dict[int, list[int]], points: np.ndarray, masks: n
 def _official_prompt_plan(points: np.ndarray, masks: np.ndarray, views: np.ndarray,
                           seen_packed: dict[int, np.ndarray], scene: SceneFolder,
                           frame_ids: list[str], K_color: np.ndarray, cfg: PipelineConfig):
-    """Official fidelity: every mask's prompts drawn up front, in the official mask-major order
-    from one random stream (core/prompt_plan.py)."""
+    """Official fidelity: every (mask, view)'s prompts drawn up front (core/prompt_plan.py)."""
     return plan_official_prompts(
         points, masks, views,
         lambda j: np.unpackbits(seen_packed[j], count=len(points)).astype(bool),

@@ -1,11 +1,12 @@
 """Official-fidelity SAM prompts for every chosen (mask, view), drawn in the official order.
 
 OpenMask3D loops mask by mask, view by view (in rank order), and shuffles that view's distinct
-mask pixels ``k_rounds`` times with the global ``np.random`` state. Our feature stage visits
-frames instead (one SAM embedding per frame), so the prompts are drawn up front in the official
-order from one ``RandomState(seed)``: the same prompts the official code draws after
-``np.random.seed(seed)``. Only the pixel sets of chosen pairs are held, briefly (at most
-k_view x mask points).
+mask pixels ``k_rounds`` times with the global ``np.random`` state (never seeded). Our feature
+stage visits frames instead (one SAM embedding per frame), so the prompts are drawn up front:
+by default each (mask, frame) from a ``RandomState([seed, m, j])`` of its own (rebuilds redo only
+changed views), or (``per_view=False``) in the official order from one ``RandomState(seed)``,
+the same prompts the official code draws after ``np.random.seed(seed)``. Only the pixel sets of
+chosen pairs are held, briefly (at most k_view x mask points).
 """
 from __future__ import annotations
 
@@ -33,15 +34,16 @@ def plan_official_prompts(points: np.ndarray, masks: np.ndarray, views: np.ndarr
                           seen_of: Callable[[int], np.ndarray],
                           pose_of: Callable[[int], np.ndarray], depth_intr: Intrinsics,
                           color_intr: Intrinsics, k_rounds: int, k_sample: int, seed: int,
-                          keep_pixels: bool = False, per_view: bool = False) -> PromptPlan:
+                          *, per_view: bool, keep_pixels: bool = False) -> PromptPlan:
     """Prompts for ``views`` ((M, k) frame indices, -1 = none) as the official ``run_sam``.
 
     ``seen_of(j)`` / ``pose_of(j)``: frame j's visible points and camera-to-world pose. Pixels
     are found at depth resolution (as the official code); when the colour image differs in size
     they are scaled to it (the official code would use depth pixels on the colour image as is).
-    ``per_view``: each (mask m, frame j) draws from its own ``RandomState([seed, m, j])`` instead
-    of the one stream (``segmenter.prompt_seeding: per_view``): the same shuffles, so the same
-    distribution of prompts, but a pair's prompts no longer depend on the masks before it.
+    ``per_view``: each (mask m, frame j) draws from its own ``RandomState([seed, m, j])``
+    (``segmenter.prompt_seeding: per_view``), else all from the one stream (``stream``): the same
+    shuffles, so the same distribution of prompts, but with ``per_view`` a pair's prompts do not
+    depend on the masks before it.
     """
     by_frame: dict[int, list[int]] = defaultdict(list)
     for m, row in enumerate(views):
