@@ -156,12 +156,16 @@ def test_rendered_twins_on_the_table_and_on_the_floor_are_told_apart(tmp_path, s
         return [int(np.bincount(gt[engine.map.point_indices[r.instance_id]]).argmax())
                 for r in answer.results]
 
-    colour = on_table["color"]
-    assert sorted(truth(engine.ask(colour, top_k=0))) == [on_table["instance_id"],
-                                                          on_floor["instance_id"]]
-    assert truth(engine.ask(f"{colour} on the brown table", top_k=0)) == \
+    # The colour stand-in scores the floor twin's crops (mostly floor around a small object) at
+    # relevance 0.40-0.93 depending on the SAM prompt draws (seeds 0-7), the other objects at
+    # <= 0.09: the default 0.55 falls inside the twin's range, so the relations are checked
+    # among the objects above 0.25, between the two.
+    colour, floor = on_table["color"], 0.25
+    assert sorted(truth(engine.ask(colour, top_k=0, min_relevance=floor))) == [
+        on_table["instance_id"], on_floor["instance_id"]]
+    assert truth(engine.ask(f"{colour} on the brown table", top_k=0, min_relevance=floor)) == \
         [on_table["instance_id"]]
-    floor_answer = engine.ask(f"the {colour} one on the floor", top_k=0)
+    floor_answer = engine.ask(f"the {colour} one on the floor", top_k=0, min_relevance=floor)
     assert truth(floor_answer) == [on_floor["instance_id"]]
     hit = floor_answer.results[0]
     assert hit.on_floor and abs(hit.height_above_floor) < 0.05
